@@ -1,0 +1,1 @@
+//! xz streams: pending the implementation choice.

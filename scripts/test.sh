@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: sets the machine up (idempotent), then runs every suite:
+# native `cargo test` of core-rs, the TypeScript type check, the node:test
+# suites under Node, and the same files under Deno.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+"$ROOT/scripts/setup.sh"
+export PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc
+DENO="$ROOT/node_modules/@deno/linux-x64-glibc/deno"
+
+step() { echo; echo "=== $* ==="; }
+step "cargo test (core-rs, native)"
+(cd core-rs && /usr/bin/cargo test -q --release)
+step "typecheck"
+node_modules/.bin/tsc -p tsconfig.json
+step "node --test"
+node --import tsx --test --test-concurrency=1 --test-reporter=dot test/*.test.ts
+step "deno test"
+NO_COLOR=1 "$DENO" test -A --no-check test/
+echo; echo "all suites passed"

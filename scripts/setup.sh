@@ -15,6 +15,7 @@ command -v apt-get >/dev/null || die "needs Debian 12 with apt-get"
 # --- Debian packages -------------------------------------------------------
 APT_PACKAGES=(
   rustc-web cargo-web rust-web-src lld-22         # Rust 1.96 with std sources, wasm-ld
+  clang-14 llvm-14                                # compiles liblzma (C) for wasm32
   xz-utils zstd xdelta3 bsdiff b3sum coreutils    # peers for tests and benchmarks
   qemu-system-x86 qemu-utils                      # guests under TCG (or KVM)
   libvirt-daemon-system libvirt-clients           # the virsh host adapter

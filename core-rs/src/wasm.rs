@@ -146,3 +146,81 @@ impl BaseIndexJs {
         Ok(out)
     }
 }
+
+fn xz_err(e: crate::xz::XzError) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// One-shot xz compression.
+#[wasm_bindgen]
+pub fn xz_compress(data: &[u8], preset: u32, dict_cap: u32) -> Result<Vec<u8>, JsError> {
+    crate::xz::compress(data, preset, dict_cap).map_err(xz_err)
+}
+
+/// Decodes one .xz stream of exactly `size` bytes.
+#[wasm_bindgen]
+pub fn xz_decompress_exact(data: &[u8], size: usize, memlimit: f64) -> Result<Vec<u8>, JsError> {
+    crate::xz::decompress_exact(data, size, memlimit as u64).map_err(xz_err)
+}
+
+/// Streaming xz encoder.
+#[wasm_bindgen]
+pub struct XzEncoderJs(Option<crate::xz::XzEncoder>);
+
+#[wasm_bindgen]
+impl XzEncoderJs {
+    /// An encoder at `preset`, dictionary capped at `dict_cap` bytes (0: preset's).
+    #[wasm_bindgen(constructor)]
+    pub fn new(preset: u32, dict_cap: u32) -> Result<XzEncoderJs, JsError> {
+        Ok(XzEncoderJs(Some(crate::xz::XzEncoder::new(preset, dict_cap).map_err(xz_err)?)))
+    }
+    /// Consumes input; returns output that is ready.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, JsError> {
+        let e = self.0.as_mut().ok_or_else(|| JsError::new("xz encoder already finished"))?;
+        let mut out = Vec::new();
+        e.push(data, &mut out).map_err(xz_err)?;
+        Ok(out)
+    }
+    /// Ends the stream; returns the remaining output.
+    pub fn finish(&mut self) -> Result<Vec<u8>, JsError> {
+        let mut e = self.0.take().ok_or_else(|| JsError::new("xz encoder already finished"))?;
+        let mut out = Vec::new();
+        e.finish(&mut out).map_err(xz_err)?;
+        Ok(out)
+    }
+}
+
+/// Streaming xz decoder with bounded pulls.
+#[wasm_bindgen]
+pub struct XzDecoderJs(crate::xz::XzDecoder);
+
+#[wasm_bindgen]
+impl XzDecoderJs {
+    /// A decoder allowed `memlimit` bytes; `concatenated` accepts several streams.
+    #[wasm_bindgen(constructor)]
+    pub fn new(memlimit: f64, concatenated: bool) -> Result<XzDecoderJs, JsError> {
+        Ok(XzDecoderJs(crate::xz::XzDecoder::new(memlimit as u64, concatenated).map_err(xz_err)?))
+    }
+    /// Queues compressed input.
+    pub fn push(&mut self, data: &[u8]) {
+        self.0.push(data);
+    }
+    /// Declares the end of input.
+    pub fn finish_input(&mut self) {
+        self.0.finish_input();
+    }
+    /// Decodes up to `max` bytes; empty with `!is_done()` means "push more".
+    pub fn pull(&mut self, max: usize) -> Result<Vec<u8>, JsError> {
+        let mut out = Vec::new();
+        self.0.pull(max, &mut out).map_err(xz_err)?;
+        Ok(out)
+    }
+    /// True when the stream is complete.
+    pub fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+    /// Compressed bytes queued but not consumed.
+    pub fn pending_input(&self) -> usize {
+        self.0.pending_input()
+    }
+}

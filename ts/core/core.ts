@@ -154,6 +154,90 @@ export class BaseIndex {
   }
 }
 
+/** Default memory a decoder may claim: enough for any xz preset (-9 needs ~65 MiB). */
+export const XZ_MEMLIMIT = 96 << 20;
+/** Most bytes one decoder pull returns. */
+export const XZ_PULL_BYTES = 1 << 20;
+
+/** Streaming xz encoder: push input, take the output that is ready. Output is a standard .xz stream. */
+export class XzEncoder {
+  #e: wasm.XzEncoderJs | null;
+  /** @param preset 0-9 @param dictCap cap on the dictionary in bytes (0: the preset's) */
+  constructor(preset: number, dictCap = 0) {
+    this.#e = new wasm.XzEncoderJs(preset, dictCap);
+  }
+  /** Consumes `data`; returns the compressed bytes ready so far (often empty). */
+  push(data: Uint8Array): Uint8Array {
+    const e = this.#live();
+    const parts: Uint8Array[] = [];
+    for (let o = 0; o < data.length; o += SLICE_BYTES) parts.push(e.push(data.subarray(o, o + SLICE_BYTES)));
+    return concat(parts);
+  }
+  /** Ends the stream and returns the rest of the output; frees the encoder. */
+  finish(): Uint8Array {
+    const e = this.#live();
+    try {
+      return e.finish();
+    } finally {
+      this.dispose();
+    }
+  }
+  /** Frees the encoder. Safe to call twice. */
+  dispose(): void {
+    this.#e?.free();
+    this.#e = null;
+  }
+  #live(): wasm.XzEncoderJs {
+    if (!this.#e) throw new Error("xz encoder already finished");
+    return this.#e;
+  }
+}
+
+/** Streaming xz decoder: push compressed bytes, pull decoded bytes in bounded pieces. */
+export class XzDecoder {
+  #d: wasm.XzDecoderJs | null;
+  /** @param memlimit bytes the stream may claim @param concatenated accept several streams back to back */
+  constructor(memlimit = XZ_MEMLIMIT, concatenated = false) {
+    this.#d = new wasm.XzDecoderJs(memlimit, concatenated);
+  }
+  /** Queues compressed input (pull before pushing much more, to bound memory). */
+  push(data: Uint8Array): void {
+    this.#live().push(data);
+  }
+  /** Declares that no more input will come. */
+  finishInput(): void {
+    this.#live().finish_input();
+  }
+  /** Up to `max` decoded bytes; empty and not `done` means "push more". Throws on bad data. */
+  pull(max = XZ_PULL_BYTES): Uint8Array {
+    return this.#live().pull(max);
+  }
+  /** True once the stream is complete. */
+  get done(): boolean {
+    return this.#live().is_done();
+  }
+  /** Frees the decoder. Safe to call twice. */
+  dispose(): void {
+    this.#d?.free();
+    this.#d = null;
+  }
+  #live(): wasm.XzDecoderJs {
+    if (!this.#d) throw new Error("xz decoder already disposed");
+    return this.#d;
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(parts.reduce((t, p) => t + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
 /** The loaded core: stateless batched kernels plus factories for stateful ones. */
 export class Core {
   readonly #memory: WebAssembly.Memory;
@@ -217,6 +301,84 @@ export class Core {
       out.set(wasm.xor_gains(data.subarray(o, o + step), base.subarray(o, o + step), chunkSize), o / chunkSize);
     }
     return out;
+  }
+
+  /** One standard .xz stream holding `data`. `dictCap` caps the dictionary (saves memory on small inputs). */
+  xzCompress(data: Uint8Array, preset = 6, dictCap = 0): Uint8Array {
+    if (data.length <= SLICE_BYTES) return wasm.xz_compress(data, preset, dictCap);
+    const e = new XzEncoder(preset, dictCap);
+    const head = e.push(data);
+    return concat([head, e.finish()]);
+  }
+
+  /**
+   * Decodes one .xz stream that must hold exactly `size` bytes; never
+   * allocates more. Throws when the data is corrupt, truncated, too long or too short.
+   */
+  xzDecompressExact(data: Uint8Array, size: number, memlimit = XZ_MEMLIMIT): Uint8Array {
+    return wasm.xz_decompress_exact(data, size, memlimit);
+  }
+
+  /** A streaming encoder. */
+  xzEncoder(preset = 6, dictCap = 0): XzEncoder {
+    return new XzEncoder(preset, dictCap);
+  }
+
+  /** A streaming decoder. */
+  xzDecoder(memlimit = XZ_MEMLIMIT, concatenated = false): XzDecoder {
+    return new XzDecoder(memlimit, concatenated);
+  }
+
+  /** A web-standard stream that compresses into one .xz stream. */
+  xzCompressStream(preset = 6): TransformStream<Uint8Array, Uint8Array> {
+    let e: XzEncoder;
+    return new TransformStream({
+      start: () => {
+        e = new XzEncoder(preset);
+      },
+      transform: (chunk, ctl) => {
+        const out = e.push(chunk);
+        if (out.length) ctl.enqueue(out);
+      },
+      flush: (ctl) => ctl.enqueue(e.finish()),
+    });
+  }
+
+  /** A web-standard stream that decodes .xz (several streams back to back allowed). */
+  xzDecompressStream(memlimit = XZ_MEMLIMIT): TransformStream<Uint8Array, Uint8Array> {
+    let d: XzDecoder;
+    const drain = (ctl: TransformStreamDefaultController<Uint8Array>) => {
+      for (;;) {
+        const out = d.pull(XZ_PULL_BYTES);
+        if (!out.length) return;
+        ctl.enqueue(out);
+      }
+    };
+    return new TransformStream({
+      start: () => {
+        d = new XzDecoder(memlimit, true);
+      },
+      transform: (chunk, ctl) => {
+        try {
+          for (let o = 0; o < chunk.length; o += XZ_PULL_BYTES) {
+            d.push(chunk.subarray(o, o + XZ_PULL_BYTES));
+            drain(ctl);
+          }
+        } catch (err) {
+          d.dispose();
+          throw err;
+        }
+      },
+      flush: (ctl) => {
+        try {
+          d.finishInput();
+          drain(ctl);
+          if (!d.done) throw new Error("xz stream is truncated");
+        } finally {
+          d.dispose();
+        }
+      },
+    });
   }
 
   /** A builder for a base index with room for `capacity` entries. */

@@ -1,0 +1,239 @@
+/**
+ * File access for Node and Deno: byte sources over files, atomic outputs, and
+ * the mapping from OS errors to messages a user can act on.
+ */
+import { constants, promises as fsp } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { CloudletError } from "../errors.ts";
+import type { ByteSource, ImageSink } from "../overlay/io.ts";
+import { CHUNK } from "../overlay/format.ts";
+
+/** Turns an OS error on an output into an OUTPUT_FAILED error naming the file. */
+export function outputError(e: unknown, file: string): CloudletError {
+  if (e instanceof CloudletError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const msg =
+    code === "ENOSPC" ? "the disk is full; free some space and run again (nothing was kept)"
+    : code === "EDQUOT" ? "the disk quota is exceeded (nothing was kept)"
+    : code === "EACCES" || code === "EPERM" ? "permission denied"
+    : code === "ENOENT" ? "the directory does not exist"
+    : code === "EROFS" ? "the file system is read-only"
+    : `cannot write: ${(e as Error)?.message ?? e}`;
+  return new CloudletError("OUTPUT_FAILED", msg, file, { cause: e });
+}
+
+/** Turns an OS error on an input into a MISSING_INPUT error naming the file. */
+export function inputError(e: unknown, file: string): CloudletError {
+  if (e instanceof CloudletError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const msg =
+    code === "ENOENT" ? "no such file"
+    : code === "EACCES" || code === "EPERM" ? "permission denied"
+    : code === "EISDIR" ? "is a directory, expected a file"
+    : `cannot read: ${(e as Error)?.message ?? e}`;
+  return new CloudletError("MISSING_INPUT", msg, file, { cause: e });
+}
+
+/** A read-only file as a {@link ByteSource}. */
+export class FileSource implements ByteSource {
+  private constructor(
+    private readonly fh: fsp.FileHandle,
+    readonly name: string,
+    readonly size: number,
+  ) {}
+
+  /** Opens `path`; MISSING_INPUT when it is absent or unreadable. */
+  static async open(path: string): Promise<FileSource> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(path, "r");
+      const st = await fh.stat();
+      if (st.isDirectory()) {
+        await fh.close();
+        throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+      }
+      return new FileSource(fh, path, st.size);
+    } catch (e) {
+      throw inputError(e, path);
+    }
+  }
+
+  /** Opens `path`, or returns null when it does not exist. */
+  static async openOptional(path: string): Promise<FileSource | null> {
+    try {
+      return await FileSource.open(path);
+    } catch (e) {
+      if ((e as CloudletError).cause && ((e as CloudletError).cause as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw e;
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const len = Math.max(0, Math.min(length, this.size - offset));
+    const buf = new Uint8Array(len);
+    let got = 0;
+    try {
+      while (got < len) {
+        const { bytesRead } = await this.fh.read(buf, got, len - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+    } catch (e) {
+      throw inputError(e, this.name);
+    }
+    return got === len ? buf : buf.subarray(0, got);
+  }
+
+  /** Closes the file. */
+  async close(): Promise<void> {
+    await this.fh.close().catch(() => {});
+  }
+}
+
+/** A temporary name beside `path` that never looks like a finished output. */
+export function partName(path: string): string {
+  return join(dirname(path), `.${basename(path)}.part-${process.pid}-${randomBytes(4).toString("hex")}`);
+}
+
+/**
+ * A file written under a temporary name and renamed into place by
+ * {@link AtomicFile.commit}; {@link AtomicFile.abort} removes it.
+ */
+export class AtomicFile {
+  private closed = false;
+  private constructor(
+    readonly path: string,
+    readonly tmp: string,
+    readonly fh: fsp.FileHandle,
+  ) {}
+
+  /** Creates the temporary file for `path`. */
+  static async create(path: string): Promise<AtomicFile> {
+    const tmp = partName(path);
+    try {
+      return new AtomicFile(path, tmp, await fsp.open(tmp, "wx+", 0o644));
+    } catch (e) {
+      throw outputError(e, path);
+    }
+  }
+
+  /** Creates the temporary file as a copy of `src` (reflinked where the file system can). */
+  static async copyOf(path: string, src: string): Promise<AtomicFile> {
+    const tmp = partName(path);
+    try {
+      await fsp.copyFile(src, tmp, constants.COPYFILE_FICLONE);
+      return new AtomicFile(path, tmp, await fsp.open(tmp, "r+"));
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw outputError(e, path);
+    }
+  }
+
+  /** Writes all of `data` at `offset`. */
+  async write(data: Uint8Array, offset: number): Promise<void> {
+    try {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      throw outputError(e, this.path);
+    }
+  }
+
+  /** Sets the length. */
+  async truncate(size: number): Promise<void> {
+    try {
+      await this.fh.truncate(size);
+    } catch (e) {
+      throw outputError(e, this.path);
+    }
+  }
+
+  /** Flushes to disk and closes (still under the temporary name). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.fh.sync();
+      await this.fh.close();
+    } catch (e) {
+      await this.fh.close().catch(() => {});
+      throw outputError(e, this.path);
+    }
+  }
+
+  /** Closes and renames into place. */
+  async commit(): Promise<void> {
+    await this.close();
+    try {
+      await fsp.rename(this.tmp, this.path);
+    } catch (e) {
+      throw outputError(e, this.path);
+    }
+  }
+
+  /** Closes and deletes the temporary file. */
+  async abort(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      await this.fh.close().catch(() => {});
+    }
+    await fsp.rm(this.tmp, { force: true });
+  }
+}
+
+/** A raw image sink: starts as a copy of a base image (or zeros) and is patched in place. */
+export class RawImageSink implements ImageSink {
+  private zeros = new Uint8Array(0);
+  private constructor(
+    readonly file: AtomicFile,
+    readonly size: number,
+  ) {}
+
+  /** Creates the sink for `path`, `size` bytes, initialised from `base` when given. */
+  static async create(path: string, size: number, base: string | null): Promise<RawImageSink> {
+    const f = base ? await AtomicFile.copyOf(path, base) : await AtomicFile.create(path);
+    await f.truncate(size);
+    return new RawImageSink(f, size);
+  }
+
+  async writeChunks(first: number, data: Uint8Array): Promise<void> {
+    const off = first * CHUNK;
+    const len = Math.min(data.length, this.size - off);
+    if (len > 0) await this.file.write(data.subarray(0, len), off);
+  }
+
+  async zeroChunks(first: number, count: number): Promise<void> {
+    if (this.zeros.length < count * CHUNK) this.zeros = new Uint8Array(Math.min(count, 1024) * CHUNK);
+    for (let c = 0; c < count; c += this.zeros.length / CHUNK) {
+      const n = Math.min(count - c, this.zeros.length / CHUNK);
+      await this.writeChunks(first + c, this.zeros.subarray(0, n * CHUNK));
+    }
+  }
+
+  finish(): Promise<void> {
+    return this.file.close();
+  }
+
+  /** Renames into place (after every sink finished). */
+  commit(): Promise<void> {
+    return this.file.commit();
+  }
+
+  abort(): Promise<void> {
+    return this.file.abort();
+  }
+}
+
+/** True when `path` exists. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await fsp.access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

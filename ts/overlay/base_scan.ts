@@ -1,0 +1,86 @@
+/**
+ * Base-side preparation, done once per base: per-chunk digests of the base
+ * disk and memory, the base index, and the base id. Runtime-neutral; hosts
+ * persist the result next to the base (see ts/host/base_cache.ts).
+ */
+import { type BaseIndex, type Core, Source } from "../core/core.ts";
+import { CHUNK, computeBaseId, type MachineConfig } from "./format.ts";
+import { type ByteSource, type ProgressFn, readChunks } from "./io.ts";
+
+/** Bytes of a stored chunk digest: a BLAKE3-256 prefix. */
+export const SHORT_DIGEST = 16;
+/** Chunks per batch when scanning (4 MiB). */
+export const SCAN_BATCH = 1024;
+
+/** What the engine knows about a base VM. */
+export interface BaseView {
+  /** Base id (hex). */
+  id: string;
+  /** Machine config (part of the id). */
+  machine: MachineConfig;
+  /** Base disk bytes. */
+  disk: ByteSource;
+  /** Base memory bytes. */
+  memory: ByteSource;
+  /** First 16 bytes of BLAKE3 of every base disk chunk. */
+  diskDigests: Uint8Array;
+  /** First 16 bytes of BLAKE3 of every base memory page. */
+  memDigests: Uint8Array;
+  /** Index over non-zero base memory pages, then base disk chunks (memory wins ties). */
+  index: BaseIndex | null;
+}
+
+/** Result of scanning a base. */
+export interface BaseScan {
+  /** Base id. */
+  id: string;
+  /** Short digests of the disk chunks. */
+  diskDigests: Uint8Array;
+  /** Short digests of the memory pages. */
+  memDigests: Uint8Array;
+  /** The index. */
+  index: BaseIndex;
+}
+
+/** BLAKE3 of one all-zero chunk. */
+export function zeroChunkDigest(core: Core): Uint8Array {
+  return core.hash("blake3", new Uint8Array(CHUNK));
+}
+
+/** Hashes the base images, builds the index and computes the base id. */
+export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource, machine: MachineConfig, progress?: ProgressFn, signal?: AbortSignal): Promise<BaseScan> {
+  const total = disk.size + memory.size;
+  let done = 0;
+  const chunksOf = (s: ByteSource) => Math.ceil(s.size / CHUNK);
+  const builder = core.indexBuilder(chunksOf(disk) + chunksOf(memory));
+  const digestLists: Uint8Array[] = [];
+  const listHashes: Uint8Array[] = [];
+  // Memory first: on equal content the index keeps the first insertion, and
+  // classification prefers a base-memory match over a base-disk match.
+  for (const [src, source] of [[memory, Source.Memory], [disk, Source.Disk]] as const) {
+    const n = chunksOf(src);
+    const short = new Uint8Array(n * SHORT_DIGEST);
+    const listHash = core.hasher("blake3");
+    for (let first = 0; first < n; first += SCAN_BATCH) {
+      signal?.throwIfAborted();
+      const count = Math.min(SCAN_BATCH, n - first);
+      const data = await readChunks(src, first, count);
+      const digests = core.hashChunks("blake3", data);
+      listHash.update(digests);
+      const zero = core.zeroChunks(data);
+      for (let i = 0; i < count; i++) {
+        short.set(digests.subarray(i * 32, i * 32 + SHORT_DIGEST), (first + i) * SHORT_DIGEST);
+        zero[i] ^= 1; // mask: 1 = index this chunk (it is not zero)
+      }
+      builder.addRun(digests, source, first * CHUNK, CHUNK, zero);
+      done += Math.min(count * CHUNK, src.size - first * CHUNK);
+      progress?.({ phase: "index base", done, total });
+    }
+    digestLists.push(short);
+    listHashes.push(listHash.digest());
+  }
+  const index = builder.finish();
+  const [memDigests, diskDigests] = digestLists;
+  const id = computeBaseId(core, machine, disk.size, memory.size, listHashes[1], listHashes[0]);
+  return { id, diskDigests, memDigests, index };
+}

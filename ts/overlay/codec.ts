@@ -1,0 +1,44 @@
+/**
+ * SegmentCodec: xz compression and decompression of segment payloads. Hosts
+ * provide parallel versions (worker threads, Web Workers), each worker with
+ * its own WASM instance; {@link InlineCodec} runs on the calling thread.
+ */
+import type { Core } from "../core/core.ts";
+
+/** Compresses and decompresses segment payloads. */
+export interface SegmentCodec {
+  /** How many segments it works on at once. */
+  readonly parallelism: number;
+  /** One standard .xz stream holding `raw`. */
+  compress(raw: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Decodes one .xz stream that must hold exactly `rawSize` bytes. Rejects
+   * with an Error whose message says what is wrong (bad data, too long,
+   * too short) without ever allocating more than `rawSize` + a small slack.
+   */
+  decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array>;
+  /** Releases workers. */
+  close(): Promise<void>;
+}
+
+/** Default xz preset for segments: see docs/xz.md for the measurements. */
+export const DEFAULT_PRESET = 6;
+
+/** A codec on the calling thread. */
+export class InlineCodec implements SegmentCodec {
+  readonly parallelism = 1;
+  /** @param core the loaded core @param preset xz preset 0-9 */
+  constructor(
+    private readonly core: Core,
+    private readonly preset = DEFAULT_PRESET,
+  ) {}
+  compress(raw: Uint8Array): Promise<Uint8Array> {
+    return Promise.resolve(this.core.xzCompress(raw, this.preset));
+  }
+  decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
+    return Promise.resolve().then(() => this.core.xzDecompressExact(xz, rawSize));
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

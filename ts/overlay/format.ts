@@ -1,0 +1,596 @@
+/**
+ * The cloudlet VM overlay format, version 1. This module owns it: every byte
+ * that is written or read goes through here.
+ *
+ * An overlay is a meta plus segments. It is stored either in the seed's
+ * layout (`NAME.overlay-meta` + `NAME-1.xz` ... `NAME-N.xz`) or packed into
+ * one file (`NAME.overlay`) that can be streamed meta-first and read by range.
+ *
+ * ```text
+ * META (NAME.overlay-meta, and bytes [64, 64+M) of a packed file)
+ *   0   8  magic "CLOVMETA"
+ *   8   4  format version, u32 LE (1)           -- not the package version
+ *  12   4  flags, u32 LE (0; reserved)
+ *  16   8  body length M-64, u64 LE (<= LIMITS.metaBytes)
+ *  24  32  BLAKE3 of the body
+ *  56   8  reserved (0)
+ *  64  ..  body: UTF-8 JSON, see OverlayMeta / docs/overlay-format.md
+ *
+ * PACKED FILE (NAME.overlay)
+ *   0   8  magic "CLOVPACK" ("CLOVPART" while being written: never complete)
+ *   8   4  format version, u32 LE (1)
+ *  12   4  flags (0)
+ *  16   8  meta offset (64)
+ *  24   8  meta length M
+ *  32   8  data offset D (64 + M)
+ *  40   8  total file length
+ *  48  16  first 16 bytes of BLAKE3 of bytes [0, 48)
+ *  64   M  META, exactly as above
+ *   D  ..  segment 1, segment 2, ... back to back; each is one standard .xz
+ *          stream whose length the meta's segment table gives
+ *
+ * SEGMENT (the payload inside each .xz stream, before compression)
+ *   0   4  magic "CLSG"
+ *   4   4  segment format version, u32 LE (1)
+ *   8   4  record count R
+ *  12   4  data chunk count K
+ *  16 24R  records, sorted by (kind, chunk index), strictly ascending:
+ *            +0 u8 kind   (ImageKind)     +1 u8 class (ChunkClass)
+ *            +2 u16 reserved (0)          +4 u32 reserved (0)
+ *            +8 u64 chunk index           +16 u64 arg:
+ *               BaseMemory/BaseDisk: byte offset of the equal chunk in the base
+ *               Self: record number (in this segment) of a Raw/Xor record
+ *               Raw/Xor: data slot (0, 1, 2, ... in record order)
+ *   ..  4096K  data slots: the chunk (Raw) or chunk XOR same-offset base chunk (Xor)
+ * ```
+ *
+ * Every segment decodes on its own: its records point only into the base or
+ * into the same segment. The meta records, per segment, the BLAKE3 of the
+ * compressed bytes (checked before decoding) and a hash over the digests of
+ * the rebuilt chunks (checked after applying), which together verify every
+ * rebuilt chunk:
+ *
+ *   rebuilt_hash = BLAKE3( for each record, in order:
+ *                          u8 kind || u64 LE chunk index || BLAKE3-256(rebuilt 4096 bytes) )
+ *
+ * Chunks past the end of an image are padded with zeros; base reads past the
+ * end of a base image read zeros. Enum values below are part of the format:
+ * do not change or reuse numbers.
+ */
+import type { Core } from "../core/core.ts";
+import { toHex } from "../core/vectors.ts";
+import { CloudletError } from "../errors.ts";
+
+/** Format version written and accepted. Separate from the package version. */
+export const FORMAT_VERSION = 1;
+/** Segment payload version. */
+export const SEGMENT_VERSION = 1;
+/** Chunk size: disk blocks and memory pages alike. */
+export const CHUNK = 4096;
+/** Bytes of the fixed META header and of the packed-file header. */
+export const HEADER_BYTES = 64;
+/** Bytes of one segment record. */
+export const RECORD_BYTES = 24;
+/** Bytes of the segment payload header. */
+export const SEGMENT_HEADER_BYTES = 16;
+
+const enc = new TextEncoder();
+/** Magic of a complete meta. */
+export const META_MAGIC = enc.encode("CLOVMETA");
+/** Magic of a complete packed overlay. */
+export const PACK_MAGIC = enc.encode("CLOVPACK");
+/** Magic of a packed overlay that is still being written. */
+export const PART_MAGIC = enc.encode("CLOVPART");
+const SEG_MAGIC = enc.encode("CLSG");
+
+/** Limits that bound what a hostile overlay can make us allocate or do. */
+export const LIMITS = {
+  /** Largest meta (header + JSON body). */
+  metaBytes: 64 << 20,
+  /** Most segments in one overlay. */
+  segments: 1 << 20,
+  /** Largest compressed segment. */
+  segmentCompressed: 80 << 20,
+  /** Largest decoded segment payload. */
+  segmentRaw: 80 << 20,
+  /** Largest image (disk, memory or device state): 1 PiB. */
+  imageBytes: 2 ** 50,
+  /** Most chunk ranges over all segments. */
+  ranges: 1 << 24,
+  /** Most port forwards. */
+  portForwards: 256,
+} as const;
+
+/** Which image a chunk belongs to. Part of the format: never reuse numbers. */
+export enum ImageKind {
+  /** The disk. */
+  Disk = 0,
+  /** Guest RAM. */
+  Memory = 1,
+  /** Device state (the QEMU migration stream). It has no base. */
+  State = 2,
+}
+/** Names of image kinds, indexed by value. */
+export const KIND_NAMES = ["disk", "memory", "state"] as const;
+/** Number of image kinds. */
+export const KIND_COUNT = 3;
+
+/** How a changed chunk is stored. Part of the format: never reuse numbers. */
+export enum ChunkClass {
+  /** All zero: nothing stored. */
+  Zero = 0,
+  /** Equal to a base-memory page: its offset is stored. */
+  BaseMemory = 1,
+  /** Equal to a base-disk block: its offset is stored. */
+  BaseDisk = 2,
+  /** A repeat of a Raw/Xor chunk in the same segment. */
+  Self = 3,
+  /** Stored as is. */
+  Raw = 4,
+  /** Stored as XOR against the same-offset base chunk. */
+  Xor = 5,
+}
+/** Names of chunk classes, indexed by value. */
+export const CLASS_NAMES = ["zero", "base_memory", "base_disk", "self", "raw", "xor"] as const;
+/** Number of chunk classes. */
+export const CLASS_COUNT = 6;
+
+/** The machine a base VM runs on; part of the base id. */
+export interface MachineConfig {
+  /** QEMU machine type, e.g. "pc-i440fx-7.2". */
+  machine: string;
+  /** QEMU CPU model, e.g. "qemu64". */
+  cpu: string;
+  /** Guest RAM in MiB. */
+  ramMiB: number;
+}
+
+/** A host-to-guest port forward. */
+export interface PortForward {
+  /** Protocol. */
+  proto: "tcp" | "udp";
+  /** Host port; 0 means "pick a free one at launch". */
+  hostPort: number;
+  /** Guest port. */
+  guestPort: number;
+}
+
+/** How to launch the synthesized VM. */
+export interface LaunchConfig {
+  /** Ports to forward. */
+  portForwards: PortForward[];
+  /** Guest RAM in MiB. */
+  memoryMiB: number;
+  /** Virtual CPUs. */
+  vcpus: number;
+}
+
+/** One entry of the segment table. */
+export interface SegmentInfo {
+  /** Bytes of the .xz stream. */
+  compressedSize: number;
+  /** Bytes of the decoded payload. */
+  rawSize: number;
+  /** BLAKE3 of the .xz stream, hex. */
+  hash: string;
+  /** BLAKE3 over the rebuilt chunks (see the module docs), hex. */
+  rebuiltHash: string;
+  /** Number of records. */
+  records: number;
+  /** Number of data slots (Raw + Xor records). */
+  dataChunks: number;
+  /** Chunks covered, as [kind, first chunk index, count] runs in record order. */
+  ranges: Array<[number, number, number]>;
+}
+
+/** Per (kind, class): number of chunks. Informational, for inspect. */
+export type ClassCounts = number[][];
+
+/** The overlay meta. */
+export interface OverlayMeta {
+  /** Format version (FORMAT_VERSION). */
+  version: number;
+  /** Chunk size (CHUNK). */
+  chunkSize: number;
+  /** The base this overlay applies to. */
+  base: {
+    /** Base id: BLAKE3 over base disk, base memory and machine config, hex. */
+    id: string;
+    /** Base disk size in bytes. */
+    diskSize: number;
+    /** Base memory size in bytes. */
+    memorySize: number;
+    /** Machine config. */
+    machine: MachineConfig;
+  };
+  /** Sizes of the rebuilt images, indexed by ImageKind. */
+  imageSizes: [number, number, number];
+  /** Segment table. */
+  segments: SegmentInfo[];
+  /** How to launch the rebuilt VM. */
+  launch: LaunchConfig;
+  /** Who made the overlay. */
+  creator: { tool: string; version: string; created: string };
+  /** Chunk counts per [kind][class], as recorded at creation. */
+  classCounts: ClassCounts;
+}
+
+function fail(file: string, msg: string): never {
+  throw new CloudletError("BAD_META", msg, file);
+}
+
+function u64(view: DataView, off: number): number {
+  const v = view.getBigUint64(off, true);
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.POSITIVE_INFINITY : Number(v);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Encodes a meta: 64-byte header + canonical JSON body. */
+export function encodeMeta(core: Core, meta: OverlayMeta): Uint8Array {
+  const body = enc.encode(JSON.stringify(metaToJson(meta)));
+  const out = new Uint8Array(HEADER_BYTES + body.length);
+  const v = new DataView(out.buffer);
+  out.set(META_MAGIC, 0);
+  v.setUint32(8, FORMAT_VERSION, true);
+  v.setBigUint64(16, BigInt(body.length), true);
+  out.set(core.hash("blake3", body), 24);
+  out.set(body, HEADER_BYTES);
+  return out;
+}
+
+/**
+ * Reads the fixed meta header and returns the body length. Throws BAD_META
+ * before anything large is allocated when the header is wrong or hostile.
+ */
+export function metaBodyLength(header: Uint8Array, file: string): number {
+  if (header.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `overlay meta is truncated (${header.length} of ${HEADER_BYTES} header bytes)`, file);
+  if (!sameBytes(header.subarray(0, 8), META_MAGIC)) fail(file, "not a cloudlet overlay meta (bad magic)");
+  const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
+  const version = v.getUint32(8, true);
+  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  const len = u64(v, 16);
+  if (len > LIMITS.metaBytes - HEADER_BYTES) fail(file, `meta body of ${len} bytes exceeds the ${LIMITS.metaBytes}-byte limit`);
+  return len;
+}
+
+/** Decodes and validates a whole meta (header + body). */
+export function decodeMeta(core: Core, bytes: Uint8Array, file: string): OverlayMeta {
+  const len = metaBodyLength(bytes, file);
+  if (bytes.length < HEADER_BYTES + len) throw new CloudletError("TRUNCATED", `overlay meta is truncated (${bytes.length} of ${HEADER_BYTES + len} bytes)`, file);
+  if (bytes.length > HEADER_BYTES + len) fail(file, "overlay meta has trailing bytes");
+  const body = bytes.subarray(HEADER_BYTES, HEADER_BYTES + len);
+  if (!sameBytes(core.hash("blake3", body), bytes.subarray(24, 56))) fail(file, "overlay meta is corrupt (checksum mismatch)");
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(body));
+  } catch {
+    fail(file, "overlay meta body is not valid JSON");
+  }
+  return validateMeta(json, file);
+}
+
+/** Packed-file header fields. */
+export interface PackHeader {
+  /** Meta length. */
+  metaLength: number;
+  /** Offset of segment 1. */
+  dataOffset: number;
+  /** Whole file length. */
+  totalLength: number;
+}
+
+/** Encodes the 64-byte header of a packed overlay; `partial` writes the in-progress magic. */
+export function encodePackHeader(core: Core, h: PackHeader, partial: boolean): Uint8Array {
+  const out = new Uint8Array(HEADER_BYTES);
+  const v = new DataView(out.buffer);
+  out.set(partial ? PART_MAGIC : PACK_MAGIC, 0);
+  v.setUint32(8, FORMAT_VERSION, true);
+  v.setBigUint64(16, BigInt(HEADER_BYTES), true);
+  v.setBigUint64(24, BigInt(h.metaLength), true);
+  v.setBigUint64(32, BigInt(h.dataOffset), true);
+  v.setBigUint64(40, BigInt(h.totalLength), true);
+  out.set(core.hash("blake3", out.subarray(0, 48)).subarray(0, 16), 48);
+  return out;
+}
+
+/** Decodes a packed header; refuses a partial (still being written) file. */
+export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackHeader {
+  if (b.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", "packed overlay is truncated (no complete header)", file);
+  const magic = b.subarray(0, 8);
+  if (sameBytes(magic, PART_MAGIC)) fail(file, "this overlay was never completed (its writer was interrupted); create it again");
+  if (!sameBytes(magic, PACK_MAGIC)) fail(file, "not a cloudlet packed overlay (bad magic)");
+  if (!sameBytes(core.hash("blake3", b.subarray(0, 48)).subarray(0, 16), b.subarray(48, 64))) fail(file, "packed overlay header is corrupt (checksum mismatch)");
+  const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
+  const version = v.getUint32(8, true);
+  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  const metaOffset = u64(v, 16);
+  const metaLength = u64(v, 24);
+  const dataOffset = u64(v, 32);
+  const totalLength = u64(v, 40);
+  if (metaOffset !== HEADER_BYTES || metaLength < HEADER_BYTES || metaLength > LIMITS.metaBytes || dataOffset !== HEADER_BYTES + metaLength || totalLength < dataOffset) {
+    fail(file, "packed overlay header has inconsistent offsets");
+  }
+  return { metaLength, dataOffset, totalLength };
+}
+
+// ---------------------------------------------------------------------------
+// JSON body: snake_case on disk, validated field by field.
+
+function metaToJson(m: OverlayMeta): unknown {
+  return {
+    format: "cloudlet-overlay",
+    version: m.version,
+    chunk_size: m.chunkSize,
+    base: { id: m.base.id, disk_size: m.base.diskSize, memory_size: m.base.memorySize, machine: { type: m.base.machine.machine, cpu: m.base.machine.cpu, ram_mib: m.base.machine.ramMiB } },
+    image_sizes: { disk: m.imageSizes[0], memory: m.imageSizes[1], state: m.imageSizes[2] },
+    launch: {
+      port_forwards: m.launch.portForwards.map((p) => ({ proto: p.proto, host_port: p.hostPort, guest_port: p.guestPort })),
+      memory_mib: m.launch.memoryMiB,
+      vcpus: m.launch.vcpus,
+    },
+    creator: m.creator,
+    class_counts: Object.fromEntries(KIND_NAMES.map((k, i) => [k, Object.fromEntries(CLASS_NAMES.map((c, j) => [c, m.classCounts[i][j]]))])),
+    segments: m.segments.map((s) => ({
+      compressed_size: s.compressedSize,
+      raw_size: s.rawSize,
+      hash: s.hash,
+      rebuilt_hash: s.rebuiltHash,
+      records: s.records,
+      data_chunks: s.dataChunks,
+      ranges: s.ranges,
+    })),
+  };
+}
+
+type Obj = Record<string, unknown>;
+
+function obj(x: unknown, what: string, file: string): Obj {
+  if (typeof x !== "object" || x === null || Array.isArray(x)) fail(file, `meta field ${what} must be an object`);
+  return x as Obj;
+}
+function int(x: unknown, what: string, file: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
+  if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min || x > max) fail(file, `meta field ${what} must be an integer in [${min}, ${max}]`);
+  return x;
+}
+function str(x: unknown, what: string, file: string, maxLen = 256): string {
+  if (typeof x !== "string" || x.length > maxLen) fail(file, `meta field ${what} must be a string of at most ${maxLen} characters`);
+  return x;
+}
+function hex32(x: unknown, what: string, file: string): string {
+  const s = str(x, what, file, 64);
+  if (!/^[0-9a-f]{64}$/.test(s)) fail(file, `meta field ${what} must be 64 lower-case hex digits`);
+  return s;
+}
+function arr(x: unknown, what: string, file: string, max: number): unknown[] {
+  if (!Array.isArray(x)) fail(file, `meta field ${what} must be an array`);
+  if (x.length > max) fail(file, `meta field ${what} has ${x.length} entries, more than the limit of ${max}`);
+  return x;
+}
+
+/** Validates a parsed JSON body against every structural rule and limit. */
+export function validateMeta(json: unknown, file: string): OverlayMeta {
+  const j = obj(json, "(root)", file);
+  if (j.format !== "cloudlet-overlay") fail(file, "meta is not a cloudlet overlay (format field)");
+  const version = int(j.version, "version", file);
+  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported`);
+  const chunkSize = int(j.chunk_size, "chunk_size", file);
+  if (chunkSize !== CHUNK) fail(file, `chunk size ${chunkSize} is not supported (only ${CHUNK})`);
+
+  const b = obj(j.base, "base", file);
+  const mach = obj(b.machine, "base.machine", file);
+  const base = {
+    id: hex32(b.id, "base.id", file),
+    diskSize: int(b.disk_size, "base.disk_size", file, LIMITS.imageBytes),
+    memorySize: int(b.memory_size, "base.memory_size", file, LIMITS.imageBytes),
+    machine: { machine: str(mach.type, "base.machine.type", file), cpu: str(mach.cpu, "base.machine.cpu", file), ramMiB: int(mach.ram_mib, "base.machine.ram_mib", file, 1 << 24) },
+  };
+  const is = obj(j.image_sizes, "image_sizes", file);
+  const imageSizes: [number, number, number] = [
+    int(is.disk, "image_sizes.disk", file, LIMITS.imageBytes),
+    int(is.memory, "image_sizes.memory", file, LIMITS.imageBytes),
+    int(is.state, "image_sizes.state", file, LIMITS.imageBytes),
+  ];
+  const chunksOf = imageSizes.map((s) => Math.ceil(s / CHUNK));
+
+  const l = obj(j.launch, "launch", file);
+  const launch: LaunchConfig = {
+    portForwards: arr(l.port_forwards, "launch.port_forwards", file, LIMITS.portForwards).map((p, i) => {
+      const o = obj(p, `launch.port_forwards[${i}]`, file);
+      if (o.proto !== "tcp" && o.proto !== "udp") fail(file, `launch.port_forwards[${i}].proto must be tcp or udp`);
+      return { proto: o.proto, hostPort: int(o.host_port, "host_port", file, 65535), guestPort: int(o.guest_port, "guest_port", file, 65535, 1) };
+    }),
+    memoryMiB: int(l.memory_mib, "launch.memory_mib", file, 1 << 24),
+    vcpus: int(l.vcpus, "launch.vcpus", file, 1024, 1),
+  };
+  const c = obj(j.creator, "creator", file);
+  const creator = { tool: str(c.tool, "creator.tool", file), version: str(c.version, "creator.version", file), created: str(c.created, "creator.created", file) };
+
+  const cc = obj(j.class_counts, "class_counts", file);
+  const classCounts = KIND_NAMES.map((k) => {
+    const row = obj(cc[k], `class_counts.${k}`, file);
+    return CLASS_NAMES.map((n) => int(row[n], `class_counts.${k}.${n}`, file));
+  });
+
+  const segs = arr(j.segments, "segments", file, LIMITS.segments);
+  let totalRanges = 0;
+  // Every chunk may be covered by at most one record in the whole overlay.
+  const covered: Array<[number, number, number]> = [];
+  const segments: SegmentInfo[] = segs.map((s, i) => {
+    const what = `segments[${i}]`;
+    const o = obj(s, what, file);
+    const records = int(o.records, `${what}.records`, file, Math.floor(LIMITS.segmentRaw / RECORD_BYTES));
+    const dataChunks = int(o.data_chunks, `${what}.data_chunks`, file, records);
+    const rawSize = int(o.raw_size, `${what}.raw_size`, file, LIMITS.segmentRaw);
+    if (rawSize !== SEGMENT_HEADER_BYTES + records * RECORD_BYTES + dataChunks * CHUNK) fail(file, `${what}: raw_size ${rawSize} does not match its ${records} records and ${dataChunks} data chunks`);
+    const rangesRaw = arr(o.ranges, `${what}.ranges`, file, LIMITS.ranges - totalRanges);
+    totalRanges += rangesRaw.length;
+    let count = 0;
+    let prev = -1;
+    const ranges = rangesRaw.map((r, k) => {
+      const ra = arr(r, `${what}.ranges[${k}]`, file, 3);
+      if (ra.length !== 3) fail(file, `${what}.ranges[${k}] must be [kind, first, count]`);
+      const kind = int(ra[0], `${what}.ranges[${k}] kind`, file, KIND_COUNT - 1);
+      const first = int(ra[1], `${what}.ranges[${k}] first`, file);
+      const n = int(ra[2], `${what}.ranges[${k}] count`, file, Number.MAX_SAFE_INTEGER, 1);
+      if (first + n > chunksOf[kind]) fail(file, `${what}: range ${KIND_NAMES[kind]} chunks ${first}..${first + n - 1} lies past the end of the ${imageSizes[kind]}-byte ${KIND_NAMES[kind]} image`);
+      // Strictly ascending (kind, index) within the segment.
+      const key = kind * 2 ** 51 + first;
+      if (key <= prev) fail(file, `${what}: ranges are not in ascending order`);
+      prev = kind * 2 ** 51 + first + n - 1;
+      count += n;
+      covered.push([kind, first, n]);
+      return [kind, first, n] as [number, number, number];
+    });
+    if (count !== records) fail(file, `${what}: ranges cover ${count} chunks but the segment has ${records} records`);
+    return {
+      compressedSize: int(o.compressed_size, `${what}.compressed_size`, file, LIMITS.segmentCompressed, 1),
+      rawSize,
+      hash: hex32(o.hash, `${what}.hash`, file),
+      rebuiltHash: hex32(o.rebuilt_hash, `${what}.rebuilt_hash`, file),
+      records,
+      dataChunks,
+      ranges,
+    };
+  });
+  covered.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  for (let i = 1; i < covered.length; i++) {
+    const [k0, f0, n0] = covered[i - 1];
+    const [k1, f1] = covered[i];
+    if (k0 === k1 && f1 < f0 + n0) fail(file, `segments overlap: ${KIND_NAMES[k1]} chunk ${f1} is covered twice`);
+  }
+  return { version, chunkSize, base, imageSizes, segments, launch, creator, classCounts };
+}
+
+// ---------------------------------------------------------------------------
+// Segment payloads.
+
+/** Decoded records of one segment, struct-of-arrays. */
+export interface SegmentRecords {
+  /** ImageKind per record. */
+  kinds: Uint8Array;
+  /** ChunkClass per record. */
+  classes: Uint8Array;
+  /** Chunk index per record. */
+  indexes: Float64Array;
+  /** Class-specific argument per record (see the module docs). */
+  args: Float64Array;
+  /** The data slots, CHUNK bytes each. */
+  data: Uint8Array;
+}
+
+/** Builds a segment payload from records and their data slots. */
+export function encodeSegment(r: Omit<SegmentRecords, "data">, count: number, data: Uint8Array, dataChunks: number): Uint8Array {
+  const out = new Uint8Array(SEGMENT_HEADER_BYTES + count * RECORD_BYTES + dataChunks * CHUNK);
+  const v = new DataView(out.buffer);
+  out.set(SEG_MAGIC, 0);
+  v.setUint32(4, SEGMENT_VERSION, true);
+  v.setUint32(8, count, true);
+  v.setUint32(12, dataChunks, true);
+  for (let i = 0; i < count; i++) {
+    const o = SEGMENT_HEADER_BYTES + i * RECORD_BYTES;
+    out[o] = r.kinds[i];
+    out[o + 1] = r.classes[i];
+    v.setBigUint64(o + 8, BigInt(r.indexes[i]), true);
+    v.setBigUint64(o + 16, BigInt(r.args[i]), true);
+  }
+  out.set(data.subarray(0, dataChunks * CHUNK), SEGMENT_HEADER_BYTES + count * RECORD_BYTES);
+  return out;
+}
+
+/**
+ * Parses and validates a decoded segment payload against its meta entry:
+ * record order and coverage equal the meta's ranges, every argument is in
+ * bounds, and data slots are used once each, in order.
+ */
+export function decodeSegment(raw: Uint8Array, meta: OverlayMeta, segNo: number, file: string): SegmentRecords {
+  const seg = meta.segments[segNo];
+  const bad = (msg: string): never => {
+    throw new CloudletError("CORRUPT_SEGMENT", `segment ${segNo + 1}: ${msg}`, file);
+  };
+  if (raw.length !== seg.rawSize) bad(`decoded to ${raw.length} bytes, the meta says ${seg.rawSize}`);
+  if (!sameBytes(raw.subarray(0, 4), SEG_MAGIC)) bad("payload has a bad magic");
+  const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (v.getUint32(4, true) !== SEGMENT_VERSION) bad(`payload version ${v.getUint32(4, true)} is not supported`);
+  const count = v.getUint32(8, true);
+  const dataChunks = v.getUint32(12, true);
+  if (count !== seg.records || dataChunks !== seg.dataChunks) bad("payload counts disagree with the meta");
+  const kinds = new Uint8Array(count);
+  const classes = new Uint8Array(count);
+  const indexes = new Float64Array(count);
+  const args = new Float64Array(count);
+  let slot = 0;
+  let rangeNo = 0;
+  let inRange = 0;
+  const baseSizes = [meta.base.diskSize, meta.base.memorySize, 0];
+  for (let i = 0; i < count; i++) {
+    const o = SEGMENT_HEADER_BYTES + i * RECORD_BYTES;
+    const kind = raw[o];
+    const cls = raw[o + 1];
+    const index = u64(v, o + 8);
+    const arg = u64(v, o + 16);
+    const [rk, rf, rn] = seg.ranges[rangeNo];
+    if (kind !== rk || index !== rf + inRange) bad(`record ${i} (${KIND_NAMES[kind] ?? kind} chunk ${index}) is not the chunk the meta's ranges name`);
+    if (++inRange === rn) {
+      rangeNo++;
+      inRange = 0;
+    }
+    switch (cls) {
+      case ChunkClass.Zero:
+        break;
+      case ChunkClass.BaseMemory:
+        if (arg % CHUNK !== 0 || arg >= baseSizes[ImageKind.Memory]) bad(`record ${i} points past the base memory`);
+        break;
+      case ChunkClass.BaseDisk:
+        if (arg % 512 !== 0 || arg >= baseSizes[ImageKind.Disk]) bad(`record ${i} points past the base disk`);
+        break;
+      case ChunkClass.Self:
+        if (arg >= count || arg === i) bad(`record ${i} repeats a record that does not exist`);
+        break;
+      case ChunkClass.Xor:
+        if (kind === ImageKind.State) bad(`record ${i} is an XOR delta of device state, which has no base`);
+      // falls through
+      case ChunkClass.Raw:
+        if (arg !== slot) bad(`record ${i} uses data slot ${arg}, expected ${slot}`);
+        slot++;
+        break;
+      default:
+        bad(`record ${i} has unknown class ${cls}`);
+    }
+    kinds[i] = kind;
+    classes[i] = cls;
+    indexes[i] = index;
+    args[i] = arg;
+  }
+  if (slot !== dataChunks) bad(`uses ${slot} data slots but holds ${dataChunks}`);
+  for (let i = 0; i < count; i++) {
+    if (classes[i] === ChunkClass.Self) {
+      const t = classes[args[i]];
+      if (t !== ChunkClass.Raw && t !== ChunkClass.Xor) bad(`record ${i} repeats record ${args[i]}, which holds no data`);
+    }
+  }
+  return { kinds, classes, indexes, args, data: raw.subarray(SEGMENT_HEADER_BYTES + count * RECORD_BYTES) };
+}
+
+/** Hex BLAKE3 of bytes. */
+export function hashHex(core: Core, b: Uint8Array): string {
+  return toHex(core.hash("blake3", b));
+}
+
+/** The segment file name of segment `i` (0-based) in the seed layout. */
+export function segmentFileName(stem: string, i: number): string {
+  return `${stem}-${i + 1}.xz`;
+}
+
+/** Base id: BLAKE3 over a domain tag, the machine config, the image sizes and the chunk digest lists. */
+export function computeBaseId(core: Core, machine: MachineConfig, diskSize: number, memorySize: number, diskDigestsHash: Uint8Array, memDigestsHash: Uint8Array): string {
+  const cfg = enc.encode(JSON.stringify({ machine: machine.machine, cpu: machine.cpu, ram_mib: machine.ramMiB, disk_size: diskSize, memory_size: memorySize }));
+  const h = core.hasher("blake3");
+  h.update(enc.encode("cloudlet-base-v1\0"));
+  h.update(cfg);
+  h.update(diskDigestsHash);
+  h.update(memDigestsHash);
+  return toHex(h.digest());
+}

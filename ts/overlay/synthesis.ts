@@ -9,6 +9,7 @@
  * complete survives.
  */
 import type { Core } from "../core/core.ts";
+import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
 import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, type SegmentRecords } from "./format.ts";
 import type { ByteSource, ImageSink, ProgressFn } from "./io.ts";
@@ -178,7 +179,7 @@ export async function applySegment(
       i = j;
     }
   }
-  const got = hashHex(core, hasher.digest());
+  const got = toHex(hasher.digest());
   if (got !== meta.segments[segNo].rebuiltHash) {
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }

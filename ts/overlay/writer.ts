@@ -225,32 +225,36 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
         const data = await readChunks(sources[plan.kind], first, count);
         const digests = core.hashChunks("blake3", data);
         const zeros = core.zeroChunks(data);
-        // Changed, non-zero chunks go to the index in one batch.
+        // Changed, non-zero chunks go to the index in one batch; entries are
+        // then pushed in chunk order, which every later step relies on.
+        const cls = new Int8Array(count).fill(-1);
         const pending: number[] = [];
         for (let i = 0; i < count; i++) {
           const d = digests.subarray(i * 32, i * 32 + 32);
           if (baseDigestEquals(plan.kind, first + i, d)) continue; // unchanged
-          if (zeros[i]) entries.push(plan.kind, first + i, ChunkClass.Zero, 0, d);
+          if (zeros[i]) cls[i] = ChunkClass.Zero;
           else pending.push(i);
         }
+        const args = new Float64Array(count);
         if (pending.length) {
           const q = new Uint8Array(pending.length * 32);
           pending.forEach((i, j) => q.set(digests.subarray(i * 32, i * 32 + 32), j * 32));
           const hits = index.lookup(q);
           pending.forEach((i, j) => {
-            const d = q.subarray(j * 32, j * 32 + 32);
             const src = hits.sources[j];
             const off = hits.offsets[j];
-            if (src >= 0) {
-              const kind = src === Source.Memory ? ImageKind.Memory : ImageKind.Disk;
-              // The index key is 64 bits: confirm against the stored 128-bit digest.
-              if (baseDigestEquals(kind, off / CHUNK, d)) {
-                entries.push(plan.kind, first + i, src === Source.Memory ? ChunkClass.BaseMemory : ChunkClass.BaseDisk, off, d);
-                return;
-              }
+            cls[i] = ChunkClass.Raw;
+            if (src < 0) return;
+            // The index key is 64 bits: confirm against the stored 128-bit digest.
+            const kind = src === Source.Memory ? ImageKind.Memory : ImageKind.Disk;
+            if (baseDigestEquals(kind, off / CHUNK, q.subarray(j * 32, j * 32 + 32))) {
+              cls[i] = src === Source.Memory ? ChunkClass.BaseMemory : ChunkClass.BaseDisk;
+              args[i] = off;
             }
-            entries.push(plan.kind, first + i, ChunkClass.Raw, 0, d);
           });
+        }
+        for (let i = 0; i < count; i++) {
+          if (cls[i] >= 0) entries.push(plan.kind, first + i, cls[i], args[i], digests.subarray(i * 32, i * 32 + 32));
         }
         scanned += count * CHUNK;
         o.progress?.({ phase: "scan", done: scanned, total: scanTotal });

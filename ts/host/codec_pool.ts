@@ -1,0 +1,107 @@
+/**
+ * WorkerCodec: compresses and decompresses segments on worker threads, each
+ * with its own WASM instance, so segment work runs on every core while the
+ * main thread reads, classifies and writes. node:worker_threads serves Node
+ * and Deno alike.
+ */
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import { XZ_MEMLIMIT } from "../core/core.ts";
+
+/** A request to a worker (see codec_worker.mjs). */
+interface CodecRequest {
+  id: number;
+  op: "compress" | "decompress";
+  data: Uint8Array;
+  rawSize: number;
+}
+
+/** Dictionary cap for segments: segments are ~1 MiB, a larger dictionary only costs memory. */
+export const SEGMENT_DICT_CAP = 4 << 20;
+
+interface Pending {
+  resolve: (b: Uint8Array) => void;
+  reject: (e: Error) => void;
+}
+
+/** A pool of codec workers. */
+export class WorkerCodec implements SegmentCodec {
+  readonly parallelism: number;
+  private readonly workers: Worker[] = [];
+  private readonly load: number[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private readonly ready: Promise<void>;
+  private nextId = 1;
+  private closed = false;
+
+  /** @param threads worker count (default: available cores) @param preset xz preset @param dictCap dictionary cap */
+  constructor(threads = availableParallelism(), preset = DEFAULT_PRESET, dictCap = SEGMENT_DICT_CAP) {
+    this.parallelism = Math.max(1, threads);
+    const readies: Promise<void>[] = [];
+    for (let i = 0; i < this.parallelism; i++) {
+      const w = new Worker(new URL("./codec_worker.mjs", import.meta.url), { workerData: { preset, dictCap, memlimit: XZ_MEMLIMIT } });
+      this.workers.push(w);
+      this.load.push(0);
+      readies.push(
+        new Promise<void>((resolve, reject) => {
+          const onMsg = (m: { ready?: boolean; id?: number; ok?: boolean; data?: Uint8Array; error?: string }) => {
+            if (m.ready) {
+              if (this.load[i] === 0) w.unref();
+              return resolve();
+            }
+            const p = this.pending.get(m.id!);
+            if (!p) return;
+            this.pending.delete(m.id!);
+            // An idle worker must not keep the process alive; a busy one must.
+            if (--this.load[i] === 0) w.unref();
+            if (m.ok) p.resolve(m.data!);
+            else p.reject(new Error(m.error));
+          };
+          w.on("message", onMsg);
+          w.on("error", (e) => {
+            reject(e);
+            this.failAll(e);
+          });
+        }),
+      );
+    }
+    this.ready = Promise.all(readies).then(() => {});
+    this.ready.catch(() => {});
+  }
+
+  private failAll(e: Error): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+
+  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number): Promise<Uint8Array> {
+    if (this.closed) throw new Error("codec is closed");
+    await this.ready;
+    // Least-loaded worker; the input is copied once into a transferable buffer.
+    let w = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.load[i] < this.load[w]) w = i;
+    const id = this.nextId++;
+    const owned = data.slice();
+    if (this.load[w]++ === 0) this.workers[w].ref();
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.workers[w].postMessage({ id, op, data: owned, rawSize } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
+    });
+  }
+
+  compress(raw: Uint8Array): Promise<Uint8Array> {
+    return this.run("compress", raw, 0);
+  }
+
+  decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
+    return this.run("decompress", xz, rawSize);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.failAll(new Error("codec closed"));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

@@ -1,0 +1,19 @@
+// A segment-codec worker thread with its own WASM instance (see codec_pool.ts).
+// Plain JavaScript on purpose: worker threads do not inherit the TypeScript
+// loader under every runner, and this file only forwards to the WASM core.
+import { readFileSync } from "node:fs";
+import { parentPort, workerData } from "node:worker_threads";
+import { initSync, xz_compress, xz_decompress_exact } from "../core/_wasm/cloudlet_core.js";
+
+initSync({ module: readFileSync(new URL("../core/_wasm/cloudlet_core_bg.wasm", import.meta.url)) });
+const { preset, dictCap, memlimit } = workerData;
+
+parentPort.on("message", (m) => {
+  try {
+    const out = m.op === "compress" ? xz_compress(m.data, preset, dictCap) : xz_decompress_exact(m.data, m.rawSize, memlimit);
+    parentPort.postMessage({ id: m.id, ok: true, data: out }, [out.buffer]);
+  } catch (e) {
+    parentPort.postMessage({ id: m.id, ok: false, error: e instanceof Error ? e.message : String(e) });
+  }
+});
+parentPort.postMessage({ ready: true });

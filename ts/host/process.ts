@@ -1,0 +1,50 @@
+/**
+ * Running host tools (qemu-img, virsh, ...) asynchronously. Async on purpose:
+ * Deno's spawnSync deadlocks when a tool's output outgrows the pipe buffer.
+ */
+import { spawn } from "node:child_process";
+import { CloudletError } from "../errors.ts";
+
+/** Output of a finished tool. */
+export interface ToolResult {
+  /** Exit code (null when killed by a signal). */
+  code: number | null;
+  /** Captured stdout. */
+  stdout: string;
+  /** Captured stderr. */
+  stderr: string;
+}
+
+/** Hints for a missing tool: which Debian package provides it. */
+const PACKAGES: Record<string, string> = {
+  "qemu-img": "qemu-utils",
+  "qemu-system-x86_64": "qemu-system-x86",
+  virsh: "libvirt-clients",
+  xz: "xz-utils",
+};
+
+/** Runs `cmd args`; HOST_TOOL error when the tool is missing. Does not check the exit code. */
+export function runTool(cmd: string, args: string[], opts: { signal?: AbortSignal; input?: string } = {}): Promise<ToolResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], signal: opts.signal });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") reject(new CloudletError("HOST_TOOL", `${cmd} not found: apt-get install ${PACKAGES[cmd] ?? cmd}`));
+      else if (e.name === "AbortError") reject(new CloudletError("CANCELLED", `${cmd} was cancelled`));
+      else reject(e);
+    });
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+    child.stdin.on("error", () => {});
+    child.stdin.end(opts.input ?? "");
+  });
+}
+
+/** Runs a tool and returns stdout; HOST_TOOL error with its stderr when it fails. */
+export async function runToolOk(cmd: string, args: string[], opts: { signal?: AbortSignal; input?: string; file?: string } = {}): Promise<string> {
+  const r = await runTool(cmd, args, opts);
+  if (r.code !== 0) throw new CloudletError("HOST_TOOL", `${cmd} ${args[0] ?? ""} failed: ${r.stderr.trim().split("\n").slice(-3).join(" / ") || `exit ${r.code}`}`, opts.file);
+  return r.stdout;
+}

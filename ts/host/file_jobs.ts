@@ -233,6 +233,8 @@ export async function synthesizeFiles(core: Core, o: SynthesizeOptions): Promise
       } catch (e) {
         await Promise.allSettled(sinks.map((s) => s.abort()));
         await fsp.rm(tmpDir, { recursive: true, force: true });
+        // Name the output the user asked for, not our temporary directory.
+        if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, outDir + e.file.slice(tmpDir.length), { cause: e });
         throw e;
       } finally {
         await codec.close();

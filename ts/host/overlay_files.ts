@@ -50,18 +50,18 @@ export async function openOverlay(core: Core, path: string): Promise<OpenedOverl
     if (magic === "CLOVMETA") {
       const stem = path.endsWith(META_SUFFIX) ? path.slice(0, -META_SUFFIX.length) : path;
       const dir = dirname(stem);
-      const reader = await openSplit(core, src, basename(stem), async (name) => {
-        const f = await FileSource.openOptional(join(dir, name));
-        if (f) opened.push(f);
-        return f;
-      });
-      return {
-        ...reader,
-        meta: reader.meta,
-        segment: reader.segment,
-        segmentFile: (i) => join(dir, reader.segmentFile(i)),
-        close,
-      };
+      const reader = await openSplit(
+        core,
+        src,
+        basename(stem),
+        async (name) => {
+          const f = await FileSource.openOptional(join(dir, name));
+          if (f) opened.push(f);
+          return f;
+        },
+        (name) => join(dir, name),
+      );
+      return { ...reader, close };
     }
     const reader = await openPacked(core, src);
     return { ...reader, close };

@@ -66,8 +66,11 @@ export async function openPacked(core: Core, src: ByteSource): Promise<OverlayRe
   };
 }
 
-/** Opens the seed layout: `STEM.overlay-meta` plus `STEM-1.xz` ... */
-export async function openSplit(core: Core, metaSrc: ByteSource, stem: string, open: OpenFile): Promise<OverlayReader> {
+/**
+ * Opens the seed layout: `STEM.overlay-meta` plus `STEM-1.xz` ... `pathOf`
+ * turns a segment file name into the path shown in messages.
+ */
+export async function openSplit(core: Core, metaSrc: ByteSource, stem: string, open: OpenFile, pathOf: (name: string) => string = (n) => n): Promise<OverlayReader> {
   if (metaSrc.size > LIMITS.metaBytes) throw new CloudletError("BAD_META", `meta file is ${metaSrc.size} bytes, over the ${LIMITS.metaBytes}-byte limit`, metaSrc.name);
   const { meta, length } = await readMeta(core, metaSrc);
   if (metaSrc.size !== length) throw new CloudletError("BAD_META", "overlay meta has trailing bytes", metaSrc.name);
@@ -76,11 +79,11 @@ export async function openSplit(core: Core, metaSrc: ByteSource, stem: string, o
     meta,
     name: metaSrc.name,
     totalBytes: total,
-    segmentFile: (i) => segmentFileName(stem, i),
+    segmentFile: (i) => pathOf(segmentFileName(stem, i)),
     segment: async (i) => {
       const name = segmentFileName(stem, i);
       const f = await open(name);
-      if (!f) throw new CloudletError("MISSING_SEGMENT", `segment ${i + 1} is missing (${name} not found)`, name);
+      if (!f) throw new CloudletError("MISSING_SEGMENT", `segment ${i + 1} is missing (${name} not found)`, pathOf(name));
       const want = meta.segments[i].compressedSize;
       if (f.size < want) throw new CloudletError("TRUNCATED", `segment ${i + 1} is truncated: ${f.size} of ${want} bytes`, f.name);
       if (f.size > want) throw new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} is ${f.size} bytes but the meta says ${want}`, f.name);

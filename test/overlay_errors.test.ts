@@ -1,0 +1,198 @@
+// Bad input: each case gets a typed error whose message names the file and
+// what is wrong, no stack trace, and no output that looks complete.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { core } from "./_core.ts";
+import { cloudlet, type CliResult } from "./_cli.ts";
+import { runTool } from "./_tools.ts";
+import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
+import { decodeMeta, encodeMeta, HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
+
+let dir: string;
+let set: ImageSet;
+let other: ImageSet;
+let home: string;
+let packed: string;
+let splitMeta: string;
+
+/** The CLI failed cleanly: exit 1, one line naming `file` and matching `what`, no stack. */
+function failedCleanly(r: CliResult, file: string, what: RegExp): void {
+  assert.equal(r.code, 1, `exit code; stderr: ${r.stderr}`);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `one line, got: ${r.stderr}`);
+  assert.match(lines[0], /^cloudlet: /);
+  assert.ok(lines[0].includes(file), `names ${file}: ${lines[0]}`);
+  assert.match(lines[0], what);
+  assert.doesNotMatch(r.stderr, /\bat .*\.ts:\d+/, "no stack trace");
+}
+
+async function listing(d: string): Promise<string[]> {
+  return (await fsp.readdir(d).catch(() => [] as string[])).sort();
+}
+
+const synth = (overlay: string, out: string, base = set, extra: string[] = []) =>
+  cloudlet(["synthesis", "--home", home, "--base-disk", base.baseDisk, "--base-mem", base.baseMem, overlay, "-o", out, ...extra]);
+
+// Fixture built once at load time (Deno's node:test has no before()).
+await (async () => {
+  dir = await scratchDir("errors");
+  home = join(dir, "home");
+  set = await writeImageSet(join(dir, "a"), 31, 4 << 20, 2 << 20, 30);
+  other = await writeImageSet(join(dir, "b"), 32, 4 << 20, 2 << 20, 5);
+  packed = join(dir, "app.overlay");
+  splitMeta = join(dir, "seed.overlay-meta");
+  for (const out of [packed, splitMeta]) {
+    const r = await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", out, "--segment-size", "64K"]);
+    assert.equal(r.code, 0, r.stderr);
+  }
+})();
+
+test("the good overlays synthesize (control case)", async () => {
+  for (const ov of [packed, splitMeta]) {
+    const out = join(dir, `ok-${ov.endsWith("meta") ? "split" : "packed"}`);
+    const r = await synth(ov, out, set, ["--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).dir, out);
+  }
+});
+
+test("wrong base: names the expected and the actual base id", async () => {
+  const out = join(dir, "wrong-base");
+  const r = await synth(packed, out, other);
+  failedCleanly(r, packed, /made for base/);
+  const meta = decodeMeta(core, await fsp.readFile(packed).then((b) => new Uint8Array(b).subarray(HEADER_BYTES, HEADER_BYTES + Number(new DataView(b.buffer, b.byteOffset).getBigUint64(24, true)))), packed);
+  assert.ok(r.stderr.includes(meta.base.id), "expected id in message");
+  assert.deepEqual(await listing(dir).then((l) => l.filter((n) => n.includes("wrong-base"))), []);
+});
+
+test("a flipped byte in a segment: the message names the segment", async () => {
+  const seg = join(dir, "seed-2.xz");
+  const bytes = new Uint8Array(await fsp.readFile(seg));
+  const copy = join(dir, "flip");
+  await fsp.mkdir(copy);
+  for (const n of await fsp.readdir(dir)) if (n.startsWith("seed")) await fsp.copyFile(join(dir, n), join(copy, n));
+  bytes[bytes.length >> 1] ^= 0x40;
+  await fsp.writeFile(join(copy, "seed-2.xz"), bytes);
+  const r = await synth(join(copy, "seed.overlay-meta"), join(dir, "out-flip"));
+  failedCleanly(r, join(copy, "seed-2.xz"), /segment 2 is corrupt/);
+  assert.deepEqual((await listing(dir)).filter((n) => n.includes("out-flip")), []);
+  // Packed: flip a byte in the last segment's bytes.
+  const p = new Uint8Array(await fsp.readFile(packed));
+  p[p.length - 50] ^= 1;
+  const bad = join(dir, "flipped.overlay");
+  await fsp.writeFile(bad, p);
+  const meta = JSON.parse(new TextDecoder().decode(p.subarray(2 * HEADER_BYTES, HEADER_BYTES + Number(new DataView(p.buffer).getBigUint64(24, true)))));
+  const r2 = await synth(bad, join(dir, "out-flip2"));
+  failedCleanly(r2, bad, new RegExp(`segment ${meta.segments.length} is corrupt`));
+});
+
+test("a truncated overlay", async () => {
+  const p = new Uint8Array(await fsp.readFile(packed));
+  const cut = join(dir, "cut.overlay");
+  await fsp.writeFile(cut, p.subarray(0, p.length - 300));
+  failedCleanly(await synth(cut, join(dir, "out-cut")), cut, /truncated/);
+  await fsp.writeFile(cut, p.subarray(0, 100));
+  failedCleanly(await synth(cut, join(dir, "out-cut")), cut, /truncated/);
+  const r = await cloudlet(["inspect", cut]);
+  failedCleanly(r, cut, /truncated/);
+});
+
+test("a missing segment file", async () => {
+  const copy = join(dir, "missing");
+  await fsp.mkdir(copy);
+  for (const n of await fsp.readdir(dir)) if (n.startsWith("seed") && n !== "seed-3.xz") await fsp.copyFile(join(dir, n), join(copy, n));
+  failedCleanly(await synth(join(copy, "seed.overlay-meta"), join(dir, "out-missing")), join(copy, "seed-3.xz"), /segment 3 is missing/);
+});
+
+async function hostile(name: string, edit: (j: any) => void): Promise<string> {
+  const bytes = new Uint8Array(await fsp.readFile(splitMeta));
+  const body = JSON.parse(new TextDecoder().decode(bytes.subarray(HEADER_BYTES)));
+  edit(body);
+  // Re-encode with a valid checksum, so the structural checks (not the checksum) must catch it.
+  const meta = { ...decodeMeta(core, bytes, splitMeta) } as OverlayMeta;
+  const good = encodeMeta(core, meta);
+  const text = new TextEncoder().encode(JSON.stringify(body));
+  const out = new Uint8Array(HEADER_BYTES + text.length);
+  out.set(good.subarray(0, HEADER_BYTES));
+  new DataView(out.buffer).setBigUint64(16, BigInt(text.length), true);
+  out.set(core.hash("blake3", text), 24);
+  out.set(text, HEADER_BYTES);
+  const d = join(dir, `hostile-${name}`);
+  await fsp.mkdir(d);
+  for (const n of await fsp.readdir(dir)) if (n.startsWith("seed-")) await fsp.copyFile(join(dir, n), join(d, n));
+  await fsp.writeFile(join(d, "seed.overlay-meta"), out);
+  return join(d, "seed.overlay-meta");
+}
+
+test("hostile meta is rejected before any large allocation", async () => {
+  const cases: Array<[string, (j: any) => void, RegExp]> = [
+    ["huge-count", (j) => (j.segments[0].records = 1e15), /records must be an integer/],
+    ["huge-segments", (j) => (j.segments = { length: 1e9 }), /segments must be an array/],
+    ["past-end", (j) => (j.segments[0].ranges[0] = [0, 1e9, 1]), /past the end/],
+    ["overlap", (j) => (j.segments[1].ranges[0] = j.segments[0].ranges[0]), /overlap|cover \d+ chunks/],
+    ["lying-raw", (j) => (j.segments[0].raw_size += 4096), /raw_size/],
+    ["lying-compressed", (j) => (j.segments[0].compressed_size += 10), /segment 1 is truncated/],
+    ["huge-image", (j) => (j.image_sizes.disk = 2 ** 60), /image_sizes.disk/],
+    ["bad-version", (j) => (j.version = 99), /version 99 is not supported/],
+  ];
+  for (const [name, edit, want] of cases) {
+    const m = await hostile(name, edit);
+    failedCleanly(await synth(m, join(dir, `out-${name}`)), join(dir, `hostile-${name}`), want);
+  }
+  // A header that claims a 10 GB body is refused from the first 64 bytes.
+  const b = new Uint8Array(await fsp.readFile(splitMeta));
+  new DataView(b.buffer).setBigUint64(16, 10n << 30n, true);
+  const huge = join(dir, "huge.overlay-meta");
+  await fsp.writeFile(huge, b);
+  failedCleanly(await cloudlet(["inspect", huge]), huge, /exceeds the .*limit/);
+  // A checksum mismatch.
+  const c = new Uint8Array(await fsp.readFile(splitMeta));
+  c[c.length - 3] ^= 1;
+  const bad = join(dir, "badsum.overlay-meta");
+  await fsp.writeFile(bad, c);
+  failedCleanly(await cloudlet(["inspect", bad]), bad, /checksum/);
+});
+
+test("a full output disk: OUTPUT_FAILED, nothing kept", async (t) => {
+  const mnt = join(dir, "tiny");
+  await fsp.mkdir(mnt);
+  try {
+    await runTool("mount", ["-t", "tmpfs", "-o", "size=1M", "tmpfs", mnt]);
+  } catch (e) {
+    t.skip(`cannot mount a tmpfs here (${(e as Error).message}); needs root`);
+    return;
+  }
+  try {
+    failedCleanly(await synth(packed, join(mnt, "out"), set, ["--disk-format", "raw"]), join(mnt, "out"), /disk is full/);
+    assert.deepEqual(await listing(mnt), [], "nothing left on the full disk");
+    const r = await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", other.mem, "-o", join(mnt, "big.overlay")]);
+    failedCleanly(r, join(mnt, "big.overlay"), /disk is full/);
+    assert.deepEqual(await listing(mnt), [], "nothing left on the full disk");
+  } finally {
+    await runTool("umount", [mnt]);
+  }
+});
+
+test("a missing input file", async () => {
+  const nope = join(dir, "nope.raw");
+  failedCleanly(await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", nope, "--mem", set.mem, "-o", join(dir, "n")]), nope, /no such file/);
+  failedCleanly(await synth(join(dir, "nope.overlay"), join(dir, "out-nope")), join(dir, "nope.overlay"), /no such file/);
+  failedCleanly(await cloudlet(["synthesis", "--home", home, "--base-disk", nope, "--base-mem", set.baseMem, packed, "-o", join(dir, "o")]), nope, /no such file/);
+});
+
+test("a killed overlay writer leaves nothing that looks complete", async () => {
+  const big = await writeImageSet(join(dir, "big"), 41, 8 << 20, 48 << 20, 0);
+  // Fresh random memory: lots of RAW data, so compression runs for a while.
+  await fsp.writeFile(big.mem, new Uint8Array(48 << 20).map((_, i) => (i * 2654435761) >>> 24));
+  const out = join(dir, "killed.overlay");
+  let pid = 0;
+  const run = cloudlet(["overlay", "--home", home, "--base-disk", big.baseDisk, "--base-mem", big.baseMem, "--disk", big.disk, "--mem", big.mem, "-o", out, "--preset", "9"], { onSpawn: (p) => (pid = p) });
+  await new Promise((r) => setTimeout(r, 2500));
+  process.kill(pid, "SIGKILL");
+  const r = await run;
+  assert.ok(r.signal === "SIGKILL" || (r.code !== 0 && r.code !== null), `killed, got code ${r.code} signal ${r.signal}`);
+  await assert.rejects(fsp.access(out), "no file under the final name");
+  for (const n of await fsp.readdir(dir)) if (n.includes("killed")) assert.match(n, /\.part-/, `${n} is marked partial`);
+});

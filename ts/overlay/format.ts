@@ -251,6 +251,7 @@ export function metaBodyLength(header: Uint8Array, file: string): number {
   const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
   if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  if (v.getUint32(12, true) !== 0 || v.getBigUint64(56, true) !== 0n) fail(file, "meta header has non-zero reserved fields (written by a newer cloudlet?)");
   const len = u64(v, 16);
   if (len > LIMITS.metaBytes - HEADER_BYTES) fail(file, `meta body of ${len} bytes exceeds the ${LIMITS.metaBytes}-byte limit`);
   return len;
@@ -306,6 +307,7 @@ export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackH
   const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
   if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  if (v.getUint32(12, true) !== 0) fail(file, "packed overlay header has unknown flags (written by a newer cloudlet?)");
   const metaOffset = u64(v, 16);
   const metaLength = u64(v, 24);
   const dataOffset = u64(v, 32);
@@ -531,6 +533,7 @@ export function decodeSegment(raw: Uint8Array, meta: OverlayMeta, segNo: number,
     const cls = raw[o + 1];
     const index = u64(v, o + 8);
     const arg = u64(v, o + 16);
+    if (raw[o + 2] | raw[o + 3] | v.getUint32(o + 4, true)) bad(`record ${i} has non-zero reserved bytes`);
     const [rk, rf, rn] = seg.ranges[rangeNo];
     if (kind !== rk || index !== rf + inRange) bad(`record ${i} (${KIND_NAMES[kind] ?? kind} chunk ${index}) is not the chunk the meta's ranges name`);
     if (++inRange === rn) {

@@ -1,0 +1,47 @@
+// The sql.js registry: concurrent writers from separate processes, stale locks, lookups.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Registry } from "../ts/host/registry.ts";
+import { scratchDir } from "./_images.ts";
+
+const writer = fileURLToPath(new URL("./_registry_writer.ts", import.meta.url));
+const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/loader.mjs", import.meta.url));
+
+function run(home: string, prefix: string, n: number): Promise<number | null> {
+  return new Promise((resolve) => spawn("node", ["--import", `file://${tsx}`, writer, home, prefix, String(n)], { stdio: "inherit" }).on("close", resolve));
+}
+
+test("six processes writing at once lose no rows", async () => {
+  const home = await scratchDir("registry");
+  const codes = await Promise.all(["a1", "b2", "c3", "d4", "e5", "f6"].map((p) => run(home, p, 5)));
+  assert.deepEqual(codes, [0, 0, 0, 0, 0, 0]);
+  const reg = new Registry(home);
+  const bases = await reg.listBases();
+  assert.equal(bases.length, 30);
+  assert.equal((await reg.getBase("c3-2")).id.slice(0, 6), "c30002");
+  await assert.rejects(reg.getBase("zzz"), /no base "zzz"/);
+  const twin = { ...bases[0], name: "twin", id: "abcdef12" + "0".repeat(56) };
+  await reg.addBase(twin);
+  await reg.addBase({ ...twin, name: "twin2", id: "abcdef12" + "1".repeat(56) });
+  await assert.rejects(reg.getBase("abcdef12"), /matches 2 bases/);
+  assert.equal((await reg.getBase("abcdef121")).name, "twin2");
+  await reg.removeBase(twin.id);
+  await reg.removeBase("abcdef12" + "1".repeat(56));
+  assert.equal(await reg.removeBase(bases[0].id), true);
+  assert.equal((await reg.listBases()).length, 29);
+  await assert.rejects(fsp.access(join(home, "registry.lock")), "lock released");
+});
+
+test("a lock left by a dead process is taken over; a damaged database is a clear error", async () => {
+  const home = await scratchDir("registry-stale");
+  await fsp.writeFile(join(home, "registry.lock"), "999999999");
+  const reg = new Registry(home);
+  await reg.addVm({ id: "vm1", baseId: "b", overlay: "o", host: "qemu", pid: 1, domain: null, runDir: "/r", ports: [{ proto: "tcp", hostPort: 8080, guestPort: 80 }], created: "t" });
+  assert.equal((await reg.listVms())[0].ports[0].hostPort, 8080);
+  await fsp.writeFile(join(home, "registry.sqlite"), "this is not sqlite at all, not even close........................................................................");
+  await assert.rejects(reg.listBases(), /registry database is damaged/);
+});

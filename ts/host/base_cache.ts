@@ -57,8 +57,9 @@ export async function fileIdentity(path: string): Promise<FileIdentity> {
   }
 }
 
+/** Same file, unchanged: inode and device (not the path, so a base directory can be renamed), size and mtime. */
 function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
-  return a.path === b.path && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ino === b.ino && a.dev === b.dev;
+  return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ino === b.ino && a.dev === b.dev;
 }
 
 /** The index-cache directory for a pair of base files. */

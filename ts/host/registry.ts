@@ -42,6 +42,8 @@ export interface BaseRow {
   memorySize: number;
   /** Machine config. */
   machine: MachineConfig;
+  /** Virtual CPUs (a snapshot restores only with the same count). */
+  vcpus: number;
   /** Direct-boot files, if any. */
   boot: BootFiles | null;
   /** Which host adapter made the snapshot (snapshots are not portable between them). */
@@ -75,7 +77,7 @@ export interface VmRow {
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS bases (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, dir TEXT NOT NULL,
-  disk_size INTEGER NOT NULL, memory_size INTEGER NOT NULL, machine TEXT NOT NULL,
+  disk_size INTEGER NOT NULL, memory_size INTEGER NOT NULL, machine TEXT NOT NULL, vcpus INTEGER NOT NULL,
   boot TEXT, host TEXT NOT NULL, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
   id TEXT PRIMARY KEY, base_id TEXT NOT NULL, overlay TEXT NOT NULL, host TEXT NOT NULL,
@@ -202,7 +204,7 @@ export class Registry {
   /** Adds (or replaces) a base. */
   addBase(b: BaseRow): Promise<void> {
     return this.write((db) => {
-      db.run("INSERT OR REPLACE INTO bases VALUES (?,?,?,?,?,?,?,?,?,?)", [b.id, b.name, b.created, b.dir, b.diskSize, b.memorySize, JSON.stringify(b.machine), b.boot ? JSON.stringify(b.boot) : null, b.host, b.source]);
+      db.run("INSERT OR REPLACE INTO bases VALUES (?,?,?,?,?,?,?,?,?,?,?)", [b.id, b.name, b.created, b.dir, b.diskSize, b.memorySize, JSON.stringify(b.machine), b.vcpus, b.boot ? JSON.stringify(b.boot) : null, b.host, b.source]);
     });
   }
 
@@ -253,6 +255,7 @@ function toBase(r: Row): BaseRow {
     diskSize: Number(r.disk_size),
     memorySize: Number(r.memory_size),
     machine: JSON.parse(String(r.machine)),
+    vcpus: Number(r.vcpus),
     boot: r.boot ? JSON.parse(String(r.boot)) : null,
     host: r.host === "virsh" ? "virsh" : "qemu",
     source: String(r.source),

@@ -102,3 +102,33 @@ test("qcow2 custom disk: changed, zero-filled and TRIMmed extents round-trip", a
   }
   await fsp.rm(dir, { recursive: true, force: true });
 });
+
+test("pipelined: synthesis from a stream that arrives in small pieces", async () => {
+  const { openPackedStream } = await import("../ts/overlay/stream_reader.ts");
+  const { synthesizeReader } = await import("../ts/host/file_jobs.ts");
+  const dir = await scratchDir("stream");
+  const set = await writeImageSet(dir, 61, 4 << 20, 4 << 20, 40);
+  const home = join(dir, "home");
+  const made = await createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, "s.overlay"), home, segmentBytes: 64 << 10 });
+  const bytes = await read(made.path);
+  // Deliver 1000 bytes at a time, as a slow network would.
+  let o = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(ctl) {
+      if (o >= bytes.length) return ctl.close();
+      ctl.enqueue(bytes.slice(o, o + 1000));
+      o += 1000;
+    },
+  });
+  const reader = await openPackedStream(core, stream, "network");
+  const r = await synthesizeReader(core, reader, { baseDisk: set.baseDisk, baseMem: set.baseMem, overlay: "network", outDir: join(dir, "out"), diskFormat: "raw", home });
+  await reader.finished();
+  assertBytes(await read(r.disk), await read(set.disk));
+  assertBytes(await read(r.memory), await read(set.mem));
+  // A stream cut short fails with TRUNCATED and leaves no output.
+  const cut = new ReadableStream<Uint8Array>({ start(ctl) { ctl.enqueue(bytes.slice(0, bytes.length - 500)); ctl.close(); } });
+  const reader2 = await openPackedStream(core, cut, "network");
+  await assert.rejects(synthesizeReader(core, reader2, { baseDisk: set.baseDisk, baseMem: set.baseMem, overlay: "network", outDir: join(dir, "out2"), home }), /truncated/);
+  await assert.rejects(fsp.access(join(dir, "out2")));
+  await fsp.rm(dir, { recursive: true, force: true });
+});

@@ -17,6 +17,7 @@ import { WorkerCodec } from "./codec_pool.ts";
 import { openCustomDisk } from "./disk_image.ts";
 import { FileSource, outputError, RawImageSink } from "./files.ts";
 import { indexCacheDir } from "./home.ts";
+import type { OverlayReader } from "../overlay/reader.ts";
 import { openOverlay, outputLayout, PackedOverlayOutput, SplitOverlayOutput } from "./overlay_files.ts";
 import { Qcow2Sink } from "./qcow2_sink.ts";
 
@@ -180,70 +181,78 @@ export interface SynthesizedFiles {
 /** Output file names inside a synthesis directory. */
 export const SYNTH_FILES = { qcow2: "disk.qcow2", raw: "disk.raw", memory: "memory.raw", state: "state.bin", launch: "launch.json" } as const;
 
-/** Rebuilds a custom VM's files from a base and an overlay, atomically into `outDir`. */
+/** Rebuilds a custom VM's files from a base and an overlay file, atomically into `outDir`. */
 export async function synthesizeFiles(core: Core, o: SynthesizeOptions): Promise<SynthesizedFiles> {
-  const t0 = performance.now();
   const overlay = await openOverlay(core, o.overlay);
   try {
-    const meta = overlay.meta;
-    const machine = o.machine ?? meta.base.machine;
-    const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
-    const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
-    try {
-      checkBase(meta, base.id, o.overlay);
-      const outDir = resolve(o.outDir);
-      const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
-      const diskFormat = o.diskFormat ?? "qcow2";
-      const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
-      const codec = new WorkerCodec(o.threads);
-      const sinks: Array<RawImageSink | Qcow2Sink> = [];
-      try {
-        const diskPath = join(tmpDir, diskName);
-        sinks.push(
-          diskFormat === "qcow2"
-            ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk))
-            : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk),
-        );
-        sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem));
-        sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null));
-        const r = await synthesize({
-          core,
-          baseId: base.id,
-          baseDisk: base.disk,
-          baseMemory: base.memory,
-          overlay,
-          codec,
-          sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
-          progress: o.progress,
-          signal: o.signal,
-        });
-        for (const s of sinks) await s.commit();
-        if (meta.imageSizes[ImageKind.State] === 0) await fsp.rm(join(tmpDir, SYNTH_FILES.state), { force: true });
-        await fsp.writeFile(join(tmpDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: diskName }, null, 2) + "\n");
-        await finishOutputDir(tmpDir, outDir);
-        return {
-          dir: outDir,
-          disk: join(outDir, diskName),
-          memory: join(outDir, SYNTH_FILES.memory),
-          state: meta.imageSizes[ImageKind.State] ? join(outDir, SYNTH_FILES.state) : null,
-          meta,
-          chunks: r.chunks,
-          seconds: (performance.now() - t0) / 1000,
-        };
-      } catch (e) {
-        await Promise.allSettled(sinks.map((s) => s.abort()));
-        await fsp.rm(tmpDir, { recursive: true, force: true });
-        // Name the output the user asked for, not our temporary directory.
-        if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, outDir + e.file.slice(tmpDir.length), { cause: e });
-        throw e;
-      } finally {
-        await codec.close();
-      }
-    } finally {
-      await base.close();
-    }
+    return await synthesizeReader(core, overlay, o);
   } finally {
     await overlay.close();
+  }
+}
+
+/**
+ * Rebuilds from any overlay reader (a file, or a stream still arriving over
+ * the network), atomically into `outDir`. `o.overlay` names it in messages.
+ */
+export async function synthesizeReader(core: Core, overlay: OverlayReader, o: SynthesizeOptions): Promise<SynthesizedFiles> {
+  const t0 = performance.now();
+  const meta = overlay.meta;
+  const machine = o.machine ?? meta.base.machine;
+  const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
+  const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
+  try {
+    checkBase(meta, base.id, o.overlay);
+    const outDir = resolve(o.outDir);
+    const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
+    const diskFormat = o.diskFormat ?? "qcow2";
+    const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
+    const codec = new WorkerCodec(o.threads);
+    const sinks: Array<RawImageSink | Qcow2Sink> = [];
+    try {
+      const diskPath = join(tmpDir, diskName);
+      sinks.push(
+        diskFormat === "qcow2"
+          ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk))
+          : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk),
+      );
+      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem));
+      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null));
+      const r = await synthesize({
+        core,
+        baseId: base.id,
+        baseDisk: base.disk,
+        baseMemory: base.memory,
+        overlay,
+        codec,
+        sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
+        progress: o.progress,
+        signal: o.signal,
+      });
+      for (const s of sinks) await s.commit();
+      if (meta.imageSizes[ImageKind.State] === 0) await fsp.rm(join(tmpDir, SYNTH_FILES.state), { force: true });
+      await fsp.writeFile(join(tmpDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: diskName }, null, 2) + "\n");
+      await finishOutputDir(tmpDir, outDir);
+      return {
+        dir: outDir,
+        disk: join(outDir, diskName),
+        memory: join(outDir, SYNTH_FILES.memory),
+        state: meta.imageSizes[ImageKind.State] ? join(outDir, SYNTH_FILES.state) : null,
+        meta,
+        chunks: r.chunks,
+        seconds: (performance.now() - t0) / 1000,
+      };
+    } catch (e) {
+      await Promise.allSettled(sinks.map((s) => s.abort()));
+      await fsp.rm(tmpDir, { recursive: true, force: true });
+      // Name the output the user asked for, not our temporary directory.
+      if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, outDir + e.file.slice(tmpDir.length), { cause: e });
+      throw e;
+    } finally {
+      await codec.close();
+    }
+  } finally {
+    await base.close();
   }
 }
 

@@ -1,0 +1,288 @@
+/**
+ * The synthesis client: sends an overlay to a cloudlet, follows its progress
+ * and returns the VM's endpoint. Uploads resume after a cut connection: the
+ * server reports the offset it holds, and the client continues from there.
+ */
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Core } from "../core/core.ts";
+import { CloudletError } from "../errors.ts";
+import { encodePackHeader, HEADER_BYTES } from "../overlay/format.ts";
+import type { ProgressFn } from "../overlay/io.ts";
+import type { OverlayReader } from "../overlay/reader.ts";
+import { API, DEFAULT_PORT, type Endpoint, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionStatus } from "./protocol.ts";
+
+/** Where and how to reach a server. */
+export interface ServerAddress {
+  /** host or host:port (IPv6 in brackets). */
+  server: string;
+  /** Bearer token. */
+  token: string;
+  /** Use HTTPS. */
+  tls?: boolean;
+  /** CA certificate (PEM) to trust, for self-signed servers. */
+  ca?: Buffer;
+}
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** Splits host[:port]. */
+export function parseServer(s: string): { host: string; port: number } {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]+)(?::(\d+))?$/.exec(s);
+  if (!m) throw new CloudletError("BAD_ARGUMENT", `bad server address "${s}" (use HOST or HOST:PORT)`);
+  const port = m[2] ? Number(m[2]) : DEFAULT_PORT;
+  if (!(port > 0 && port < 65536)) throw new CloudletError("BAD_ARGUMENT", `bad port in "${s}"`);
+  return { host: m[1], port };
+}
+
+/** A connection to one cloudlet server. */
+export class CloudletClient {
+  private readonly host: string;
+  private readonly port: number;
+  /** @param addr the server */
+  constructor(readonly addr: ServerAddress) {
+    ({ host: this.host, port: this.port } = parseServer(addr.server));
+  }
+
+  private request(method: string, path: string, opts: { headers?: Record<string, string>; body?: Uint8Array | string; stream?: (req: http.ClientRequest) => Promise<void>; signal?: AbortSignal; raw?: (res: http.IncomingMessage) => void } = {}): Promise<Reply> {
+    return new Promise((resolve, reject) => {
+      const mod = this.addr.tls ? https : http;
+      const req = mod.request(
+        {
+          host: this.host,
+          port: this.port,
+          method,
+          path: API + path,
+          headers: { authorization: `Bearer ${this.addr.token}`, ...opts.headers },
+          ca: this.addr.ca,
+          signal: opts.signal,
+        },
+        (res) => {
+          if (opts.raw) return opts.raw(res);
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => (body += d));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+          res.on("error", reject);
+        },
+      );
+      req.on("error", (e: NodeJS.ErrnoException) => {
+        if (e.name === "AbortError") reject(new CloudletError("CANCELLED", "cancelled"));
+        else reject(new CloudletError("REMOTE", `cannot reach the cloudlet at ${this.addr.server}: ${e.code ?? e.message}`));
+      });
+      if (opts.raw) req.on("response", () => resolve({ status: 0, headers: {}, body: "" }));
+      if (opts.stream) opts.stream(req).catch((e) => req.destroy(e));
+      else req.end(opts.body);
+    });
+  }
+
+  private fail(r: Reply, what: string): never {
+    let msg = r.body;
+    let code = "REMOTE";
+    try {
+      const j = JSON.parse(r.body) as { error?: { code: string; message: string } };
+      if (j.error) ({ code, message: msg } = j.error);
+    } catch {
+      // not JSON: keep the text
+    }
+    if (r.status === 401) throw new CloudletError("REMOTE", `the cloudlet refused the token (401): check --token-file`);
+    if (code === "WRONG_BASE") throw new CloudletError("WRONG_BASE", msg);
+    throw new CloudletError("REMOTE", `${what} failed (${r.status} ${code}): ${msg}`);
+  }
+
+  /** Server name, version, bases and capacity. */
+  async info(signal?: AbortSignal): Promise<ServerInfo> {
+    const r = await this.request("GET", "/info", { signal });
+    if (r.status !== 200) this.fail(r, "info");
+    return JSON.parse(r.body) as ServerInfo;
+  }
+
+  /** Creates a session; with `url`, the server fetches the overlay itself. */
+  async createSession(url?: string, signal?: AbortSignal): Promise<SessionStatus> {
+    const r = await this.request("POST", "/sessions", { body: url ? JSON.stringify({ url }) : "", headers: { "content-type": "application/json" }, signal });
+    if (r.status !== 201) this.fail(r, "creating a session");
+    return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /** Sends the header and meta; the server refuses a wrong base here. */
+  async sendMeta(id: string, headerAndMeta: Uint8Array, signal?: AbortSignal): Promise<SessionStatus> {
+    const r = await this.request("PUT", `/sessions/${id}/meta`, { body: headerAndMeta, headers: { "content-type": "application/octet-stream", "content-length": String(headerAndMeta.length) }, signal });
+    if (r.status !== 200) this.fail(r, "sending the meta");
+    return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /** Bytes of segment data the server holds (where an upload resumes). */
+  async offset(id: string, signal?: AbortSignal): Promise<number> {
+    const r = await this.request("HEAD", `/sessions/${id}/data`, { signal });
+    if (r.status !== 200) this.fail(r, "asking for the upload offset");
+    return Number(r.headers[OFFSET_HEADER]);
+  }
+
+  /** Streams segment data from `offset`; `chunks` yields it. Resolves with the server's new offset. */
+  async upload(id: string, offset: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<number> {
+    const r = await this.request("PATCH", `/sessions/${id}/data`, {
+      headers: { "content-type": "application/octet-stream", [OFFSET_HEADER]: String(offset), "transfer-encoding": "chunked" },
+      signal,
+      stream: async (req) => {
+        for await (const c of chunks) {
+          if (!req.write(c)) await new Promise<void>((res, rej) => {
+            req.once("drain", res);
+            req.once("error", rej);
+            req.once("close", res);
+          });
+          if (req.destroyed) return;
+        }
+        req.end();
+      },
+    });
+    if (r.status !== 204 && r.status !== 200) this.fail(r, "uploading segments");
+    return Number(r.headers[OFFSET_HEADER]);
+  }
+
+  /** Follows a session's events until the server ends the stream or `onEvent` returns true. */
+  events(id: string, onEvent: (e: SessionEvent) => boolean | void, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.request("GET", `/sessions/${id}/events`, {
+        signal,
+        raw: (res) => {
+          if (res.statusCode !== 200) {
+            res.resume();
+            return reject(new CloudletError("REMOTE", `events: ${res.statusCode}`));
+          }
+          let buf = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => {
+            buf += d;
+            let nl;
+            while ((nl = buf.indexOf("\n")) >= 0) {
+              const line = buf.slice(0, nl);
+              buf = buf.slice(nl + 1);
+              if (line.trim() && onEvent(JSON.parse(line) as SessionEvent) === true) {
+                res.destroy();
+                return resolve();
+              }
+            }
+          });
+          res.on("end", () => resolve());
+          res.on("error", reject);
+        },
+      }).catch(reject);
+    });
+  }
+
+  /** Session status. */
+  async status(id: string, signal?: AbortSignal): Promise<SessionStatus> {
+    const r = await this.request("GET", `/sessions/${id}`, { signal });
+    if (r.status !== 200) this.fail(r, "status");
+    return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /** Finishes a session: the server tears the VM down. */
+  async close(id: string): Promise<void> {
+    const r = await this.request("DELETE", `/sessions/${id}`);
+    if (r.status !== 200 && r.status !== 404) this.fail(r, "closing the session");
+  }
+}
+
+/** Header + meta of any overlay, as the packed layout's first bytes. */
+export function packedHead(core: Core, overlay: OverlayReader, metaBytes: Uint8Array): Uint8Array {
+  const dataOffset = HEADER_BYTES + metaBytes.length;
+  const total = dataOffset + overlay.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
+  const out = new Uint8Array(dataOffset);
+  out.set(encodePackHeader(core, { metaLength: metaBytes.length, dataOffset, totalLength: total }, false));
+  out.set(metaBytes, HEADER_BYTES);
+  return out;
+}
+
+/** Segment data from byte `offset` (relative to the first segment), read segment by segment. */
+export async function* segmentData(overlay: OverlayReader, offset: number): AsyncGenerator<Uint8Array> {
+  let pos = 0;
+  for (let i = 0; i < overlay.meta.segments.length; i++) {
+    const size = overlay.meta.segments[i].compressedSize;
+    if (pos + size <= offset) {
+      pos += size;
+      continue;
+    }
+    const bytes = await overlay.segment(i);
+    yield pos < offset ? bytes.subarray(offset - pos) : bytes;
+    pos += size;
+  }
+}
+
+/** Options for {@link sendOverlay}. */
+export interface SendOptions {
+  core: Core;
+  client: CloudletClient;
+  /** The overlay to send, or null with `url`. */
+  overlay: OverlayReader | null;
+  /** The overlay's meta bytes (as in the file). */
+  metaBytes?: Uint8Array;
+  /** Let the server fetch the overlay from this URL instead. */
+  url?: string;
+  /** Upload progress: bytes of segment data sent. */
+  progress?: ProgressFn;
+  /** Server events. */
+  onEvent?: (e: SessionEvent) => void;
+  signal?: AbortSignal;
+  /** Upload attempts after a cut connection. */
+  retries?: number;
+}
+
+/** Sends an overlay and waits for the VM; returns the session id and endpoint. */
+export async function sendOverlay(o: SendOptions): Promise<{ id: string; endpoint: Endpoint }> {
+  const { client, signal } = o;
+  const session = await client.createSession(o.url, signal);
+  const id = session.id;
+  try {
+    let endpoint: Endpoint | null = null;
+    let failure: CloudletError | null = null;
+    const watching = client.events(id, (e) => {
+      o.onEvent?.(e);
+      if (e.type === "done") endpoint = e.endpoint;
+      if (e.type === "error") failure = new CloudletError(e.code === "WRONG_BASE" ? "WRONG_BASE" : "REMOTE", `the cloudlet failed the session: ${e.message}`);
+      return endpoint !== null || failure !== null;
+    }, signal);
+    if (!o.url) {
+      const overlay = o.overlay!;
+      await client.sendMeta(id, packedHead(o.core, overlay, o.metaBytes!), signal);
+      const total = overlay.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
+      let offset = 0;
+      for (let attempt = 0; offset < total; attempt++) {
+        let sent = offset;
+        const counted = (async function* () {
+          for await (const c of segmentData(overlay, offset)) {
+            for (let i = 0; i < c.length; i += 256 << 10) {
+              const piece = c.subarray(i, i + (256 << 10));
+              yield piece;
+              sent += piece.length;
+              o.progress?.({ phase: "upload", done: sent, total });
+            }
+          }
+        })();
+        try {
+          offset = await client.upload(id, offset, counted, signal);
+        } catch (e) {
+          if (failure) throw failure;
+          if (signal?.aborted || attempt >= (o.retries ?? 5)) throw e;
+          await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+          offset = await client.offset(id, signal);
+        }
+      }
+    }
+    await watching;
+    if (failure) throw failure;
+    if (!endpoint) {
+      const st = await client.status(id, signal);
+      if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
+      throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
+    }
+    return { id, endpoint };
+  } catch (e) {
+    await client.close(id).catch(() => {});
+    throw e;
+  }
+}

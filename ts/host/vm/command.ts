@@ -1,0 +1,171 @@
+/**
+ * Runs host tools (qemu-img, virsh, debootstrap, ...) for the VM layer.
+ * Asynchronous on purpose: Deno's spawnSync deadlocks once a tool's output
+ * outgrows the pipe buffer. Each tool runs in its own process group so that
+ * an abort also ends the helpers it started (debootstrap runs dpkg, wget, ...).
+ */
+import { spawn } from "node:child_process";
+import { accessSync, constants } from "node:fs";
+import { delimiter, join } from "node:path";
+import { CloudletError } from "../../errors.ts";
+
+/** Debian packages that provide the tools we run, for "not found" messages. */
+export const INSTALL_HINTS: Readonly<Record<string, string>> = {
+  "qemu-system-x86_64": "qemu-system-x86",
+  "qemu-img": "qemu-utils",
+  virsh: "libvirt-clients libvirt-daemon-system",
+  debootstrap: "debootstrap",
+  mke2fs: "e2fsprogs",
+  busybox: "busybox-static",
+  xz: "xz-utils",
+  dpkg: "dpkg",
+  "apt-get": "apt",
+  "apt-cache": "apt",
+};
+
+/** `CLOUDLET_TRACE=1` prints every tool run, its time and status, to stderr. */
+const TRACE = !!process.env.CLOUDLET_TRACE;
+
+/** How a tool ended and what it printed. */
+export interface CommandResult {
+  /** Exit code, or null when a signal ended it. */
+  code: number | null;
+  /** The signal that ended it, if any. */
+  signal: string | null;
+  /** Captured stdout (the last `maxCapture` bytes). */
+  stdout: string;
+  /** Captured stderr (the last `maxCapture` bytes). */
+  stderr: string;
+}
+
+/** Options for {@link runCommand}. */
+export interface CommandOptions {
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  /** Kills the whole process group and rejects with CANCELLED. */
+  signal?: AbortSignal;
+  /** Bytes for stdin (stdin is empty otherwise). */
+  input?: Uint8Array | string;
+  /** A file descriptor that receives stdout instead of the capture. */
+  stdoutFd?: number;
+  /** Called for each complete stdout or stderr line. */
+  onLine?: (line: string) => void;
+  /** Kills the tool after this long (HOST_TOOL error). */
+  timeoutMs?: number;
+  /** Bytes of stdout/stderr kept (tail); default 1 MiB. */
+  maxCapture?: number;
+}
+
+/** The absolute path of `name` found in PATH (or `name` itself when it holds a slash and is executable), else null. */
+export function findExecutable(name: string): string | null {
+  const candidates = name.includes("/")
+    ? [name]
+    : (process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(delimiter).map((d) => join(d || ".", name));
+  // Tools in sbin are missing from a non-login root PATH on some systems.
+  if (!name.includes("/")) for (const d of ["/usr/sbin", "/sbin"]) candidates.push(join(d, name));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      return c;
+    } catch {
+      // try the next directory
+    }
+  }
+  return null;
+}
+
+/** The HOST_TOOL error for a tool that is not installed. */
+export function missingTool(name: string, pkg = INSTALL_HINTS[name.split("/").pop() ?? name]): CloudletError {
+  return new CloudletError("HOST_TOOL", `${name} not found: apt-get install ${pkg ?? name}`);
+}
+
+/** Resolves `name` in PATH or throws the HOST_TOOL "not found" error. */
+export function requireExecutable(name: string, pkg?: string): string {
+  const p = findExecutable(name);
+  if (!p) throw missingTool(name, pkg);
+  return p;
+}
+
+/** Kills a process group, ignoring one that is already gone. */
+export function killGroup(pid: number, sig: NodeJS.Signals = "SIGKILL"): void {
+  try {
+    process.kill(-pid, sig);
+  } catch {
+    try {
+      process.kill(pid, sig);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** Runs `cmd args` to completion; rejects only when it cannot start, is cancelled or times out. */
+export function runCommand(cmd: string, args: string[], opts: CommandOptions = {}): Promise<CommandResult> {
+  if (opts.signal?.aborted) return Promise.reject(cancelled(cmd));
+  const max = opts.maxCapture ?? 1 << 20;
+  return new Promise((resolve, reject) => {
+    const env = opts.env ? Object.fromEntries(Object.entries({ ...process.env, ...opts.env }).filter(([, v]) => v !== undefined)) : undefined;
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd,
+      env: env as NodeJS.ProcessEnv | undefined,
+      detached: true,
+      stdio: ["pipe", opts.stdoutFd ?? "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    let failure: unknown = null;
+    const partial = { out: "", err: "" };
+    const take = (which: "out" | "err", d: string) => {
+      if (which === "out") stdout = (stdout + d).slice(-max);
+      else stderr = (stderr + d).slice(-max);
+      if (!opts.onLine) return;
+      const lines = (partial[which] + d).split("\n");
+      partial[which] = lines.pop() ?? "";
+      for (const l of lines) opts.onLine(l.replace(/\r$/, ""));
+    };
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => take("out", d));
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => take("err", d));
+    const stop = (why: unknown) => {
+      failure ??= why;
+      if (child.pid) killGroup(child.pid);
+    };
+    const onAbort = () => stop(cancelled(cmd));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const timer = opts.timeoutMs
+      ? setTimeout(() => stop(new CloudletError("HOST_TOOL", `${cmd} ${args.slice(0, 2).join(" ")} did not finish within ${Math.round(opts.timeoutMs! / 1000)} s`)), opts.timeoutMs)
+      : null;
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      failure ??= e.code === "ENOENT" ? missingTool(cmd) : new CloudletError("HOST_TOOL", `cannot run ${cmd}: ${e.message}`, undefined, { cause: e });
+    });
+    const t0 = performance.now();
+    child.on("close", (code, sig) => {
+      if (TRACE) process.stderr.write(`cloudlet: ${Math.round(performance.now() - t0)} ms ${code ?? sig} ${cmd} ${args.join(" ")}\n`);
+      opts.signal?.removeEventListener("abort", onAbort);
+      if (timer) clearTimeout(timer);
+      if (opts.onLine) for (const w of ["out", "err"] as const) if (partial[w]) opts.onLine(partial[w]);
+      if (failure) return reject(failure);
+      resolve({ code, signal: sig, stdout, stderr });
+    });
+    child.stdin?.on("error", () => {}); // the tool may exit before reading all of stdin
+    child.stdin?.end(opts.input ?? "");
+  });
+}
+
+/** Runs a tool and returns its stdout; a HOST_TOOL error with the end of its stderr when it fails. */
+export async function runCommandOk(cmd: string, args: string[], opts: CommandOptions & { what?: string } = {}): Promise<string> {
+  const r = await runCommand(cmd, args, opts);
+  if (r.code !== 0) {
+    const tail = lastLines(r.stderr || r.stdout, 6);
+    throw new CloudletError("HOST_TOOL", `${opts.what ?? `${cmd} ${args[0] ?? ""}`.trim()} failed (${r.signal ?? `exit ${r.code}`})${tail ? `: ${tail}` : ""}`);
+  }
+  return r.stdout;
+}
+
+/** The last `n` non-empty lines of `text`, joined with " | " for a one-line message. */
+export function lastLines(text: string, n: number): string {
+  return text.split(/\r?\n/).map((l) => l.trim()).filter(Boolean).slice(-n).join(" | ");
+}
+
+function cancelled(cmd: string): CloudletError {
+  return new CloudletError("CANCELLED", `cancelled while running ${cmd}`);
+}

@@ -1,0 +1,363 @@
+/**
+ * SerialConsole: the guest's ttyS0, reached through QEMU's chardev unix
+ * socket (`server=on,wait=off,logfile=...`). QEMU copies everything the guest
+ * prints into the log file, connected or not, so waiting for text reads the
+ * log; running a script talks to the socket, which takes one client at a time.
+ *
+ * Script protocol (the guest runs a root shell on ttyS0 in canonical mode):
+ *
+ * ```text
+ *   host -> ^U                                   drop any partial input line
+ *   host -> echo CL""SYNC<tag>                    repeated until CLSYNC<tag> comes back:
+ *                                                the shell is reading
+ *   host -> printf %s '<400 base64 chars>' >> /tmp/.cl<tag>.b64 && echo CL""ACK<tag>-<k>
+ *   guest-> CLACK<tag>-<k>                        one line at a time: flow control, and
+ *                                                lines stay under the 4 KiB tty limit
+ *   host -> base64 -d ... > /tmp/.cl<tag>.sh; echo CL""BEGIN<tag>; sh /tmp/.cl<tag>.sh </dev/null;
+ *           echo CL""END<tag> rc=$?
+ *   guest-> CLBEGIN<tag> ... output ... CLEND<tag> rc=N
+ * ```
+ *
+ * Writing the markers as `CL""X` means the tty's echo of the command line can
+ * never match them. Port of vmctl.py `exec` (see docs/vm-hosts.md).
+ */
+import { connect, type Socket } from "node:net";
+import { promises as fsp } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { CloudletError } from "../../errors.ts";
+
+/** What a script run in the guest printed, and its exit code. */
+export interface ScriptResult {
+  /** stdout and stderr, interleaved as the tty saw them, with "\n" line ends. */
+  output: string;
+  exitCode: number;
+}
+
+/** A match found in the serial log. */
+export interface SerialMatch {
+  /** The text that matched. */
+  match: string;
+  /** The whole line that holds the match (without the line end). */
+  line: string;
+  /** Byte offset in the log just after that line. */
+  offset: number;
+}
+
+/** Options for {@link SerialConsole.waitFor}. */
+export interface WaitForOptions {
+  /** Byte offset in the log to start from; default 0 (the log starts empty at VM start). */
+  fromOffset?: number;
+  signal?: AbortSignal;
+}
+
+/** Options for {@link SerialConsole.run}. */
+export interface RunOptions {
+  /** How long the script may run; default 60 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+const CHUNK = 400;
+const POLL_MS = 50;
+/** Enough to find a marker that straddles two reads. */
+const WINDOW = 8192;
+
+/** The serial console of one VM. */
+export class SerialConsole {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /**
+   * @param socketPath the chardev's unix socket
+   * @param logPath the chardev's log file
+   * @param gone resolves with a sentence saying why, once the VM has exited; waits then fail at once
+   */
+  constructor(
+    readonly socketPath: string,
+    readonly logPath: string,
+    private readonly gone: Promise<string> = new Promise(() => {}),
+  ) {}
+
+  /** Waits until `pattern` appears in the serial log; GUEST error with the log's tail on timeout or VM exit. */
+  async waitFor(pattern: string | RegExp, timeoutMs: number, opts: WaitForOptions = {}): Promise<SerialMatch> {
+    const rx = typeof pattern === "string" ? new RegExp(escapeRegExp(pattern)) : pattern;
+    const shown = typeof pattern === "string" ? `"${pattern}"` : String(pattern);
+    const deadline = Date.now() + timeoutMs;
+    let offset = opts.fromOffset ?? 0;
+    let window = "";
+    let windowStart = offset;
+    let goneWhy: string | null = null;
+    void this.gone.then((w) => (goneWhy = w));
+    let fh: fsp.FileHandle | null = null;
+    try {
+      for (;;) {
+        if (opts.signal?.aborted) throw new CloudletError("CANCELLED", `cancelled while waiting for ${shown} on the serial console`, this.logPath);
+        fh ??= await fsp.open(this.logPath, "r").catch(() => null);
+        if (fh) {
+          const chunk = Buffer.alloc(64 * 1024);
+          for (;;) {
+            const { bytesRead } = await fh.read(chunk, 0, chunk.length, offset);
+            if (!bytesRead) break;
+            offset += bytesRead;
+            window += chunk.subarray(0, bytesRead).toString("latin1");
+          }
+          const m = rx.exec(window);
+          if (m) {
+            const lineStart = window.lastIndexOf("\n", m.index) + 1;
+            const lineEnd = window.indexOf("\n", m.index + m[0].length);
+            // Return the whole line (the READY line carries boot_id); give the rest of it a moment to arrive.
+            if (lineEnd >= 0 || Date.now() > deadline || goneWhy) {
+              const end = lineEnd >= 0 ? lineEnd : window.length;
+              return {
+                match: m[0],
+                line: window.slice(lineStart, end).replace(/\r$/, ""),
+                offset: windowStart + Buffer.byteLength(window.slice(0, lineEnd >= 0 ? lineEnd + 1 : end), "latin1"),
+              };
+            }
+          } else if (window.length > WINDOW) {
+            const cut = window.length - WINDOW;
+            windowStart += cut;
+            window = window.slice(cut);
+          }
+        }
+        if (goneWhy) throw new CloudletError("GUEST", `${goneWhy} before the guest printed ${shown}${await this.tailBlock()}`, this.logPath);
+        if (Date.now() > deadline) {
+          throw new CloudletError("GUEST", `the guest did not print ${shown} within ${fmtSeconds(timeoutMs)}${await this.tailBlock()}`, this.logPath);
+        }
+        await sleep(POLL_MS);
+      }
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  /** Current size of the serial log (an offset for {@link waitFor}). */
+  async logSize(): Promise<number> {
+    return fsp.stat(this.logPath).then((s) => s.size, () => 0);
+  }
+
+  /** The last lines of the serial log, control characters removed. */
+  async tail(maxLines = 15): Promise<string> {
+    let text = "";
+    try {
+      const fh = await fsp.open(this.logPath, "r");
+      try {
+        const { size } = await fh.stat();
+        const len = Math.min(size, 4096);
+        const buf = Buffer.alloc(len);
+        await fh.read(buf, 0, len, size - len);
+        text = buf.toString("utf8");
+      } finally {
+        await fh.close();
+      }
+    } catch {
+      return "";
+    }
+    // Escape sequences and lone control bytes would garble a terminal that prints the error.
+    const clean = text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/\r/g, "").replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
+    return clean.split("\n").filter((l) => l.trim()).slice(-maxLines).join("\n");
+  }
+
+  /** Runs a shell script in the guest as root and returns its output and exit code. */
+  run(script: string, opts: RunOptions = {}): Promise<ScriptResult> {
+    const next = this.queue.then(() => this.runNow(script, opts));
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * Starts `command` in the guest in its own session so that it keeps running
+   * after the script (and the console shell) ends; returns its guest pid.
+   */
+  async startBackground(command: string, opts: { logFile?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<number> {
+    const log = opts.logFile ?? "/dev/null";
+    const r = await this.run(`setsid nohup sh -c ${shq(command)} </dev/null >${shq(log)} 2>&1 &\necho "pid=$!"\n`, opts);
+    const pid = Number(/pid=(\d+)/.exec(r.output)?.[1]);
+    if (r.exitCode !== 0 || !pid) throw new CloudletError("GUEST", `could not start ${JSON.stringify(command)} in the guest: ${r.output.trim() || `exit ${r.exitCode}`}`);
+    return pid;
+  }
+
+  /**
+   * Connects `input` and `output` to the console (an interactive session)
+   * until the escape byte (default Ctrl-], 0x1d) is read or the VM exits.
+   */
+  attach(input: NodeJS.ReadableStream, output: NodeJS.WritableStream, opts: { escapeByte?: number } = {}): Promise<void> {
+    const esc = opts.escapeByte ?? 0x1d;
+    const next = this.queue.then(async () => {
+      const line = await SerialLine.open(this.socketPath, 10_000, this.gone);
+      await new Promise<void>((resolve) => {
+        const onInput = (d: Uint8Array | string) => {
+          const b = typeof d === "string" ? Buffer.from(d) : Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+          const at = b.indexOf(esc);
+          if (at >= 0) {
+            if (at > 0) line.send(b.subarray(0, at));
+            return finish();
+          }
+          line.send(b);
+        };
+        const finish = () => {
+          input.off("data", onInput);
+          line.close();
+          resolve();
+        };
+        line.onData = (d) => output.write(d);
+        void line.ended.then(finish);
+        input.on("data", onInput);
+      });
+    });
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  private async runNow(script: string, opts: RunOptions): Promise<ScriptResult> {
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const tag = randomBytes(4).toString("hex");
+    const f = `/tmp/.cl${tag}`;
+    const line = await SerialLine.open(this.socketPath, 10_000, this.gone, opts.signal);
+    try {
+      const step = async (rx: RegExp, ms: number, what: string) => (await line.expect(rx, ms, what, opts.signal)) ?? Promise.reject(await this.fail(`timed out waiting for ${what}`));
+      line.send("\x15\n");
+      // The shell may not be reading yet (it respawns right after READY, or after a restore); until it
+      // reads, the tty drops what we type.
+      let synced = false;
+      for (let i = 0; i < 20 && !synced; i++) {
+        line.send(`echo CL""SYNC${tag}\n`);
+        synced = (await line.expect(new RegExp(`CLSYNC${tag}\\r?\\n`), 1000, "the guest shell", opts.signal)) !== null;
+      }
+      if (!synced) throw await this.fail("the guest shell does not answer on the serial console (20 s)");
+      const body = Buffer.from(script, "utf8").toString("base64");
+      const chunks = body.match(new RegExp(`.{1,${CHUNK}}`, "g")) ?? [""];
+      for (const [k, c] of chunks.entries()) {
+        line.send(`printf %s '${c}' >> ${f}.b64 && echo CL""ACK${tag}-${k}\n`);
+        await step(new RegExp(`CLACK${tag}-${k}\\r?\\n`), 10_000, `the guest to take the script (line ${k + 1} of ${chunks.length})`);
+      }
+      line.send(`base64 -d ${f}.b64 > ${f}.sh; rm -f ${f}.b64; echo CL""BEGIN${tag}; sh ${f}.sh < /dev/null; echo CL""END${tag} rc=$?; rm -f ${f}.sh\n`);
+      await step(new RegExp(`CLBEGIN${tag}\\r?\\n`), 10_000, "the script to start");
+      const m = await line.expect(new RegExp(`CLEND${tag} rc=(\\d+)\\r?\\n`), timeoutMs, "the script to finish", opts.signal);
+      if (!m) {
+        line.send("\x03"); // interrupt it, so that the console is usable again
+        throw await this.fail(`the script did not finish within ${fmtSeconds(timeoutMs)}`);
+      }
+      return { output: m.before.replace(/\r\n/g, "\n").replace(/\r/g, ""), exitCode: Number(m.groups[1]) };
+    } finally {
+      line.close();
+    }
+  }
+
+  private async fail(msg: string): Promise<CloudletError> {
+    return new CloudletError("GUEST", `${msg}${await this.tailBlock()}`, this.logPath);
+  }
+
+  private async tailBlock(): Promise<string> {
+    const t = await this.tail();
+    return t ? `; last serial output:\n${t}` : "; the serial log is empty";
+  }
+}
+
+/** One client connection to the chardev socket, with a receive buffer to match against. */
+class SerialLine {
+  private buf = "";
+  private waiter: (() => void) | null = null;
+  private closedWhy: string | null = null;
+  onData: ((d: string) => void) | null = null;
+  readonly ended: Promise<void>;
+
+  private constructor(
+    private readonly sock: Socket,
+    gone: Promise<string>,
+  ) {
+    let end!: () => void;
+    this.ended = new Promise((r) => (end = r));
+    sock.setEncoding("utf8");
+    sock.on("data", (d: string) => {
+      if (this.onData) this.onData(d);
+      else this.buf += d;
+      this.waiter?.();
+    });
+    sock.on("error", () => {});
+    sock.on("close", () => {
+      // The socket usually closes before the VM's exit is known: give the reason a moment to arrive.
+      void Promise.race([gone, sleep(3000).then(() => null)]).then((why) => {
+        this.closedWhy ??= why ?? "the serial console closed: the VM exited";
+        end();
+        this.waiter?.();
+      });
+    });
+  }
+
+  /** Connects, retrying while the socket is not there yet. */
+  static async open(path: string, timeoutMs: number, gone: Promise<string>, signal?: AbortSignal): Promise<SerialLine> {
+    const deadline = Date.now() + timeoutMs;
+    let goneWhy: string | null = null;
+    void gone.then((w) => (goneWhy = w));
+    for (;;) {
+      if (signal?.aborted) throw new CloudletError("CANCELLED", "cancelled while connecting to the serial console", path);
+      if (goneWhy) throw new CloudletError("GUEST", `${goneWhy}: the serial console is gone`, path);
+      const s = await new Promise<Socket | null>((resolve) => {
+        const c = connect(path);
+        c.once("error", () => (c.destroy(), resolve(null)));
+        c.once("connect", () => resolve(c));
+      });
+      if (s) {
+        const l = new SerialLine(s, gone);
+        void gone.then((w) => {
+          l.closedWhy = w;
+          l.close();
+        });
+        return l;
+      }
+      if (Date.now() > deadline) throw new CloudletError("GUEST", `cannot connect to the serial console within ${fmtSeconds(timeoutMs)}`, path);
+      await sleep(50);
+    }
+  }
+
+  send(data: string | Uint8Array) {
+    if (!this.sock.destroyed) this.sock.write(data);
+  }
+
+  /** Waits for `rx` in what arrived and consumes up to the end of the match; null on timeout. */
+  async expect(rx: RegExp, timeoutMs: number, what: string, signal?: AbortSignal): Promise<{ before: string; groups: RegExpExecArray } | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = rx.exec(this.buf);
+      if (m) {
+        const before = this.buf.slice(0, m.index);
+        this.buf = this.buf.slice(m.index + m[0].length);
+        return { before, groups: m };
+      }
+      if (signal?.aborted) throw new CloudletError("CANCELLED", `cancelled while waiting for ${what}`);
+      if (this.closedWhy) throw new CloudletError("GUEST", `${this.closedWhy} while waiting for ${what}`);
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(left, 250));
+        function done() {
+          clearTimeout(t);
+          resolve();
+        }
+        this.waiter = done;
+      });
+      this.waiter = null;
+    }
+  }
+
+  close() {
+    this.sock.destroy();
+  }
+}
+
+/** Quotes `s` for a POSIX shell. */
+export function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+function fmtSeconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -17,8 +17,15 @@ interface CodecRequest {
   rawSize: number;
 }
 
-/** Dictionary cap for segments: segments are ~1 MiB, a larger dictionary only costs memory. */
-export const SEGMENT_DICT_CAP = 4 << 20;
+/** Default dictionary cap: segments are ~1 MiB, and a larger dictionary only costs memory (bench/README.md). */
+export const SEGMENT_DICT_CAP = 1 << 20;
+
+/** The dictionary a segment of `segmentBytes` needs: the next power of two, at least 1 MiB. */
+export function dictCapFor(segmentBytes: number): number {
+  let d = SEGMENT_DICT_CAP;
+  while (d < segmentBytes) d *= 2;
+  return d;
+}
 
 interface Pending {
   resolve: (b: Uint8Array) => void;

@@ -13,7 +13,7 @@ import type { ProgressFn } from "../overlay/io.ts";
 import { checkBase, synthesize } from "../overlay/synthesis.ts";
 import { writeOverlay } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "./base_cache.ts";
-import { WorkerCodec } from "./codec_pool.ts";
+import { dictCapFor, WorkerCodec } from "./codec_pool.ts";
 import { openCustomDisk } from "./disk_image.ts";
 import { FileSource, outputError, RawImageSink } from "./files.ts";
 import { indexCacheDir } from "./home.ts";
@@ -102,7 +102,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
     throw outputError(e, where.path);
   }
   const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core) : new SplitOverlayOutput(where.stem);
-  const codec = new WorkerCodec(o.threads, o.preset ?? DEFAULT_PRESET);
+  const codec = new WorkerCodec(o.threads, o.preset ?? DEFAULT_PRESET, dictCapFor(o.segmentBytes ?? 1 << 20));
   try {
     const launch: LaunchConfig = {
       portForwards: o.launch?.portForwards ?? [],

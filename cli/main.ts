@@ -14,6 +14,13 @@ import { fetchSegment } from "../ts/overlay/synthesis.ts";
 import { WorkerCodec } from "../ts/host/codec_pool.ts";
 import { fileIdentity } from "../ts/host/base_cache.ts";
 import { ProgressBar } from "./progress.ts";
+import { startInspectServer } from "../ts/host/inspect_server.ts";
+import { createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
+import { exportBase, importBase } from "../ts/host/base_archive.ts";
+import { Registry } from "../ts/host/registry.ts";
+import { buildGuestImage } from "../ts/host/vm/guest_image.ts";
+import { homeDirs } from "../ts/host/vm_jobs.ts";
+import { promises as fsp } from "node:fs";
 
 const cli = cac("cloudlet");
 const controller = new AbortController();
@@ -54,12 +61,54 @@ function need(v: unknown, flag: string): string {
   return v;
 }
 
+function hostChoice(o: Record<string, unknown>): HostChoice {
+  const h = (o.host as string | undefined) ?? "qemu";
+  if (h !== "qemu" && h !== "virsh") throw new CloudletError("BAD_ARGUMENT", `--host must be qemu or virsh, not "${h}"`);
+  return { host: h, connect: o.connect as string | undefined };
+}
+
+function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: VmJobContext["core"]): VmJobContext {
+  return {
+    core,
+    home: cloudletHome(o.home as string | undefined),
+    hostChoice: hostChoice(o),
+    progress: p.update,
+    say: (l) => {
+      if (!o.json) {
+        p.done();
+        process.stderr.write(`cloudlet: ${l}\n`);
+      }
+    },
+    signal: controller.signal,
+  };
+}
+
+async function interaction(o: Record<string, unknown>, scriptFlag: string, markerFlag?: string): Promise<Interaction> {
+  const scriptPath = o[scriptFlag] as string | undefined;
+  let script: string | undefined;
+  if (scriptPath) {
+    try {
+      script = await fsp.readFile(scriptPath, "utf8");
+    } catch {
+      throw new CloudletError("MISSING_INPUT", "cannot read the script", scriptPath);
+    }
+  }
+  const timeout = o.timeout ? Number(o.timeout) * 1000 : undefined;
+  return { script, readyMarker: markerFlag ? (o[markerFlag] as string | undefined) : undefined, console: Boolean(o.console), vnc: Boolean(o.vnc), timeoutMs: timeout };
+}
+
 cli.option("--json", "Print results (and errors) as JSON on stdout, no progress bar");
 cli.option("--home <dir>", "Cloudlet home (default $CLOUDLET_HOME or ~/.cloudlet)");
 cli.option("--threads <n>", "Worker threads for (de)compression (default: all cores)");
 
 cli
-  .command("overlay", "Create a VM overlay: what a custom VM changed relative to its base, deduplicated and compressed")
+  .command("overlay [base]", "Create a VM overlay: resume BASE, customise it, and keep what changed (or compare image files with --base-disk ...)")
+  .option("--script <file>", "VM mode: customise by running this shell script in the guest over the serial console")
+  .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
+  .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
+  .option("--timeout <s>", "VM mode: time limit for the script, seconds")
+  .option("--host <host>", "VM mode: qemu (default) or virsh")
+  .option("--connect <uri>", "VM mode: libvirt URI for --host virsh")
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
   .option("--disk <file>", "Custom disk: raw, or a qcow2 top layer over the base disk")
@@ -73,9 +122,32 @@ cli
   .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
   .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
   .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
-  .action(async (o: Common & Record<string, unknown>) => {
+  .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
+    const forwardSpecs = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
+    if (baseRef !== undefined) {
+      if (o.baseDisk || o.baseMem || o.disk || o.mem) throw new CloudletError("BAD_ARGUMENT", "give either BASE (VM mode) or --base-disk/--base-mem/--disk/--mem (file mode), not both");
+      const how = await interaction(o, "script");
+      if (how.script === undefined && !how.console && !how.vnc) throw new CloudletError("BAD_ARGUMENT", "VM mode needs --script FILE, --console or --vnc to customise the VM");
+      const p = bar(o);
+      const ctx = vmContext(o, p, core);
+      const r = await overlayFromVm(ctx, {
+        base: baseRef,
+        customize: how,
+        forwards: collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []),
+        out: need(o.output, "-o"),
+        layout: o.layout === "split" ? "split" : "packed",
+        segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
+        preset: Number(o.preset),
+        threads: o.threads ? Number(o.threads) : undefined,
+      });
+      p.done();
+      const report = inspectMeta(r.meta, r.path, r.bytes);
+      out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch },
+        `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rewrites ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
+      return;
+    }
     const baseMem = need(o.baseMem, "--base-mem");
     const machine = defaultMachine((await fileIdentity(baseMem)).size, o.machine as string | undefined, o.cpu as string | undefined);
     const forwards = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
@@ -109,7 +181,12 @@ cli
   });
 
 cli
-  .command("synthesis [overlay]", "Rebuild a custom VM's disk and memory from a base and an overlay")
+  .command("synthesis [base] [overlay]", "Rebuild the custom VM from BASE and OVERLAY and resume it (or rebuild files with --base-disk ... -o DIR)")
+  .option("--no-run", "VM mode: only verify that the overlay rebuilds correctly on the base")
+  .option("--bind <addr>", "VM mode: address the port forwards listen on", { default: "127.0.0.1" })
+  .option("--auto-ports", "VM mode: use free host ports instead of the overlay's")
+  .option("--host <host>", "VM mode: qemu (default) or virsh")
+  .option("--connect <uri>", "VM mode: libvirt URI for --host virsh")
   .alias("synthesize")
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
@@ -117,8 +194,23 @@ cli
   .option("--disk-format <fmt>", "qcow2 (over the base disk, default) or raw", { default: "qcow2" })
   .option("--force", "Replace a non-empty output directory")
   .example("cloudlet synthesis --base-disk base.raw --base-mem base.mem app.overlay -o out/")
-  .action(async (overlay: string | undefined, o: Common & Record<string, unknown>) => {
+  .action(async (first: string | undefined, second: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
+    if (second !== undefined) {
+      if (o.baseDisk || o.baseMem) throw new CloudletError("BAD_ARGUMENT", "give either BASE OVERLAY (VM mode) or --base-disk/--base-mem OVERLAY -o DIR (file mode)");
+      const p = bar(o);
+      const ctx = vmContext(o, p, core);
+      const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? Number(o.threads) : undefined });
+      p.done();
+      if ("verified" in r) {
+        out(o, { verified: true, baseId: r.meta.base.id, ms: r.ms }, `verified: the overlay rebuilds correctly on its base (${(r.ms.synthesis / 1000).toFixed(1)} s); no VM started (--no-run)`);
+        return;
+      }
+      const where = r.ports.map((p) => `  ${p.proto} ${r.host}:${p.hostPort} -> guest port ${p.guestPort}`).join("\n") || "  (no port forwards)";
+      out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms }, `VM ${r.vmId} resumed in ${((r.ms.synthesis + r.ms.launch) / 1000).toFixed(1)} s (synthesis ${(r.ms.synthesis / 1000).toFixed(1)} s, launch ${(r.ms.launch / 1000).toFixed(1)} s). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+      return;
+    }
+    const overlay = first;
     const fmt = o.diskFormat === "raw" ? "raw" : o.diskFormat === "qcow2" ? "qcow2" : (() => {
       throw new CloudletError("BAD_ARGUMENT", `--disk-format must be qcow2 or raw, not "${o.diskFormat}"`);
     })();
@@ -143,8 +235,23 @@ cli
 cli
   .command("inspect <overlay>", "Show what is in an overlay: base id, sizes, chunk classes, segments")
   .option("--verify", "Also decode every segment and check its hash and structure")
-  .action(async (path: string, o: Common & { verify?: boolean }) => {
+  .option("--web", "Open the browser inspector: serve it on 127.0.0.1, print its URL, stop on Ctrl-C")
+  .option("--base-disk <file>", "With --web: the base disk (raw), to verify rebuilt chunks and show XOR against the base")
+  .option("--base-mem <file>", "With --web: the base memory image")
+  .option("--port <n>", "With --web: the port on 127.0.0.1 (default: any free port)")
+  .example("cloudlet inspect --web --base-disk base.raw --base-mem base.mem app.overlay")
+  .action(async (path: string, o: Common & { verify?: boolean; web?: boolean; baseDisk?: string; baseMem?: string; port?: string | number }) => {
     const core = await loadCoreFromDisk();
+    if (!o.web && (o.baseDisk || o.baseMem || o.port !== undefined)) throw new CloudletError("BAD_ARGUMENT", "--base-disk, --base-mem and --port go with --web");
+    if (o.web) {
+      const port = o.port === undefined ? 0 : Number(o.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CloudletError("BAD_ARGUMENT", `--port must be a number from 0 to 65535, not "${o.port}"`);
+      const server = await startInspectServer({ core, overlay: path, baseDisk: o.baseDisk, baseMem: o.baseMem, port });
+      out(o, { url: server.url }, `cloudlet inspector: ${server.url} (Ctrl-C to stop)`);
+      await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+      await server.close();
+      return;
+    }
     const ov = await openOverlay(core, path);
     try {
       const report = inspectMeta(ov.meta, path, ov.totalBytes);
@@ -169,6 +276,95 @@ cli
     } finally {
       await ov.close();
     }
+  });
+
+cli
+  .command("base [disk]", "Create a base VM: boot DISK (raw; default: the built-in tiny guest), wait until ready, snapshot and register it")
+  .option("--name <name>", "Name in the registry")
+  .option("--ready-marker <text>", "Ready when the guest prints this on its serial console")
+  .option("--ready-script <file>", "Ready when this script, run in the guest over the serial console, exits 0")
+  .option("--console", "Interactive serial console; press Ctrl-] when the guest is ready")
+  .option("--vnc", "Give the VM a VNC display; press Enter when the guest is ready")
+  .option("--timeout <s>", "Time limit for the marker or script, seconds", { default: 180 })
+  .option("--ram <mib>", "Guest RAM in MiB", { default: 256 })
+  .option("--vcpus <n>", "Virtual CPUs", { default: 1 })
+  .option("--machine <type>", "QEMU machine type", { default: "pc-i440fx-7.2" })
+  .option("--cpu <model>", "QEMU CPU model", { default: "qemu64" })
+  .option("--host <host>", "qemu (default) or virsh")
+  .option("--connect <uri>", "libvirt URI for --host virsh")
+  .action(async (disk: string | undefined, o: Common & Record<string, unknown>) => {
+    const core = await loadCoreFromDisk();
+    const p = bar(o);
+    const ctx = vmContext(o, p, core);
+    const ready = await interaction(o, "readyScript", "readyMarker");
+    if (disk && !ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-script FILE, --console or --vnc");
+    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: Number(o.ram), vcpus: Number(o.vcpus), machine: o.machine as string, cpu: o.cpu as string });
+    p.done();
+    out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
+  });
+
+cli
+  .command("list-base", "List the base VMs in the registry")
+  .alias("list_base")
+  .action(async (o: Common) => {
+    const bases = await new Registry(cloudletHome(o.home)).listBases();
+    out(o, bases, bases.length ? bases.map((b) => `${b.id.slice(0, 16)}  ${b.name.padEnd(16)} disk ${formatBytes(b.diskSize).padStart(10)}  mem ${formatBytes(b.memorySize).padStart(10)}  ${b.host.padEnd(5)} ${b.created}  ${b.source}`).join("\n") : "no bases (create one with: cloudlet base)");
+  });
+
+cli
+  .command("del-base <base>", "Delete a base VM (id, id prefix or name) and its files")
+  .alias("del_base")
+  .action(async (ref: string, o: Common) => {
+    const reg = new Registry(cloudletHome(o.home));
+    const b = await reg.getBase(ref);
+    await reg.removeBase(b.id);
+    await fsp.rm(b.dir, { recursive: true, force: true });
+    out(o, { deleted: b.id }, `deleted base ${b.name} ${b.id}`);
+  });
+
+cli
+  .command("export-base <base> <file>", "Write a base VM to one file")
+  .alias("export_base")
+  .action(async (ref: string, file: string, o: Common) => {
+    const core = await loadCoreFromDisk();
+    const p = bar(o);
+    const r = await exportBase(core, cloudletHome(o.home), ref, file, p.update);
+    p.done();
+    out(o, { file, bytes: r.bytes, baseId: r.base.id }, `exported ${r.base.name} ${r.base.id} to ${file} (${formatBytes(r.bytes)})`);
+  });
+
+cli
+  .command("import-base <file>", "Import a base VM written by export-base, verifying every byte")
+  .alias("import_base")
+  .action(async (file: string, o: Common) => {
+    const core = await loadCoreFromDisk();
+    const p = bar(o);
+    const r = await importBase(core, cloudletHome(o.home), file, p.update, controller.signal);
+    p.done();
+    out(o, { ...r.base, existed: r.existed }, `imported base ${r.base.name} ${r.base.id}${r.existed ? " (was already here)" : ""}`);
+  });
+
+cli
+  .command("ps", "List synthesized VMs")
+  .action(async (o: Common) => {
+    const vms = await psVms(cloudletHome(o.home));
+    out(o, vms, vms.length ? vms.map((v) => `${v.id}  ${v.alive ? "running" : "dead   "}  ${v.host.padEnd(5)} ${v.ports.map((p) => `${v.hostAddress}:${p.hostPort}->${p.guestPort}`).join(" ")}  ${v.created}`).join("\n") : "no synthesized VMs");
+  });
+
+cli
+  .command("stop <vm>", "Stop a synthesized VM and remove its files")
+  .action(async (id: string, o: Common) => {
+    await stopSynthesized(cloudletHome(o.home), id);
+    out(o, { stopped: id }, `stopped ${id}`);
+  });
+
+cli
+  .command("guest", "Build (or show) the built-in tiny guest: Debian kernel, busybox initramfs, debootstrap minbase root file system")
+  .action(async (o: Common) => {
+    const p = bar(o);
+    const g = await buildGuestImage({ cacheDir: homeDirs(cloudletHome(o.home)).guest, signal: controller.signal, onProgress: (x) => p.update({ phase: x.phase, done: x.done, total: x.total }) });
+    p.done();
+    out(o, g, `guest: kernel ${g.kernelVersion}\n  ${g.kernel}\n  ${g.initrd}\n  ${g.rootfs}`);
   });
 
 cli.help();

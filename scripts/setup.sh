@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients           # the virsh host adapter
   debootstrap busybox-static e2fsprogs cpio       # the built-in tiny guest
   iproute2 socat ca-certificates curl
+  chromium fonts-dejavu-core                      # headless browser for the inspector tests (playwright-core)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -88,3 +89,4 @@ fi
 
 # --- the .wasm ----------------------------------------------------------------
 "$ROOT/scripts/build-wasm.sh"
+node --import tsx "$ROOT/web/build.ts" --if-stale   # the browser inspector page (web/dist)

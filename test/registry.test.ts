@@ -40,8 +40,8 @@ test("a lock left by a dead process is taken over; a damaged database is a clear
   const home = await scratchDir("registry-stale");
   await fsp.writeFile(join(home, "registry.lock"), "999999999");
   const reg = new Registry(home);
-  await reg.addVm({ id: "vm1", baseId: "b", overlay: "o", host: "qemu", pid: 1, domain: null, runDir: "/r", ports: [{ proto: "tcp", hostPort: 8080, guestPort: 80 }], created: "t" });
-  assert.equal((await reg.listVms())[0].ports[0].hostPort, 8080);
+  await reg.addBase({ id: "f".repeat(64), name: "after-stale-lock", created: "t", dir: "/d", diskSize: 1, memorySize: 1, machine: { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 1 }, vcpus: 1, boot: null, host: "qemu", source: "test" });
+  assert.equal((await reg.getBase("after-stale-lock")).id, "f".repeat(64));
   await fsp.writeFile(join(home, "registry.sqlite"), "this is not sqlite at all, not even close........................................................................");
   await assert.rejects(reg.listBases(), /registry database is damaged/);
 });

@@ -2,12 +2,13 @@
  * File access for Node and Deno: byte sources over files, atomic outputs, and
  * the mapping from OS errors to messages a user can act on.
  */
-import { constants, promises as fsp } from "node:fs";
+import { promises as fsp } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { CloudletError } from "../errors.ts";
 import type { ByteSource, ImageSink } from "../overlay/io.ts";
 import { CHUNK } from "../overlay/format.ts";
+import { runTool } from "./process.ts";
 
 /** Turns an OS error on an output into an OUTPUT_FAILED error naming the file. */
 export function outputError(e: unknown, file: string): CloudletError {
@@ -118,11 +119,11 @@ export class AtomicFile {
     }
   }
 
-  /** Creates the temporary file as a copy of `src` (reflinked where the file system can). */
+  /** Creates the temporary file as a sparse copy of `src` (reflinked where the file system can). */
   static async copyOf(path: string, src: string): Promise<AtomicFile> {
     const tmp = partName(path);
     try {
-      await fsp.copyFile(src, tmp, constants.COPYFILE_FICLONE);
+      await sparseCopy(src, tmp);
       return new AtomicFile(path, tmp, await fsp.open(tmp, "r+"));
     } catch (e) {
       await fsp.rm(tmp, { force: true });
@@ -225,6 +226,20 @@ export class RawImageSink implements ImageSink {
 
   abort(): Promise<void> {
     return this.file.abort();
+  }
+}
+
+/**
+ * Copies a file keeping it sparse (zero runs stay holes) and reflinking
+ * where the file system can. Node's copyFile would allocate every hole of a
+ * disk or memory image.
+ */
+export async function sparseCopy(src: string, dst: string): Promise<void> {
+  const r = await runTool("cp", ["--sparse=always", "--reflink=auto", "--", src, dst]);
+  if (r.code !== 0) {
+    await fsp.rm(dst, { force: true });
+    const msg = r.stderr.trim();
+    throw /No space left/.test(msg) ? outputError(Object.assign(new Error(msg), { code: "ENOSPC" }), dst) : /No such file/.test(msg) ? inputError(Object.assign(new Error(msg), { code: "ENOENT" }), src) : new CloudletError("OUTPUT_FAILED", `copying ${src} failed: ${msg}`, dst);
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * The registry: base VMs and running synthesized VMs, in a SQLite database
+ * The registry of base VMs, in a SQLite database
  * (sql.js, SQLite compiled to WASM) at `<home>/registry.sqlite`.
  *
  * sql.js keeps the database in memory, so every write is read-modify-write
@@ -13,7 +13,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import initSqlJs, { type Database, type SqlJsStatic } from "sql.js";
 import { CloudletError } from "../errors.ts";
-import type { MachineConfig, PortForward } from "../overlay/format.ts";
+import type { MachineConfig } from "../overlay/format.ts";
 import { AtomicFile, outputError } from "./files.ts";
 
 /** Files that boot a guest kernel directly (the built-in guest); null for BIOS boot of the disk. */
@@ -52,36 +52,11 @@ export interface BaseRow {
   source: string;
 }
 
-/** A synthesized VM that cloudlet started. */
-export interface VmRow {
-  /** VM id. */
-  id: string;
-  /** Base it runs on. */
-  baseId: string;
-  /** Overlay it was made from. */
-  overlay: string;
-  /** Host adapter. */
-  host: "qemu" | "virsh";
-  /** qemu pid (qemu host) or null. */
-  pid: number | null;
-  /** libvirt domain name (virsh host) or null. */
-  domain: string | null;
-  /** Its run directory. */
-  runDir: string;
-  /** Forwarded ports with the host ports actually used. */
-  ports: PortForward[];
-  /** ISO time of start. */
-  created: string;
-}
-
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS bases (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, dir TEXT NOT NULL,
   disk_size INTEGER NOT NULL, memory_size INTEGER NOT NULL, machine TEXT NOT NULL, vcpus INTEGER NOT NULL,
   boot TEXT, host TEXT NOT NULL, source TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS vms (
-  id TEXT PRIMARY KEY, base_id TEXT NOT NULL, overlay TEXT NOT NULL, host TEXT NOT NULL,
-  pid INTEGER, domain TEXT, run_dir TEXT NOT NULL, ports TEXT NOT NULL, created TEXT NOT NULL);
 `;
 
 let sqlPromise: Promise<SqlJsStatic> | undefined;
@@ -215,26 +190,6 @@ export class Registry {
       return db.getRowsModified() > 0;
     });
   }
-
-  /** All recorded VMs. */
-  listVms(): Promise<VmRow[]> {
-    return this.read((db) => rows(db, "SELECT * FROM vms ORDER BY created").map(toVm));
-  }
-
-  /** Records a started VM. */
-  addVm(v: VmRow): Promise<void> {
-    return this.write((db) => {
-      db.run("INSERT OR REPLACE INTO vms VALUES (?,?,?,?,?,?,?,?,?)", [v.id, v.baseId, v.overlay, v.host, v.pid, v.domain, v.runDir, JSON.stringify(v.ports), v.created]);
-    });
-  }
-
-  /** Forgets a VM; true when it was recorded. */
-  removeVm(id: string): Promise<boolean> {
-    return this.write((db) => {
-      db.run("DELETE FROM vms WHERE id = ?", [id]);
-      return db.getRowsModified() > 0;
-    });
-  }
 }
 
 type Row = Record<string, number | string | null>;
@@ -259,19 +214,5 @@ function toBase(r: Row): BaseRow {
     boot: r.boot ? JSON.parse(String(r.boot)) : null,
     host: r.host === "virsh" ? "virsh" : "qemu",
     source: String(r.source),
-  };
-}
-
-function toVm(r: Row): VmRow {
-  return {
-    id: String(r.id),
-    baseId: String(r.base_id),
-    overlay: String(r.overlay),
-    host: r.host === "virsh" ? "virsh" : "qemu",
-    pid: r.pid === null ? null : Number(r.pid),
-    domain: r.domain === null ? null : String(r.domain),
-    runDir: String(r.run_dir),
-    ports: JSON.parse(String(r.ports)),
-    created: String(r.created),
   };
 }

@@ -1,0 +1,124 @@
+/**
+ * Exported bases: one file (a sparse tar) holding the base's disk, memory,
+ * device state and boot files, plus `manifest.json` with the base record and
+ * the BLAKE3 of every file. Import checks the archive's member names (no
+ * paths of its own choosing), every file's hash, and recomputes the base id
+ * from the images before the base is registered.
+ */
+import { promises as fsp } from "node:fs";
+import { basename, join } from "node:path";
+import type { Core } from "../core/core.ts";
+import { toHex } from "../core/vectors.ts";
+import { CloudletError } from "../errors.ts";
+import type { ProgressFn } from "../overlay/io.ts";
+import { openBase } from "./base_cache.ts";
+import { FileSource, outputError, partName } from "./files.ts";
+import { runTool } from "./process.ts";
+import { type BaseRow, Registry } from "./registry.ts";
+
+const MANIFEST = "manifest.json";
+const FORMAT = "cloudlet-base-export";
+
+interface Manifest {
+  format: string;
+  version: number;
+  base: Omit<BaseRow, "dir">;
+  files: Record<string, { size: number; blake3: string }>;
+}
+
+async function hashFile(core: Core, path: string, progress?: ProgressFn, base = 0, total = 0): Promise<string> {
+  const f = await FileSource.open(path);
+  try {
+    const h = core.hasher("blake3");
+    for (let o = 0; o < f.size; o += 4 << 20) {
+      h.update(await f.read(o, 4 << 20));
+      progress?.({ phase: "hash", done: base + Math.min(f.size, o + (4 << 20)), total });
+    }
+    return toHex(h.digest());
+  } finally {
+    await f.close();
+  }
+}
+
+function baseFileNames(b: BaseRow): string[] {
+  return ["disk.raw", "memory.raw", "state.bin", ...(b.boot ? [b.boot.kernel, b.boot.initrd] : [])];
+}
+
+/** Writes base `ref` of `home` to `file`, atomically. */
+export async function exportBase(core: Core, home: string, ref: string, file: string, progress?: ProgressFn): Promise<{ bytes: number; base: BaseRow }> {
+  const base = await new Registry(home).getBase(ref);
+  const names = baseFileNames(base);
+  const sizes = await Promise.all(names.map((n) => fsp.stat(join(base.dir, n)).then((s) => s.size)));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const files: Manifest["files"] = {};
+  let done = 0;
+  for (const [i, n] of names.entries()) {
+    files[n] = { size: sizes[i], blake3: await hashFile(core, join(base.dir, n), progress, done, total) };
+    done += sizes[i];
+  }
+  const { dir: _dir, ...rest } = base;
+  const manifest: Manifest = { format: FORMAT, version: 1, base: rest, files };
+  const stage = await fsp.mkdtemp(join(base.dir, ".export-"));
+  const tmp = partName(file);
+  try {
+    await fsp.writeFile(join(stage, MANIFEST), JSON.stringify(manifest, null, 2) + "\n");
+    const r = await runTool("tar", ["--sparse", "-cf", tmp, "-C", stage, MANIFEST, "-C", base.dir, ...names]);
+    if (r.code !== 0) throw /No space/.test(r.stderr) ? outputError(Object.assign(new Error(r.stderr), { code: "ENOSPC" }), file) : new CloudletError("OUTPUT_FAILED", `tar failed: ${r.stderr.trim()}`, file);
+    await fsp.rename(tmp, file).catch((e) => {
+      throw outputError(e, file);
+    });
+    return { bytes: (await fsp.stat(file)).size, base };
+  } finally {
+    await fsp.rm(tmp, { force: true });
+    await fsp.rm(stage, { recursive: true, force: true });
+  }
+}
+
+/** Imports an exported base into `home`, verifying it completely. */
+export async function importBase(core: Core, home: string, file: string, progress?: ProgressFn, signal?: AbortSignal): Promise<{ base: BaseRow; existed: boolean }> {
+  await fsp.access(file).catch(() => {
+    throw new CloudletError("MISSING_INPUT", "no such file", file);
+  });
+  const list = await runTool("tar", ["-tf", file]);
+  if (list.code !== 0) throw new CloudletError("BAD_INPUT", "not a cloudlet base export (not a tar archive)", file);
+  const members = list.stdout.split("\n").filter(Boolean);
+  const allowed = new Set([MANIFEST, "disk.raw", "memory.raw", "state.bin", "vmlinux", "initramfs.gz"]);
+  const bad = members.find((m) => !allowed.has(m));
+  if (bad || !members.includes(MANIFEST)) throw new CloudletError("BAD_INPUT", `not a cloudlet base export (unexpected member ${JSON.stringify(bad ?? "no manifest")})`, file);
+  const bases = join(home, "bases");
+  await fsp.mkdir(bases, { recursive: true });
+  const stage = await fsp.mkdtemp(join(bases, ".import-"));
+  try {
+    const x = await runTool("tar", ["--sparse", "--no-same-owner", "-xf", file, "-C", stage, ...members]);
+    if (x.code !== 0) throw new CloudletError("BAD_INPUT", `the archive is damaged: ${x.stderr.trim().split("\n").pop()}`, file);
+    let m: Manifest;
+    try {
+      m = JSON.parse(await fsp.readFile(join(stage, MANIFEST), "utf8")) as Manifest;
+    } catch {
+      throw new CloudletError("BAD_INPUT", "the archive's manifest is not valid JSON", file);
+    }
+    if (m.format !== FORMAT || m.version !== 1) throw new CloudletError("BAD_INPUT", `unsupported export format ${m.format} v${m.version}`, file);
+    const total = Object.values(m.files).reduce((t, f) => t + f.size, 0);
+    let done = 0;
+    for (const n of baseFileNames(m.base as BaseRow)) {
+      const want = m.files[n];
+      const st = await fsp.stat(join(stage, n)).catch(() => null);
+      if (!want || !st) throw new CloudletError("BAD_INPUT", `the archive lacks ${n}`, file);
+      if (st.size !== want.size || (await hashFile(core, join(stage, n), progress, done, total)) !== want.blake3) throw new CloudletError("BAD_INPUT", `${n} in the archive is corrupt (size or hash mismatch)`, file);
+      done += want.size;
+    }
+    // The id must follow from the images themselves, not just from the manifest.
+    const opened = await openBase(core, { disk: join(stage, "disk.raw"), memory: join(stage, "memory.raw"), machine: m.base.machine, dir: stage, needIndex: false, progress, signal });
+    await opened.close();
+    if (opened.id !== m.base.id) throw new CloudletError("BAD_INPUT", `the images hash to base ${opened.id}, not the ${m.base.id} the manifest claims`, file);
+    await fsp.rm(join(stage, MANIFEST));
+    const final = join(bases, m.base.id);
+    const existed = await fsp.access(final).then(() => true, () => false);
+    if (!existed) await fsp.rename(stage, final);
+    const base: BaseRow = { ...m.base, dir: final, source: `imported from ${basename(file)}` } as BaseRow;
+    await new Registry(home).addBase(base);
+    return { base, existed };
+  } finally {
+    await fsp.rm(stage, { recursive: true, force: true });
+  }
+}

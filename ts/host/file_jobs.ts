@@ -265,7 +265,10 @@ async function prepareOutputDir(outDir: string, force: boolean): Promise<string>
     });
     if (entries.length && !force) throw new CloudletError("OUTPUT_FAILED", "output directory is not empty (use --force to replace it)", outDir);
     await fsp.mkdir(dirname(outDir), { recursive: true });
-    return await fsp.mkdtemp(join(dirname(outDir), `.${basename(outDir)}.part-`));
+    const tmp = await fsp.mkdtemp(join(dirname(outDir), `.${basename(outDir)}.part-`));
+    // The directory becomes the output: give it normal permissions (mkdtemp makes 0700).
+    await fsp.chmod(tmp, 0o755);
+    return tmp;
   } catch (e) {
     throw outputError(e, outDir);
   }

@@ -39,6 +39,16 @@ export function homeDirs(home: string) {
   return { bases: join(home, "bases"), runs: join(home, "runs"), vms: join(home, "vms"), guest: join(home, "guest") };
 }
 
+/**
+ * A temporary directory that libvirt's QEMU user can enter (mkdtemp makes
+ * 0700 directories, which `--host virsh` cannot use).
+ */
+export async function sharedTempDir(prefix: string): Promise<string> {
+  const d = await fsp.mkdtemp(prefix);
+  await fsp.chmod(d, 0o755);
+  return d;
+}
+
 /** Which host adapter, and how to reach libvirt. */
 export interface HostChoice {
   host: "qemu" | "virsh";
@@ -179,7 +189,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
   const machine: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256 };
   const vcpus = o.vcpus ?? 1;
   await fsp.mkdir(dirs.bases, { recursive: true });
-  const tmp = await fsp.mkdtemp(join(dirs.bases, ".new-"));
+  const tmp = await sharedTempDir(join(dirs.bases, ".new-"));
   let vm: RunningVm | null = null;
   try {
     say(ctx, `copying the disk into the base (${diskSrc})`);
@@ -273,7 +283,7 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
   const files = baseFiles(base);
   const dirs = homeDirs(ctx.home);
   await fsp.mkdir(dirs.runs, { recursive: true });
-  const run = await fsp.mkdtemp(join(dirs.runs, "overlay-"));
+  const run = await sharedTempDir(join(dirs.runs, "overlay-"));
   let vm: RunningVm | null = null;
   try {
     await createQcow2Layer(files.disk, join(run, "disk.qcow2"), ctx.signal);

@@ -15,6 +15,13 @@ import { WorkerCodec } from "../ts/host/codec_pool.ts";
 import { fileIdentity } from "../ts/host/base_cache.ts";
 import { ProgressBar } from "./progress.ts";
 import { startInspectServer } from "../ts/host/inspect_server.ts";
+import { HomeBackend } from "../ts/host/server_backend.ts";
+import { loadOrCreateToken, SynthesisServer } from "../ts/server/server.ts";
+import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
+import { DEFAULT_PORT } from "../ts/server/protocol.ts";
+import { announce, discover } from "../ts/server/discovery.ts";
+import { hostname } from "node:os";
+import { join as pathJoin } from "node:path";
 import { createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
 import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
@@ -365,6 +372,137 @@ cli
     const g = await buildGuestImage({ cacheDir: homeDirs(cloudletHome(o.home)).guest, signal: controller.signal, onProgress: (x) => p.update({ phase: x.phase, done: x.done, total: x.total }) });
     p.done();
     out(o, g, `guest: kernel ${g.kernelVersion}\n  ${g.kernel}\n  ${g.initrd}\n  ${g.rootfs}`);
+  });
+
+/** Splits --listen HOST:PORT. */
+function parseListen(v: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*?)\]?(?::(\d+))?$/.exec(v);
+  const port = m?.[2] ? Number(m[2]) : DEFAULT_PORT;
+  if (!m || !m[1] || !(port >= 0 && port < 65536)) throw new CloudletError("BAD_ARGUMENT", `bad --listen "${v}" (use HOST:PORT, e.g. 127.0.0.1:8021 or 0.0.0.0:8021)`);
+  return { host: m[1], port };
+}
+
+async function readFileArg(path: string, what: string): Promise<Buffer> {
+  try {
+    return await fsp.readFile(path);
+  } catch {
+    throw new CloudletError("MISSING_INPUT", `cannot read the ${what}`, path);
+  }
+}
+
+cli
+  .command("serve", "Run a synthesis server: accept overlays over HTTP and resume them as VMs")
+  .alias("synthesis_server")
+  .option("--listen <addr>", "HOST:PORT to listen on", { default: `127.0.0.1:${DEFAULT_PORT}` })
+  .option("--token-file <file>", "Bearer token clients must present (default: <home>/server/token, created on first start)")
+  .option("--tls-cert <file>", "TLS certificate (PEM): serve HTTPS")
+  .option("--tls-key <file>", "TLS private key (PEM)")
+  .option("--max-sessions <n>", "Sessions at once", { default: 4 })
+  .option("--max-meta <size>", "Largest meta accepted", { default: "16M" })
+  .option("--max-overlay <size>", "Largest overlay accepted", { default: "64G" })
+  .option("--idle-timeout <s>", "Fail a session idle this long, seconds", { default: 60 })
+  .option("--session-timeout <s>", "Fail a session not running within this long, seconds", { default: 1800 })
+  .option("--name <name>", "Name announced on the network", { default: hostname() })
+  .option("--no-announce", "Do not announce over mDNS")
+  .option("--host <host>", "qemu (default) or virsh")
+  .option("--connect <uri>", "libvirt URI for --host virsh")
+  .action(async (o: Common & Record<string, unknown>) => {
+    const core = await loadCoreFromDisk();
+    const home = cloudletHome(o.home as string | undefined);
+    const { host, port } = parseListen(o.listen as string);
+    const tokenFile = (o.tokenFile as string | undefined) ?? pathJoin(home, "server", "token");
+    const { token, created } = await loadOrCreateToken(tokenFile);
+    if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) throw new CloudletError("BAD_ARGUMENT", "--tls-cert and --tls-key go together");
+    const tls = o.tlsCert ? { cert: await readFileArg(o.tlsCert as string, "TLS certificate"), key: await readFileArg(o.tlsKey as string, "TLS key") } : undefined;
+    const hc = hostChoice(o);
+    const server = new SynthesisServer({
+      core,
+      backend: new HomeBackend(core, home, hc),
+      home,
+      host,
+      port,
+      token,
+      tls,
+      maxSessions: Number(o.maxSessions),
+      maxMetaBytes: parseSize(o.maxMeta as string, "--max-meta"),
+      maxOverlayBytes: parseSize(o.maxOverlay as string, "--max-overlay"),
+      idleMs: Number(o.idleTimeout) * 1000,
+      sessionMs: Number(o.sessionTimeout) * 1000,
+      name: o.name as string,
+      version: CLOUDLET_VERSION,
+      log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
+    });
+    await server.start();
+    const addr = server.address();
+    const bases = await new HomeBackend(core, home, hc).bases();
+    process.stderr.write(`cloudlet serve: listening on ${tls ? "https" : "http"}://${host}:${addr.port} with ${bases.length} base(s); token ${created ? "created at" : "from"} ${tokenFile}\n`);
+    if (o.json) process.stdout.write(JSON.stringify({ host, port: addr.port, tls: Boolean(tls), tokenFile }) + "\n");
+    const ann = o.announce === false ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`) });
+    await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+    process.stderr.write("cloudlet serve: stopping (ending sessions)\n");
+    await ann?.stop();
+    await server.stop();
+  });
+
+cli
+  .command("client", "Send an overlay to a cloudlet server; print how to reach the VM; keep the session until Ctrl-C")
+  .alias("synthesis_client")
+  .option("-s, --server <host[:port]>", "The cloudlet", { default: `127.0.0.1:${DEFAULT_PORT}` })
+  .option("-o, --overlay <file>", "The overlay to send (packed or seed layout)")
+  .option("--url <url>", "Let the server fetch the overlay from this URL instead (HTTP Range)")
+  .option("--token-file <file>", "The server's token (default: <home>/server/token)")
+  .option("--tls", "Speak HTTPS")
+  .option("--ca <file>", "CA certificate (PEM) to trust, with --tls")
+  .option("--detach", "Leave the session (and VM) running and exit")
+  .action(async (o: Common & Record<string, unknown>) => {
+    const core = await loadCoreFromDisk();
+    const home = cloudletHome(o.home as string | undefined);
+    const tokenFile = (o.tokenFile as string | undefined) ?? pathJoin(home, "server", "token");
+    const token = (await readFileArg(tokenFile, "token file (--token-file)")).toString("utf8").trim();
+    const client = new CloudletClient({ server: o.server as string, token, tls: Boolean(o.tls) || Boolean(o.ca), ca: o.ca ? await readFileArg(o.ca as string, "CA certificate") : undefined });
+    const p = bar(o);
+    let overlay = null;
+    let metaBytes: Uint8Array | undefined;
+    if (!o.url) {
+      const path = need(o.overlay, "-o OVERLAY (or --url)");
+      overlay = await openOverlay(core, path);
+      metaBytes = overlay.metaBytes;
+    }
+    let applied = 0;
+    const t0 = performance.now();
+    try {
+      const r = await sendOverlay({
+        core,
+        client,
+        overlay,
+        metaBytes,
+        url: o.url as string | undefined,
+        progress: p.update,
+        onEvent: (e) => {
+          if (e.type === "progress" && e.applied > applied) applied = e.applied;
+        },
+        signal: controller.signal,
+      });
+      p.done();
+      const ms = performance.now() - t0;
+      const where = r.endpoint.ports.map((x) => `  ${x.proto} ${r.endpoint.host}:${x.hostPort} -> guest port ${x.guestPort}`).join("\n") || "  (no port forwards)";
+      out(o, { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } }, `VM ${r.endpoint.vmId} is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`);
+      if (o.detach) return;
+      if (!o.json) process.stderr.write("cloudlet client: keeping the session; Ctrl-C ends it and stops the VM\n");
+      await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+      await client.close(r.id);
+      process.stderr.write("cloudlet client: session closed, VM stopped\n");
+    } finally {
+      await overlay?.close();
+    }
+  });
+
+cli
+  .command("discover", "List the cloudlets on the local network (mDNS / DNS-SD)")
+  .option("--wait <s>", "How long to listen, seconds", { default: 2 })
+  .action(async (o: Common & Record<string, unknown>) => {
+    const found = await discover(Number(o.wait) * 1000);
+    out(o, found, found.length ? found.map((f) => `${f.name}  ${f.tls ? "https" : "http"}://${f.addresses[0] ?? f.host}:${f.port}  v${f.version}  bases: ${f.bases.join(", ") || "none"}`).join("\n") : "no cloudlets found");
   });
 
 cli.help();

@@ -410,8 +410,12 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
   }
 }
 
-/** Resumes synthesized files as a detached VM. */
-export async function launchSynthesized(ctx: VmJobContext, base: BaseRow, files: SynthesizedFiles, o: { runDir: string; hostAddress?: string; autoPorts?: boolean; name?: string }): Promise<RunningVm> {
+/**
+ * Resumes synthesized files as a VM. Detached by default (it outlives the
+ * command); the server keeps its VMs attached, so a crashed server's VMs are
+ * orphans that the next start cleans up.
+ */
+export async function launchSynthesized(ctx: VmJobContext, base: BaseRow, files: SynthesizedFiles, o: { runDir: string; hostAddress?: string; autoPorts?: boolean; name?: string; detach?: boolean }): Promise<RunningVm> {
   const meta = files.meta;
   if (!files.state) throw new CloudletError("BAD_INPUT", "the overlay carries no device state, so its VM cannot be resumed (made in file mode without --state?)", files.dir);
   const vm = await makeHost(ctx.hostChoice).start(
@@ -431,7 +435,7 @@ export async function launchSynthesized(ctx: VmJobContext, base: BaseRow, files:
   );
   try {
     await vm.resume(ctx.signal);
-    await vm.detach();
+    if (o.detach ?? true) await vm.detach();
     return vm;
   } catch (e) {
     await vm.stop().catch(() => {});

@@ -15,6 +15,8 @@ export type OpenFile = (name: string) => Promise<ByteSource | null>;
 export interface OverlayReader {
   /** The validated meta. */
   readonly meta: OverlayMeta;
+  /** The meta's bytes as stored (header + body), when the reader has them. */
+  readonly metaBytes?: Uint8Array;
   /** Label for messages. */
   readonly name: string;
   /** Bytes of the whole overlay (meta + segments). */
@@ -32,19 +34,19 @@ async function readExact(src: ByteSource, offset: number, length: number, what: 
 }
 
 /** Reads and validates a meta from the start of `src` (a meta file or meta bytes). */
-export async function readMeta(core: Core, src: ByteSource, offset = 0, limit?: number): Promise<{ meta: OverlayMeta; length: number }> {
+export async function readMeta(core: Core, src: ByteSource, offset = 0, limit?: number): Promise<{ meta: OverlayMeta; length: number; bytes: Uint8Array }> {
   const head = await readExact(src, offset, HEADER_BYTES, "overlay meta");
   const bodyLen = metaBodyLength(head, src.name);
   if (limit !== undefined && HEADER_BYTES + bodyLen > limit) throw new CloudletError("BAD_META", "meta length disagrees with the packed header", src.name);
   const all = await readExact(src, offset, HEADER_BYTES + bodyLen, "overlay meta");
-  return { meta: decodeMeta(core, all, src.name), length: HEADER_BYTES + bodyLen };
+  return { meta: decodeMeta(core, all, src.name), length: HEADER_BYTES + bodyLen, bytes: all };
 }
 
 /** Opens a packed overlay (`NAME.overlay`). */
 export async function openPacked(core: Core, src: ByteSource): Promise<OverlayReader> {
   const head = await readExact(src, 0, HEADER_BYTES, "packed overlay");
   const h = decodePackHeader(core, head, src.name);
-  const { meta } = await readMeta(core, src, HEADER_BYTES, h.metaLength);
+  const { meta, bytes: metaBytes } = await readMeta(core, src, HEADER_BYTES, h.metaLength);
   const offsets: number[] = [];
   let off = h.dataOffset;
   for (const s of meta.segments) {
@@ -56,6 +58,7 @@ export async function openPacked(core: Core, src: ByteSource): Promise<OverlayRe
   if (src.size > h.totalLength) throw new CloudletError("BAD_META", `packed overlay has ${src.size - h.totalLength} unexpected trailing bytes`, src.name);
   return {
     meta,
+    metaBytes,
     name: src.name,
     totalBytes: h.totalLength,
     segmentFile: () => src.name,
@@ -72,11 +75,12 @@ export async function openPacked(core: Core, src: ByteSource): Promise<OverlayRe
  */
 export async function openSplit(core: Core, metaSrc: ByteSource, stem: string, open: OpenFile, pathOf: (name: string) => string = (n) => n): Promise<OverlayReader> {
   if (metaSrc.size > LIMITS.metaBytes) throw new CloudletError("BAD_META", `meta file is ${metaSrc.size} bytes, over the ${LIMITS.metaBytes}-byte limit`, metaSrc.name);
-  const { meta, length } = await readMeta(core, metaSrc);
+  const { meta, length, bytes: metaBytes } = await readMeta(core, metaSrc);
   if (metaSrc.size !== length) throw new CloudletError("BAD_META", "overlay meta has trailing bytes", metaSrc.name);
   const total = length + meta.segments.reduce((t, s) => t + s.compressedSize, 0);
   return {
     meta,
+    metaBytes,
     name: metaSrc.name,
     totalBytes: total,
     segmentFile: (i) => pathOf(segmentFileName(stem, i)),

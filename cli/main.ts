@@ -63,6 +63,25 @@ function parseSize(v: string | number | undefined, what: string): number | undef
   return Number(m[1]) * { "": 1, K: 1024, M: 1 << 20, G: 1 << 30 }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
 }
 
+/** Waits for Ctrl-C (or SIGTERM), keeping the process alive meanwhile. */
+function untilInterrupted(): Promise<void> {
+  // A pending promise alone does not keep Node's event loop alive; a timer does.
+  const keep = setInterval(() => {}, 1 << 30);
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearInterval(keep);
+      resolve();
+    };
+    if (controller.signal.aborted) return done();
+    controller.signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** The last value of an option given more than once (cac makes an array). */
+function last<T>(v: T | T[] | undefined): T | undefined {
+  return Array.isArray(v) ? v[v.length - 1] : v;
+}
+
 function need(v: unknown, flag: string): string {
   if (typeof v !== "string" || !v) throw new CloudletError("BAD_ARGUMENT", `${flag} is required (see cloudlet --help)`);
   return v;
@@ -255,7 +274,7 @@ cli
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CloudletError("BAD_ARGUMENT", `--port must be a number from 0 to 65535, not "${o.port}"`);
       const server = await startInspectServer({ core, overlay: path, baseDisk: o.baseDisk, baseMem: o.baseMem, port });
       out(o, { url: server.url }, `cloudlet inspector: ${server.url} (Ctrl-C to stop)`);
-      await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+      await untilInterrupted();
       await server.close();
       return;
     }
@@ -438,7 +457,7 @@ cli
     process.stderr.write(`cloudlet serve: listening on ${tls ? "https" : "http"}://${host}:${addr.port} with ${bases.length} base(s); token ${created ? "created at" : "from"} ${tokenFile}\n`);
     if (o.json) process.stdout.write(JSON.stringify({ host, port: addr.port, tls: Boolean(tls), tokenFile }) + "\n");
     const ann = o.announce === false ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`) });
-    await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+    await untilInterrupted();
     process.stderr.write("cloudlet serve: stopping (ending sessions)\n");
     await ann?.stop();
     await server.stop();
@@ -457,7 +476,7 @@ cli
   .action(async (o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
-    const tokenFile = (o.tokenFile as string | undefined) ?? pathJoin(home, "server", "token");
+    const tokenFile = last(o.tokenFile as string | string[] | undefined) ?? pathJoin(home, "server", "token");
     const token = (await readFileArg(tokenFile, "token file (--token-file)")).toString("utf8").trim();
     const client = new CloudletClient({ server: o.server as string, token, tls: Boolean(o.tls) || Boolean(o.ca), ca: o.ca ? await readFileArg(o.ca as string, "CA certificate") : undefined });
     const p = bar(o);
@@ -489,7 +508,7 @@ cli
       out(o, { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } }, `VM ${r.endpoint.vmId} is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`);
       if (o.detach) return;
       if (!o.json) process.stderr.write("cloudlet client: keeping the session; Ctrl-C ends it and stops the VM\n");
-      await new Promise<void>((resolve) => controller.signal.addEventListener("abort", () => resolve(), { once: true }));
+      await untilInterrupted();
       await client.close(r.id);
       process.stderr.write("cloudlet client: session closed, VM stopped\n");
     } finally {

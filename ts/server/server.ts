@@ -178,7 +178,9 @@ export class SynthesisServer {
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.handle(req, res).catch((e) => this.o.log(`request failed: ${(e as Error).stack ?? e}`));
     };
-    const srv = this.o.tls ? https.createServer({ key: this.o.tls.key, cert: this.o.tls.cert }, handler) : http.createServer(handler);
+    // Check header/request deadlines every second (Node's default is every 30 s).
+    const base = { connectionsCheckingInterval: 1000 };
+    const srv = this.o.tls ? https.createServer({ ...base, key: this.o.tls.key, cert: this.o.tls.cert }, handler) : http.createServer(base, handler);
     // Slowloris: headers must arrive promptly; bodies are policed per session (idle timer).
     srv.headersTimeout = 10_000;
     srv.requestTimeout = 0;

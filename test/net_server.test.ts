@@ -1,0 +1,296 @@
+// The synthesis server and client on two test hosts (network namespaces joined by
+// a veth pair), with real VMs under TCG: synthesis over the network checked through
+// the forwarded port, three concurrent clients, fetch by URL, TLS, discovery, and
+// the faults: wrong token, wrong base, a flipped byte, a killed client, a killed
+// and restarted server, an oversized meta, a slowloris client.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
+import { cloudlet, CLOUDLET } from "./_cli.ts";
+import { runTool } from "./_tools.ts";
+import { makeNetPair, type NetPair } from "./_netns.ts";
+import { scratchDir, writeImageSet } from "./_images.ts";
+
+const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
+const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+
+interface Fixture {
+  net: NetPair;
+  home: string;
+  overlay: string;
+  tokenFile: string;
+  work: string;
+}
+
+let fixture: Promise<Fixture> | null = null;
+/** Base + overlay in a fresh home, and the two hosts (built once; every test awaits it). */
+function setup(): Promise<Fixture> {
+  fixture ??= (async () => {
+    const home = join(TEST_HOME, `net-${process.pid}`);
+    await fsp.rm(home, { recursive: true, force: true });
+    await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
+    await fsp.mkdir(home, { recursive: true });
+    await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+    const ok = async (args: string[]) => {
+      const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
+      assert.equal(r.code, 0, r.stderr);
+    };
+    await ok(["base", "--name", "tiny"]);
+    const work = await scratchDir("net");
+    const overlay = join(work, "webapp.overlay");
+    await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:8080::80"]);
+    const tokenFile = join(work, "token");
+    await fsp.writeFile(tokenFile, "test-token-0123456789abcdef\n", { mode: 0o600 });
+    const net = await makeNetPair(`t${process.pid % 10000}`, 10 + (process.pid % 200));
+    return { net, home, overlay, tokenFile, work };
+  })();
+  return fixture;
+}
+
+/** Starts `cloudlet serve` in the server namespace; resolves once it listens. */
+async function serve(f: Fixture, extra: string[] = []): Promise<{ child: ChildProcess; log: () => string; stop: (sig?: NodeJS.Signals) => Promise<void> }> {
+  const child = f.net.spawn(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--idle-timeout", "4", "--name", "test-cloudlet", ...extra]);
+  let log = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
+  const exited = new Promise<void>((r) => child.on("close", () => r()));
+  for (let i = 0; i < 150 && !/listening on/.test(log); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.match(log, /listening on/, `server did not start: ${log}`);
+  return {
+    child,
+    log: () => log,
+    stop: async (sig = "SIGINT") => {
+      child.kill(sig);
+      await exited;
+    },
+  };
+}
+
+/** Runs `cloudlet client` in the client namespace. */
+function client(f: Fixture, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--json", ...args]);
+    let stdout = "";
+    let stderr = "";
+    c.stdout!.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    c.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    c.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** HTTP GET from the client namespace. */
+async function curlFromClient(f: Fixture, url: string): Promise<string> {
+  return dec(await f.net.exec(f.net.cli, "curl", ["-s", "-m", "5", url]).catch(() => new Uint8Array(0)));
+}
+
+async function qemuCount(f: Fixture): Promise<number> {
+  const r = await runTool("pgrep", ["-f", `qemu-system-x86_64.*${f.home}/sessions`]).catch(() => new Uint8Array(0));
+  return dec(r).split("\n").filter(Boolean).length;
+}
+
+async function sessionsLeft(f: Fixture): Promise<string[]> {
+  return await fsp.readdir(join(f.home, "sessions")).catch(() => []);
+}
+
+test("synthesis over the network: the VM answers through the forwarded port, resumed; Ctrl-C ends it", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--json", "-o", f.overlay]);
+    let out = "";
+    c.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+    const closed = new Promise<number | null>((r) => c.on("close", r));
+    for (let i = 0; i < 300 && !out.includes("}\n"); i++) await new Promise((r) => setTimeout(r, 100));
+    const ep = JSON.parse(out);
+    assert.equal(ep.host, f.net.srvIp);
+    const url = `http://${f.net.srvIp}:${ep.ports[0].hostPort}`;
+    assert.match(await curlFromClient(f, `${url}/`), /Hello from a synthesized cloudlet VM/);
+    const c1 = Number(/counter=(\d+)/.exec(await curlFromClient(f, `${url}/cgi-bin/status`))?.[1]);
+    await new Promise((r) => setTimeout(r, 2200));
+    const c2 = Number(/counter=(\d+)/.exec(await curlFromClient(f, `${url}/cgi-bin/status`))?.[1]);
+    assert.ok(c1 >= 1 && c2 > c1, `counter continued: ${c1} -> ${c2}`);
+    c.kill("SIGINT");
+    assert.equal(await closed, 0);
+    assert.equal(await curlFromClient(f, `${url}/`), "", "the VM is gone with its session");
+    assert.equal(await qemuCount(f), 0);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("three concurrent clients get three VMs on their own ports", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    const rs = await Promise.all([1, 2, 3].map(() => client(f, ["-o", f.overlay, "--detach"])));
+    const ports = rs.map((r) => {
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout).ports[0].hostPort as number;
+    });
+    assert.equal(new Set(ports).size, 3, "distinct host ports");
+    for (const p of ports) assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${p}/`), /Hello from a synthesized/);
+    assert.equal(await qemuCount(f), 3);
+  } finally {
+    await srv.stop();
+  }
+  assert.equal(await qemuCount(f), 0, "stopping the server ends every session's VM");
+  assert.deepEqual(await sessionsLeft(f), []);
+});
+
+test("faults: wrong token, wrong base, flipped byte, oversized meta", async () => {
+  const f = await setup();
+  const srv = await serve(f, ["--max-meta", "64K"]);
+  try {
+    const badToken = join(f.work, "bad-token");
+    await fsp.writeFile(badToken, "not-the-token-0123456789\n");
+    const t = await client(f, ["-o", f.overlay, "--token-file", badToken]);
+    assert.equal(t.code, 1);
+    assert.match(t.stderr, /refused the token/);
+
+    const set = await writeImageSet(join(f.work, "other"), 5, 1 << 20, 1 << 20, 5);
+    const foreign = join(f.work, "foreign.overlay");
+    assert.equal((await cloudlet(["overlay", "--home", f.home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", foreign])).code, 0);
+    const wb = await client(f, ["-o", foreign]);
+    assert.equal(wb.code, 1);
+    assert.match(wb.stderr, /has no base [0-9a-f]{64}/);
+    assert.match(srv.log(), /created/);
+    assert.doesNotMatch(srv.log(), /running/);
+
+    const bytes = new Uint8Array(await fsp.readFile(f.overlay));
+    bytes[bytes.length - 100] ^= 0x01;
+    const flipped = join(f.work, "flipped.overlay");
+    await fsp.writeFile(flipped, bytes);
+    const fl = await client(f, ["-o", flipped]);
+    assert.equal(fl.code, 1);
+    assert.match(fl.stderr, /segment \d+ is corrupt/);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await qemuCount(f), 0, "no VM for a corrupt overlay");
+    assert.deepEqual(await sessionsLeft(f), [], "nothing left behind");
+
+    // A meta step bigger than --max-meta is refused from its Content-Length.
+    const sid = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions`]))).id;
+    const big = join(f.work, "big.meta");
+    await fsp.writeFile(big, new Uint8Array(1 << 20));
+    const res = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "PUT", "-H", "Authorization: Bearer test-token-0123456789abcdef", "--data-binary", `@${big}`, `http://${f.net.srvIp}:8021/v1/sessions/${sid}/meta`]));
+    assert.match(res, /TOO_LARGE/);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("a client killed mid-upload: the server times the session out and cleans up", async () => {
+  const f = await setup();
+  // 1 Mbit/s from the client: the upload takes seconds, long enough to kill the client in it.
+  const dev = (await f.net.exec(f.net.cli, "ip", ["-o", "link", "show", "type", "veth"]).then(dec)).split(":")[1].trim().split("@")[0];
+  await f.net.exec(f.net.cli, "tc", ["qdisc", "add", "dev", dev, "root", "tbf", "rate", "1mbit", "burst", "16kb", "latency", "100ms"]);
+  const srv = await serve(f);
+  try {
+    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "-o", f.overlay]);
+    for (let i = 0; i < 100 && !/created/.test(srv.log()); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 800));
+    c.kill("SIGKILL");
+    for (let i = 0; i < 100 && !/idle/.test(srv.log()); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(srv.log(), /failed: .*idle/);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(await sessionsLeft(f), []);
+    assert.equal(await qemuCount(f), 0);
+  } finally {
+    await srv.stop();
+    await f.net.exec(f.net.cli, "tc", ["qdisc", "del", "dev", dev, "root"]).catch(() => {});
+  }
+});
+
+test("a server killed mid-session recovers on restart: no orphan VM, files or ports", async () => {
+  const f = await setup();
+  let srv = await serve(f);
+  const r = await client(f, ["-o", f.overlay, "--detach"]);
+  assert.equal(r.code, 0, r.stderr);
+  const port = JSON.parse(r.stdout).ports[0].hostPort;
+  assert.equal(await qemuCount(f), 1);
+  await srv.stop("SIGKILL");
+  srv = await serve(f);
+  try {
+    assert.match(srv.log(), /cleaned up after an earlier run/);
+    assert.equal(await qemuCount(f), 0, "the orphan VM was killed");
+    assert.deepEqual(await sessionsLeft(f), []);
+    assert.equal(await curlFromClient(f, `http://${f.net.srvIp}:${port}/`), "", "its port is free again");
+    const again = await client(f, ["-o", f.overlay, "--detach"]);
+    assert.equal(again.code, 0, again.stderr);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("a slowloris client is cut off while others are served", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    const script = `
+const net = require("net");
+const t0 = Date.now();
+const s = net.connect(8021, "${f.net.srvIp}", () => {
+  s.write("GET /v1/info HTTP/1.1\\r\\nHost: x\\r\\n");
+  const iv = setInterval(() => s.write("X-Slow: 1\\r\\n"), 1000);
+  s.on("close", () => { clearInterval(iv); console.log(JSON.stringify({ closedAfterMs: Date.now() - t0 })); });
+});
+s.on("error", () => {});`;
+    const slow = f.net.exec(f.net.cli, "node", ["-e", script]);
+    await new Promise((r) => setTimeout(r, 1500));
+    const info = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-m", "5", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/info`])));
+    assert.equal(info.bases[0].name, "tiny", "served while the slow client hangs on");
+    const { closedAfterMs } = JSON.parse(dec(await slow));
+    assert.ok(closedAfterMs < 20_000, `slow client cut off after ${closedAfterMs} ms`);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("fetch by URL with Range requests, TLS, and discovery between the hosts", async () => {
+  const f = await setup();
+  // A Range-capable file server on the client host.
+  const fileServer = f.net.spawn(f.net.cli, "node", ["-e", `
+const http = require("http"), fs = require("fs");
+const data = fs.readFileSync(${JSON.stringify(f.overlay)});
+http.createServer((req, res) => {
+  const m = /bytes=(\\d+)-(\\d*)/.exec(req.headers.range || "");
+  if (!m) { res.writeHead(200, { "content-length": data.length }); return res.end(data); }
+  const a = Number(m[1]), b = m[2] ? Number(m[2]) : data.length - 1;
+  res.writeHead(206, { "content-range": "bytes " + a + "-" + b + "/" + data.length, "content-length": b - a + 1 });
+  res.end(data.subarray(a, b + 1));
+}).listen(8099, "${f.net.cliIp}", () => console.log("up"));`]);
+  await new Promise((r) => fileServer.stdout!.once("data", r));
+  const certDir = join(f.work, "tls");
+  await fsp.mkdir(certDir, { recursive: true });
+  await runTool("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cloudlet-test", "-addext", `subjectAltName=IP:${f.net.srvIp}`, "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "cert.pem")]);
+  const srv = await serve(f, ["--tls-cert", join(certDir, "cert.pem"), "--tls-key", join(certDir, "key.pem")]);
+  try {
+    assert.match(srv.log(), /https:\/\//);
+    const r = await client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--ca", join(certDir, "cert.pem"), "--detach"]);
+    assert.equal(r.code, 0, r.stderr);
+    const p = JSON.parse(r.stdout).ports[0].hostPort;
+    assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${p}/`), /Hello from a synthesized/);
+    const plain = await client(f, ["-o", f.overlay]);
+    assert.equal(plain.code, 1, "plain HTTP to a TLS server fails");
+    const found = JSON.parse(dec(await f.net.exec(f.net.cli, CLOUDLET, ["discover", "--json", "--wait", "3"])));
+    const me = found.find((x: { name: string }) => x.name === "test-cloudlet");
+    assert.ok(me, `discovered: ${JSON.stringify(found)}`);
+    assert.equal(me.port, 8021);
+    assert.equal(me.tls, true);
+    assert.ok(me.addresses.includes(f.net.srvIp));
+    assert.match(me.bases[0], /^tiny=[0-9a-f]{16}$/);
+  } finally {
+    await srv.stop();
+    fileServer.kill();
+  }
+});
+
+test("cleanup: namespaces removed", async () => {
+  const f = await setup();
+  await f.net.destroy();
+  const list = dec(await runTool("ip", ["netns", "list"]));
+  assert.doesNotMatch(list, new RegExp(f.net.srv));
+  await fsp.rm(f.home, { recursive: true, force: true });
+});

@@ -287,6 +287,21 @@ http.createServer((req, res) => {
   }
 });
 
+test("an upload cut off mid-segment resumes at the segment boundary the server reports", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/loader.mjs", import.meta.url));
+    const script = fileURLToPath(new URL("./_resume_client.ts", import.meta.url));
+    const r = JSON.parse(dec(await f.net.exec(f.net.cli, "node", ["--import", `file://${tsx}`, script, `${f.net.srvIp}:8021`, f.tokenFile, f.overlay])));
+    assert.ok(r.resumeAt < r.cutAt && r.resumeAt >= 0, `resumed at ${r.resumeAt}, before the cut at ${r.cutAt}`);
+    assert.equal(r.after, r.total);
+    assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${r.endpoint.ports[0].hostPort}/`), /Hello from a synthesized/);
+  } finally {
+    await srv.stop();
+  }
+});
+
 test("cleanup: namespaces removed", async () => {
   const f = await setup();
   await f.net.destroy();

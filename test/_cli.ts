@@ -2,8 +2,11 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-/** Path of the command. */
-export const CLOUDLET = fileURLToPath(new URL("../bin/cloudlet", import.meta.url));
+/**
+ * Path of the command: under `deno test` the CLI itself runs under Deno too
+ * (bin/cloudlet-deno), so the whole suite checks both runtimes.
+ */
+export const CLOUDLET = fileURLToPath(new URL("Deno" in globalThis ? "../bin/cloudlet-deno" : "../bin/cloudlet", import.meta.url));
 
 /** Result of a run. */
 export interface CliResult {

@@ -11,7 +11,7 @@ import * as http from "node:http";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cloudlet, type CliResult } from "./_cli.ts";
+import { cloudlet, CLOUDLET, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
@@ -188,7 +188,7 @@ test("errors: unknown base, disk not raw, port in use, guest never ready, VM die
   await clean(home);
 
   // Ctrl-C while the base boots: exit 130, nothing left.
-  const child = spawn(join(fileURLToPath(new URL("..", import.meta.url)), "bin/cloudlet"), ["base", ...H, "--name", "interrupted"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(CLOUDLET, ["base", ...H, "--name", "interrupted"], { stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
   await new Promise((r) => setTimeout(r, 3500));

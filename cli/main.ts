@@ -555,3 +555,6 @@ async function main(): Promise<void> {
 }
 
 await main();
+// The command is done: exit even if a host handle (a child process watcher,
+// a socket) is still referenced; Deno does not honour every unref().
+process.exit(process.exitCode ?? 0);

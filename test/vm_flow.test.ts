@@ -115,6 +115,7 @@ for (const host of ["qemu", "virsh"] as const) {
     assert.equal(await get(`http://127.0.0.1:${vm.ports[0].hostPort}/`), "", "stopped VM no longer answers");
     await clean(home);
     if (host === "qemu") await exportImport(home, ovPath);
+    await fsp.rm(home, { recursive: true, force: true });
   });
 }
 
@@ -141,6 +142,7 @@ async function exportImport(home: string, ovPath: string): Promise<void> {
   assert.equal(r.code, 1);
   assert.match(r.stderr, /corrupt|damaged|mismatch/);
   assert.deepEqual(ok(await cloudlet(["list-base", "--home", third, "--json"])), []);
+  for (const h of [other, third]) await fsp.rm(h, { recursive: true, force: true });
 }
 
 test("errors: unknown base, disk not raw, port in use, guest never ready, VM dies, Ctrl-C, libvirtd down", async () => {
@@ -203,4 +205,5 @@ test("errors: unknown base, disk not raw, port in use, guest never ready, VM die
   assert.equal(down.code, 1);
   assert.match(down.stderr, /libvirtd -d/);
   await clean(home);
+  await fsp.rm(home, { recursive: true, force: true });
 });

@@ -308,7 +308,9 @@ test("`cloudlet inspect --web` prints the URL, serves the page, and stops on Ctr
     }
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
     child.kill("SIGINT");
-    assert.equal(await exited, 0);
+    const code = await exited;
+    // Deno's child_process reports a child it signalled with code null, even after a clean exit(0).
+    assert.ok(code === 0 || ("Deno" in globalThis && code === null), `exit code ${code}`);
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
   }

@@ -4,6 +4,7 @@
  * whether it speaks TLS and its bases; `cloudlet discover` asks the local
  * network and lists the answers. (The seed used UPnP.)
  */
+import { clearTimeout, setTimeout } from "node:timers";
 import { networkInterfaces, hostname } from "node:os";
 import makeMdns from "multicast-dns";
 

@@ -9,6 +9,7 @@
  * wire becomes a file path (session ids are ours, checked against a strict
  * pattern, and only used as map keys).
  */
+import { clearInterval, setInterval, setTimeout } from "node:timers";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import * as http from "node:http";

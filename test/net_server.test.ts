@@ -224,7 +224,12 @@ test("a server killed mid-session recovers on restart: no orphan VM, files or po
   }
 });
 
-test("a slowloris client is cut off while others are served", async () => {
+test("a slowloris client is cut off while others are served", async (t) => {
+  if ("Deno" in globalThis) {
+    // Deno's node:http server neither emits "connection" nor enforces headersTimeout,
+    // so this defence exists only when the server runs on Node (bin/cloudlet); see docs/deno.md.
+    return t.skip("header deadlines are enforced by Node's HTTP server only");
+  }
   const f = await setup();
   const srv = await serve(f);
   try {
@@ -234,15 +239,16 @@ const t0 = Date.now();
 const s = net.connect(8021, "${f.net.srvIp}", () => {
   s.write("GET /v1/info HTTP/1.1\\r\\nHost: x\\r\\n");
   const iv = setInterval(() => s.write("X-Slow: 1\\r\\n"), 1000);
-  s.on("close", () => { clearInterval(iv); console.log(JSON.stringify({ closedAfterMs: Date.now() - t0 })); });
+  s.on("close", () => { clearInterval(iv); console.log(JSON.stringify({ closedAfterMs: Date.now() - t0 })); process.exit(0); });
 });
-s.on("error", () => {});`;
+s.on("error", () => {});
+setTimeout(() => { console.log(JSON.stringify({ closedAfterMs: -1 })); process.exit(0); }, 40000);`;
     const slow = f.net.exec(f.net.cli, "node", ["-e", script]);
     await new Promise((r) => setTimeout(r, 1500));
     const info = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-m", "5", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/info`])));
     assert.equal(info.bases[0].name, "tiny", "served while the slow client hangs on");
     const { closedAfterMs } = JSON.parse(dec(await slow));
-    assert.ok(closedAfterMs < 20_000, `slow client cut off after ${closedAfterMs} ms`);
+    assert.ok(closedAfterMs > 0 && closedAfterMs < 20_000, `slow client cut off after ${closedAfterMs} ms (-1: never)`);
   } finally {
     await srv.stop();
   }

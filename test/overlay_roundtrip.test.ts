@@ -132,3 +132,42 @@ test("pipelined: synthesis from a stream that arrives in small pieces", async ()
   await assert.rejects(fsp.access(join(dir, "out2")));
   await fsp.rm(dir, { recursive: true, force: true });
 });
+
+test("sparse images: holes are skipped, yet the base id and the round trip are the same as for dense copies", async () => {
+  const { cacheDirFor, fileIdentity, openBase } = await import("../ts/host/base_cache.ts");
+  const dir = await scratchDir("sparse");
+  const mk = async (name: string, size: number, writes: Array<[number, Uint8Array]>) => {
+    const p = join(dir, name);
+    const fh = await fsp.open(p, "w");
+    await fh.truncate(size);
+    for (const [off, b] of writes) await fh.write(b, 0, b.length, off);
+    await fh.close();
+    return p;
+  };
+  const blob = (seed: number, n: number) => new Uint8Array(n).map((_, i) => (i * seed + 7) & 0xff);
+  const baseDisk = await mk("base.raw", 64 << 20, [[4096, blob(3, 8192)], [40 << 20, blob(5, 1 << 20)]]);
+  const baseMem = await mk("base.mem", 32 << 20, [[0, blob(7, 65536)]]);
+  const disk = await mk("custom.raw", 64 << 20, [[4096, blob(3, 8192)], [40 << 20, blob(5, 1 << 20)], [50 << 20, blob(11, 20480)]]);
+  const mem = await mk("custom.mem", 32 << 20, [[0, blob(7, 65536)], [1 << 20, blob(13, 8192)]]);
+  const denseDisk = join(dir, "dense.raw");
+  const denseMem = join(dir, "dense.mem");
+  await runTool("cp", ["--sparse=never", baseDisk, denseDisk]);
+  await runTool("cp", ["--sparse=never", baseMem, denseMem]);
+  const machine = { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 32 };
+  const ids: string[] = [];
+  for (const [d, m] of [[baseDisk, baseMem], [denseDisk, denseMem]]) {
+    const b = await openBase(core, { disk: d, memory: m, machine, dir: cacheDirFor(core, join(dir, "cache"), await fileIdentity(d), await fileIdentity(m), machine), needIndex: false });
+    ids.push(b.id);
+    await b.close();
+  }
+  assert.equal(ids[0], ids[1], "same base id with and without holes");
+  const home = join(dir, "home");
+  const made = await createOverlayFiles(core, { baseDisk, baseMem, disk, mem, out: join(dir, "sp.overlay"), home });
+  // The 5 written chunks repeat one 4 KiB pattern: one stored, four repeats; nothing else changed.
+  const cc = made.meta.classCounts[0];
+  assert.deepEqual([cc[ChunkClass.Raw] + cc[ChunkClass.Xor], cc[ChunkClass.Self], cc[ChunkClass.Zero], cc[ChunkClass.BaseDisk] + cc[ChunkClass.BaseMemory]], [1, 4, 0, 0]);
+  const r = await synthesizeFiles(core, { baseDisk, baseMem, overlay: made.path, outDir: join(dir, "out"), diskFormat: "raw", home });
+  assertBytes(await read(r.disk), await read(disk));
+  assertBytes(await read(r.memory), await read(mem));
+  await fsp.rm(dir, { recursive: true, force: true });
+});

@@ -18,7 +18,8 @@ import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
 import { scanBase, type BaseView } from "../overlay/base_scan.ts";
-import type { MachineConfig } from "../overlay/format.ts";
+import { CHUNK, type MachineConfig } from "../overlay/format.ts";
+import { holeChunkRuns } from "./disk_image.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { AtomicFile, FileSource, outputError } from "./files.ts";
 
@@ -116,7 +117,9 @@ export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBa
     let diskDigests: Uint8Array;
     let memDigests: Uint8Array;
     if (!fresh) {
-      const scan = await scanBase(core, disk, memory, o.machine, o.progress, o.signal);
+      // Holes (sparse regions) are known zero: no need to read them.
+      const [diskHoles, memHoles] = await Promise.all([holeChunkRuns(o.disk, CHUNK), holeChunkRuns(o.memory, CHUNK)]);
+      const scan = await scanBase(core, disk, memory, o.machine, o.progress, o.signal, { disk: diskHoles, memory: memHoles });
       rec = { version: CACHE_VERSION, id: scan.id, machine: o.machine, diskSize: disk.size, memorySize: memory.size, disk: diskId, memory: memId };
       await writePrepared(o.dir, rec, scan.diskDigests, scan.memDigests, scan.index.toBytes());
       diskDigests = scan.diskDigests;

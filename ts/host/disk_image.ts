@@ -96,14 +96,36 @@ class Qcow2Source implements ByteSource {
 }
 
 /**
+ * The data and hole extents of a raw file (`qemu-img map`, which asks the
+ * file system with SEEK_DATA/SEEK_HOLE), covering the whole file; holes are
+ * `zero`. Null when the map cannot be had, in which case callers read everything.
+ */
+export async function rawExtents(path: string): Promise<ChangedExtent[] | null> {
+  try {
+    const map = JSON.parse(await runToolOk("qemu-img", ["map", "-f", "raw", "--output=json", path], { file: path })) as MapEntry[];
+    return map.map((e) => ({ start: e.start, length: e.length, zero: e.zero && !e.data }));
+  } catch {
+    return null;
+  }
+}
+
+/** Chunk runs [first, end) that lie wholly inside holes of a raw file. */
+export async function holeChunkRuns(path: string, chunk: number): Promise<Array<[number, number]>> {
+  const ext = await rawExtents(path);
+  if (!ext) return [];
+  return ext.filter((e) => e.zero).map((e) => [Math.ceil(e.start / chunk), Math.floor((e.start + e.length) / chunk)] as [number, number]).filter(([a, b]) => b > a);
+}
+
+/**
  * Opens a custom disk. For a qcow2 whose backing file is `baseDisk`, the
- * changed extents come from the top layer; otherwise every chunk is
- * compared against the base by hash.
+ * changed extents come from the top layer; a raw disk is read except for its
+ * holes (which read as zero); otherwise every chunk is compared by hash.
  */
 export async function openCustomDisk(path: string, baseDisk: string): Promise<CustomDisk> {
   if (!(await isQcow2(path))) {
     const source = await FileSource.open(path);
-    return { source, format: "raw", close: () => source.close() };
+    // Every byte is covered: data extents are scanned, holes are known zero.
+    return { source, changed: (await rawExtents(path)) ?? undefined, format: "raw", close: () => source.close() };
   }
   const info = JSON.parse(await runToolOk("qemu-img", ["info", "-U", "--output=json", path], { file: path })) as {
     "virtual-size": number;

@@ -47,8 +47,18 @@ export function zeroChunkDigest(core: Core): Uint8Array {
   return core.hash("blake3", new Uint8Array(CHUNK));
 }
 
+/** Chunk runs [first, end) known to read as zero (file holes), per image; they are not read. */
+export interface KnownZero {
+  disk?: Array<[number, number]>;
+  memory?: Array<[number, number]>;
+}
+
+function insideRuns(runs: Array<[number, number]> | undefined, first: number, end: number): boolean {
+  return !!runs?.some(([a, b]) => a <= first && end <= b);
+}
+
 /** Hashes the base images, builds the index and computes the base id. */
-export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource, machine: MachineConfig, progress?: ProgressFn, signal?: AbortSignal): Promise<BaseScan> {
+export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource, machine: MachineConfig, progress?: ProgressFn, signal?: AbortSignal, known: KnownZero = {}): Promise<BaseScan> {
   const total = disk.size + memory.size;
   let done = 0;
   const chunksOf = (s: ByteSource) => Math.ceil(s.size / CHUNK);
@@ -57,17 +67,27 @@ export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource,
   const listHashes: Uint8Array[] = [];
   // Memory first: on equal content the index keeps the first insertion, and
   // classification prefers a base-memory match over a base-disk match.
-  for (const [src, source] of [[memory, Source.Memory], [disk, Source.Disk]] as const) {
+  const zeroDigest = zeroChunkDigest(core);
+  for (const [src, source, holes] of [[memory, Source.Memory, known.memory], [disk, Source.Disk, known.disk]] as const) {
     const n = chunksOf(src);
     const short = new Uint8Array(n * SHORT_DIGEST);
     const listHash = core.hasher("blake3");
     for (let first = 0; first < n; first += SCAN_BATCH) {
       signal?.throwIfAborted();
       const count = Math.min(SCAN_BATCH, n - first);
-      const data = await readChunks(src, first, count);
-      const digests = core.hashChunks("blake3", data);
+      let digests: Uint8Array;
+      let zero: Uint8Array;
+      if (insideRuns(holes, first, first + count)) {
+        // A hole: all zero without reading it (the id is the same as if read).
+        digests = new Uint8Array(count * 32);
+        for (let i = 0; i < count; i++) digests.set(zeroDigest, i * 32);
+        zero = new Uint8Array(count).fill(1);
+      } else {
+        const data = await readChunks(src, first, count);
+        digests = core.hashChunks("blake3", data);
+        zero = core.zeroChunks(data);
+      }
       listHash.update(digests);
-      const zero = core.zeroChunks(data);
       for (let i = 0; i < count; i++) {
         short.set(digests.subarray(i * 32, i * 32 + SHORT_DIGEST), (first + i) * SHORT_DIGEST);
         zero[i] ^= 1; // mask: 1 = index this chunk (it is not zero)

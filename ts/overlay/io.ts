@@ -40,7 +40,10 @@ export class BufferSource implements ByteSource {
   }
 }
 
-/** Destination of one rebuilt image. Chunks past `size` are cut off. */
+/**
+ * Destination of one rebuilt image. Chunks past `size` are cut off. Calls
+ * for disjoint chunk ranges may run concurrently.
+ */
 export interface ImageSink {
   /** Writes whole chunks starting at chunk `first`. */
   writeChunks(first: number, data: Uint8Array): Promise<void>;

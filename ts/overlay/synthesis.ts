@@ -13,7 +13,6 @@ import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
 import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, type SegmentRecords } from "./format.ts";
 import type { ByteSource, ImageSink, ProgressFn } from "./io.ts";
-import { readChunks } from "./io.ts";
 import type { SegmentCodec } from "./codec.ts";
 import type { OverlayReader } from "./reader.ts";
 
@@ -111,6 +110,29 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
 /** Records rebuilt per batch: bounds the memory of one apply step to 4 MiB. */
 const APPLY_BATCH = 1024;
 
+/**
+ * Reads many base chunks, each CHUNK bytes at a byte offset, coalescing
+ * adjacent offsets into one read; returns them in the order asked.
+ */
+async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promise<Uint8Array> {
+  const out = new Uint8Array(offsets.length * CHUNK);
+  if (!src || !offsets.length) return out;
+  const order = offsets.map((_, i) => i).sort((x, y) => offsets[x] - offsets[y]);
+  for (let i = 0; i < order.length; ) {
+    // A run of chunks that sit back to back in the base (at most 4 MiB).
+    let j = i + 1;
+    while (j < order.length && j - i < 1024 && offsets[order[j]] === offsets[order[j - 1]] + CHUNK) j++;
+    const start = offsets[order[i]];
+    const bytes = start < src.size ? await src.read(start, Math.min((j - i) * CHUNK, src.size - start)) : new Uint8Array(0);
+    for (let k = i; k < j; k++) {
+      const rel = (k - i) * CHUNK;
+      if (rel < bytes.length) out.set(bytes.subarray(rel, rel + CHUNK), order[k] * CHUNK);
+    }
+    i = j;
+  }
+  return out;
+}
+
 /** Rebuilds every chunk of one decoded segment, writes it, and checks the rebuilt hash. */
 export async function applySegment(
   core: Core,
@@ -124,71 +146,90 @@ export async function applySegment(
 ): Promise<void> {
   const n = r.kinds.length;
   const hasher = core.hasher("blake3");
-  // Rebuilt bytes of Raw/Xor records, for Self repeats that point at them.
-  const leaderBytes = new Map<number, Uint8Array>();
-  const decodeLeader = async (rec: number): Promise<Uint8Array> => {
-    let b = leaderBytes.get(rec);
-    if (b) return b;
-    const slot = r.args[rec];
-    const data = r.data.subarray(slot * CHUNK, slot * CHUNK + CHUNK);
-    b = r.classes[rec] === ChunkClass.Xor ? core.xor(data, await readChunks(baseSrc[r.kinds[rec]], r.indexes[rec], 1)) : data;
-    leaderBytes.set(rec, b);
-    return b;
-  };
+  // Rebuild every stored chunk at once: XOR slots against their same-offset
+  // base chunks (one coalesced read per image, one XOR call), RAW slots as is.
+  const slotOf = new Int32Array(n).fill(-1);
+  const xorOffsets: number[][] = [[], [], []];
+  const xorSlots: number[][] = [[], [], []];
+  for (let i = 0; i < n; i++) {
+    const c = r.classes[i];
+    if (c === ChunkClass.Raw || c === ChunkClass.Xor) slotOf[i] = r.args[i];
+    if (c === ChunkClass.Xor) {
+      xorOffsets[r.kinds[i]].push(r.indexes[i] * CHUNK);
+      xorSlots[r.kinds[i]].push(r.args[i]);
+    }
+  }
+  let leaders = r.data;
+  if (xorSlots.some((x) => x.length)) {
+    const base = new Uint8Array(r.data.length);
+    for (let k = 0; k < 3; k++) {
+      if (!xorSlots[k].length) continue;
+      const got = await readBaseChunks(baseSrc[k], xorOffsets[k]);
+      xorSlots[k].forEach((slot, j) => base.set(got.subarray(j * CHUNK, j * CHUNK + CHUNK), slot * CHUNK));
+    }
+    leaders = core.xor(r.data, base);
+  }
   for (let s = 0; s < n; s += APPLY_BATCH) {
     const e = Math.min(n, s + APPLY_BATCH);
     const buf = new Uint8Array((e - s) * CHUNK);
+    const baseAt: number[][] = [[], []];
+    const basePos: number[][] = [[], []];
     for (let i = s; i < e; i++) {
       const at = (i - s) * CHUNK;
       switch (r.classes[i]) {
         case ChunkClass.Zero:
           break;
         case ChunkClass.BaseMemory:
-          buf.set(await readChunksAt(baseSrc[ImageKind.Memory], r.args[i]), at);
+        case ChunkClass.BaseDisk: {
+          const k = r.classes[i] === ChunkClass.BaseMemory ? 1 : 0;
+          baseAt[k].push(r.args[i]);
+          basePos[k].push(at);
           break;
-        case ChunkClass.BaseDisk:
-          buf.set(await readChunksAt(baseSrc[ImageKind.Disk], r.args[i]), at);
-          break;
+        }
         case ChunkClass.Raw:
         case ChunkClass.Xor:
-          buf.set(await decodeLeader(i), at);
+        case ChunkClass.Self: {
+          const slot = slotOf[r.classes[i] === ChunkClass.Self ? r.args[i] : i];
+          buf.set(leaders.subarray(slot * CHUNK, slot * CHUNK + CHUNK), at);
           break;
-        case ChunkClass.Self:
-          buf.set(await decodeLeader(r.args[i]), at);
-          break;
+        }
       }
     }
-    const digests = core.hashChunks("blake3", buf);
-    const head = new Uint8Array(9);
-    const hv = new DataView(head.buffer);
-    for (let i = s; i < e; i++) {
-      hv.setUint8(0, r.kinds[i]);
-      hv.setBigUint64(1, BigInt(r.indexes[i]), true);
-      hasher.update(head);
-      hasher.update(digests.subarray((i - s) * 32, (i - s) * 32 + 32));
+    for (const k of [0, 1]) {
+      if (!baseAt[k].length) continue;
+      const got = await readBaseChunks(baseSrc[k === 1 ? ImageKind.Memory : ImageKind.Disk], baseAt[k]);
+      basePos[k].forEach((at, j) => buf.set(got.subarray(j * CHUNK, j * CHUNK + CHUNK), at));
     }
-    // Write runs of consecutive chunks of one kind in one call; zero runs as zero.
+    const digests = core.hashChunks("blake3", buf);
+    // kind || u64 index || digest per record, fed to the hasher in one call.
+    const check = new Uint8Array((e - s) * 41);
+    const cv = new DataView(check.buffer);
+    for (let i = s; i < e; i++) {
+      const o = (i - s) * 41;
+      cv.setUint8(o, r.kinds[i]);
+      cv.setUint32(o + 1, r.indexes[i] % 2 ** 32, true);
+      cv.setUint32(o + 5, Math.floor(r.indexes[i] / 2 ** 32), true);
+      check.set(digests.subarray((i - s) * 32, (i - s) * 32 + 32), o + 9);
+    }
+    hasher.update(check);
+    // Write runs of consecutive chunks of one kind in one call; zero runs as
+    // zero. The runs are disjoint, so they are written concurrently.
+    const writes: Promise<void>[] = [];
     for (let i = s; i < e; ) {
       let j = i + 1;
       const zero = r.classes[i] === ChunkClass.Zero;
       while (j < e && r.kinds[j] === r.kinds[i] && r.indexes[j] === r.indexes[j - 1] + 1 && (r.classes[j] === ChunkClass.Zero) === zero) j++;
       const sink = sinks[r.kinds[i]];
-      if (zero) await sink.zeroChunks(r.indexes[i], j - i);
-      else await sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK));
+      writes.push(zero ? sink.zeroChunks(r.indexes[i], j - i) : sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK)));
       counts[r.kinds[i]] += j - i;
       i = j;
     }
+    const settled = await Promise.allSettled(writes);
+    const failed = settled.find((x) => x.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
   const got = toHex(hasher.digest());
   if (got !== meta.segments[segNo].rebuiltHash) {
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }
-}
-
-/** Reads one chunk at a byte offset (possibly 512-aligned) of a base image, zero-padded. */
-async function readChunksAt(src: ByteSource | null, offset: number): Promise<Uint8Array> {
-  const out = new Uint8Array(CHUNK);
-  if (!src || offset >= src.size) return out;
-  out.set(await src.read(offset, Math.min(CHUNK, src.size - offset)));
-  return out;
 }

@@ -70,9 +70,9 @@ async function serve(f: Fixture, extra: string[] = []): Promise<{ child: ChildPr
 }
 
 /** Runs `cloudlet client` in the client namespace. */
-function client(f: Fixture, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function client(f: Fixture, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--json", ...args]);
+    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--json", ...args], { env });
     let stdout = "";
     let stderr = "";
     c.stdout!.setEncoding("utf8").on("data", (d: string) => (stdout += d));
@@ -270,11 +270,17 @@ http.createServer((req, res) => {
   await new Promise((r) => fileServer.stdout!.once("data", r));
   const certDir = join(f.work, "tls");
   await fsp.mkdir(certDir, { recursive: true });
-  await runTool("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cloudlet-test", "-addext", `subjectAltName=IP:${f.net.srvIp}`, "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "cert.pem")]);
+  // A CA and a server certificate it signs (rustls, under Deno, refuses a CA certificate used as the server's).
+  const ssl = (...a: string[]) => runTool("openssl", a);
+  await ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cloudlet-test-ca", "-keyout", join(certDir, "ca.key"), "-out", join(certDir, "ca.pem"));
+  await ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=cloudlet-test", "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "server.csr"));
+  await fsp.writeFile(join(certDir, "ext.cnf"), `subjectAltName=IP:${f.net.srvIp}\nbasicConstraints=CA:FALSE\n`);
+  await ssl("x509", "-req", "-in", join(certDir, "server.csr"), "-CA", join(certDir, "ca.pem"), "-CAkey", join(certDir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", join(certDir, "ext.cnf"), "-out", join(certDir, "cert.pem"));
   const srv = await serve(f, ["--tls-cert", join(certDir, "cert.pem"), "--tls-key", join(certDir, "key.pem")]);
   try {
     assert.match(srv.log(), /https:\/\//);
-    const r = await client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--ca", join(certDir, "cert.pem"), "--detach"]);
+    // Deno's node:https ignores the `ca` option; Deno reads extra CAs from DENO_CERT (docs/deno.md).
+    const r = await client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--ca", join(certDir, "ca.pem"), "--detach"], { DENO_CERT: join(certDir, "ca.pem") });
     assert.equal(r.code, 0, r.stderr);
     const p = JSON.parse(r.stdout).ports[0].hostPort;
     assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${p}/`), /Hello from a synthesized/);

@@ -40,10 +40,7 @@ export class BufferSource implements ByteSource {
   }
 }
 
-/**
- * Destination of one rebuilt image. Chunks past `size` are cut off. Calls
- * for disjoint chunk ranges may run concurrently.
- */
+/** Destination of one rebuilt image. Chunks past `size` are cut off. Calls are made one at a time. */
 export interface ImageSink {
   /** Writes whole chunks starting at chunk `first`. */
   writeChunks(first: number, data: Uint8Array): Promise<void>;

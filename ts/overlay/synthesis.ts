@@ -213,20 +213,18 @@ export async function applySegment(
     }
     hasher.update(check);
     // Write runs of consecutive chunks of one kind in one call; zero runs as
-    // zero. The runs are disjoint, so they are written concurrently.
-    const writes: Promise<void>[] = [];
+    // zero. One at a time: Deno's positional FileHandle writes are not safe
+    // to overlap (they share the file position).
     for (let i = s; i < e; ) {
       let j = i + 1;
       const zero = r.classes[i] === ChunkClass.Zero;
       while (j < e && r.kinds[j] === r.kinds[i] && r.indexes[j] === r.indexes[j - 1] + 1 && (r.classes[j] === ChunkClass.Zero) === zero) j++;
       const sink = sinks[r.kinds[i]];
-      writes.push(zero ? sink.zeroChunks(r.indexes[i], j - i) : sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK)));
+      if (zero) await sink.zeroChunks(r.indexes[i], j - i);
+      else await sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK));
       counts[r.kinds[i]] += j - i;
       i = j;
     }
-    const settled = await Promise.allSettled(writes);
-    const failed = settled.find((x) => x.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
   const got = toHex(hasher.digest());
   if (got !== meta.segments[segNo].rebuiltHash) {

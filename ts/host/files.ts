@@ -36,8 +36,24 @@ export function inputError(e: unknown, file: string): CloudletError {
   return new CloudletError("MISSING_INPUT", msg, file, { cause: e });
 }
 
+/**
+ * Runs positional I/O on one handle one operation at a time. Deno's
+ * FileHandle read/write with a position seek a shared cursor, so overlapping
+ * calls land at the wrong offsets (Node uses pread/pwrite); serialising here
+ * fixes it for every caller.
+ */
+class HandleQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(op: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(op, op);
+    this.tail = next.catch(() => {});
+    return next;
+  }
+}
+
 /** A read-only file as a {@link ByteSource}. */
 export class FileSource implements ByteSource {
+  private readonly queue = new HandleQueue();
   private constructor(
     private readonly fh: fsp.FileHandle,
     readonly name: string,
@@ -70,7 +86,11 @@ export class FileSource implements ByteSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.queue.run(() => this.readNow(offset, length));
+  }
+
+  private async readNow(offset: number, length: number): Promise<Uint8Array> {
     const len = Math.max(0, Math.min(length, this.size - offset));
     const buf = new Uint8Array(len);
     let got = 0;
@@ -103,6 +123,7 @@ export function partName(path: string): string {
  */
 export class AtomicFile {
   private closed = false;
+  private readonly queue = new HandleQueue();
   private constructor(
     readonly path: string,
     readonly tmp: string,
@@ -132,7 +153,11 @@ export class AtomicFile {
   }
 
   /** Writes all of `data` at `offset`. */
-  async write(data: Uint8Array, offset: number): Promise<void> {
+  write(data: Uint8Array, offset: number): Promise<void> {
+    return this.queue.run(() => this.writeNow(data, offset));
+  }
+
+  private async writeNow(data: Uint8Array, offset: number): Promise<void> {
     try {
       let done = 0;
       while (done < data.length) {

@@ -22,6 +22,7 @@ APT_PACKAGES=(
   debootstrap busybox-static e2fsprogs cpio       # the built-in tiny guest
   iproute2 socat ca-certificates curl
   chromium fonts-dejavu-core                      # headless browser for the inspector tests (playwright-core)
+  python3 python3-venv                            # wasmtime (PyPI) loads the core component in a test
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -89,4 +90,13 @@ fi
 
 # --- the .wasm ----------------------------------------------------------------
 "$ROOT/scripts/build-wasm.sh"
+"$ROOT/scripts/build-component.sh"                  # the core as a WebAssembly Component (docs/component.md)
 node --import tsx "$ROOT/web/build.ts" --if-stale   # the browser inspector page (web/dist)
+
+# --- wasmtime for the component test from Python ----------------------------
+venv="$ROOT/.build/component-venv"
+if ! "$venv/bin/python" -c 'import wasmtime' 2>/dev/null; then
+  say "installing wasmtime (PyPI) for test/component_wasmtime.py"
+  /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q wasmtime==50.0.1 \
+    || die "pip install wasmtime failed (is PyPI reachable?)"
+fi

@@ -16,6 +16,8 @@ step "typecheck"
 node_modules/.bin/tsc -p tsconfig.json
 step "node --test"
 node --import tsx --test --test-concurrency=1 --test-reporter=dot test/*.test.ts
+step "component from Python (wasmtime)"
+.build/component-venv/bin/python test/component_wasmtime.py
 step "deno test"
 NO_COLOR=1 "$DENO" test -A --no-check test/
 echo; echo "all suites passed"

@@ -21,7 +21,7 @@ import { scratchDir } from "./_images.ts";
 import { randomBytes } from "../ts/core/vectors.ts";
 import { startInspectServer } from "../ts/host/inspect_server.ts";
 import { PackedOverlayOutput } from "../ts/host/overlay_files.ts";
-import { scanBase } from "../ts/overlay/base_scan.ts";
+import { arrayDigests, scanBase } from "../ts/overlay/base_scan.ts";
 import type { SegmentCodec } from "../ts/overlay/codec.ts";
 import { CHUNK } from "../ts/overlay/format.ts";
 import { BufferSource, type ByteSource } from "../ts/overlay/io.ts";
@@ -165,7 +165,7 @@ if (!SKIP) await (async () => {
   overlay = join(dir, "large.overlay");
   const r = await writeOverlay({
     core,
-    base: { id: scan.id, machine, disk: baseDisk, memory: baseMem, diskDigests: scan.diskDigests, memDigests: scan.memDigests, index: scan.index },
+    base: { id: scan.id, machine, disk: baseDisk, memory: baseMem, digests: arrayDigests(core, scan.diskDigests, scan.memDigests), index: scan.index },
     custom: { disk: { source: baseDisk }, memory: { source: generatedImage(MIB << 20) } },
     launch: { portForwards: [], memoryMiB: MIB, vcpus: 1 },
     codec: storedCodec,

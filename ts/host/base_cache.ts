@@ -17,7 +17,7 @@ import { join } from "node:path";
 import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
-import { scanBase, type BaseView } from "../overlay/base_scan.ts";
+import { arrayDigests, type BaseView, type DigestSource, padDigests, scanBase, SHORT_DIGEST, zeroChunkDigest } from "../overlay/base_scan.ts";
 import { CHUNK, type MachineConfig } from "../overlay/format.ts";
 import { holeChunkRuns } from "./disk_image.ts";
 import type { ProgressFn } from "../overlay/io.ts";
@@ -114,20 +114,21 @@ export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBa
   const memory = await FileSource.open(o.memory);
   try {
     let index = null;
-    let diskDigests: Uint8Array;
-    let memDigests: Uint8Array;
+    let digests: DigestSource;
+    const digestFiles: FileSource[] = [];
     if (!fresh) {
       // Holes (sparse regions) are known zero: no need to read them.
       const [diskHoles, memHoles] = await Promise.all([holeChunkRuns(o.disk, CHUNK), holeChunkRuns(o.memory, CHUNK)]);
       const scan = await scanBase(core, disk, memory, o.machine, o.progress, o.signal, { disk: diskHoles, memory: memHoles });
       rec = { version: CACHE_VERSION, id: scan.id, machine: o.machine, diskSize: disk.size, memorySize: memory.size, disk: diskId, memory: memId };
       await writePrepared(o.dir, rec, scan.diskDigests, scan.memDigests, scan.index.toBytes());
-      diskDigests = scan.diskDigests;
-      memDigests = scan.memDigests;
+      digests = arrayDigests(core, scan.diskDigests, scan.memDigests);
       if (o.needIndex) index = scan.index;
       else scan.index.close();
     } else {
-      [diskDigests, memDigests] = await Promise.all([fsp.readFile(join(o.dir, "disk.digests")), fsp.readFile(join(o.dir, "memory.digests"))]).then((b) => b.map((x) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength)));
+      // Read on demand: memory follows the change, not the size of the base.
+      for (const n of ["disk.digests", "memory.digests"]) digestFiles.push(await FileSource.open(join(o.dir, n)));
+      digests = fileDigests(core, digestFiles[0], digestFiles[1]);
       if (o.needIndex) {
         try {
           index = core.loadIndex(await fsp.readFile(join(o.dir, "index.bin")));
@@ -142,12 +143,12 @@ export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBa
       machine: r.machine,
       disk,
       memory,
-      diskDigests,
-      memDigests,
+      digests,
       index,
       dir: o.dir,
       close: async () => {
         index?.close();
+        for (const f of digestFiles) await f.close();
         await disk.close();
         await memory.close();
       },
@@ -157,6 +158,14 @@ export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBa
     await memory.close();
     throw e;
   }
+}
+
+/** Digests read from the prepared files by range. */
+function fileDigests(core: Core, disk: FileSource, memory: FileSource): DigestSource {
+  const zero = zeroChunkDigest(core).subarray(0, SHORT_DIGEST);
+  return {
+    read: async (kind, first, count) => padDigests(await (kind === 0 ? disk : memory).read(first * SHORT_DIGEST, count * SHORT_DIGEST), count, zero),
+  };
 }
 
 /** Writes the prepared data into `dir` (files first, base.json last, each atomically). */

@@ -12,6 +12,39 @@ export const SHORT_DIGEST = 16;
 /** Chunks per batch when scanning (4 MiB). */
 export const SCAN_BATCH = 1024;
 
+/**
+ * The stored short digests of a base's chunks, read on demand, so that
+ * memory follows the change rather than the size of the base images.
+ */
+export interface DigestSource {
+  /**
+   * Digests of chunks [first, first+count) of the base disk (kind 0) or
+   * memory (kind 1), SHORT_DIGEST bytes each. Chunks past the end of the
+   * image read as the all-zero chunk, as the images do.
+   */
+  read(kind: 0 | 1, first: number, count: number): Promise<Uint8Array>;
+}
+
+/** Fills `out` from `have` and pads the rest with the zero-chunk digest prefix. */
+export function padDigests(have: Uint8Array, count: number, zeroPrefix: Uint8Array): Uint8Array {
+  if (have.length === count * SHORT_DIGEST) return have;
+  const out = new Uint8Array(count * SHORT_DIGEST);
+  out.set(have);
+  for (let i = have.length / SHORT_DIGEST; i < count; i++) out.set(zeroPrefix, i * SHORT_DIGEST);
+  return out;
+}
+
+/** A DigestSource over digest arrays in memory. */
+export function arrayDigests(core: Core, disk: Uint8Array, memory: Uint8Array): DigestSource {
+  const zero = zeroChunkDigest(core).subarray(0, SHORT_DIGEST);
+  return {
+    read: (kind, first, count) => {
+      const a = kind === 0 ? disk : memory;
+      return Promise.resolve(padDigests(a.subarray(first * SHORT_DIGEST, Math.min(a.length, (first + count) * SHORT_DIGEST)), count, zero));
+    },
+  };
+}
+
 /** What the engine knows about a base VM. */
 export interface BaseView {
   /** Base id (hex). */
@@ -22,10 +55,8 @@ export interface BaseView {
   disk: ByteSource;
   /** Base memory bytes. */
   memory: ByteSource;
-  /** First 16 bytes of BLAKE3 of every base disk chunk. */
-  diskDigests: Uint8Array;
-  /** First 16 bytes of BLAKE3 of every base memory page. */
-  memDigests: Uint8Array;
+  /** First 16 bytes of BLAKE3 of every base disk chunk and memory page. */
+  digests: DigestSource;
   /** Index over non-zero base memory pages, then base disk chunks (memory wins ties). */
   index: BaseIndex | null;
 }

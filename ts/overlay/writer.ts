@@ -26,7 +26,7 @@ import {
   CHUNK, CLASS_COUNT, ChunkClass, encodeMeta, encodeSegment, FORMAT_VERSION, hashHex, ImageKind, KIND_COUNT,
   type LaunchConfig, type OverlayMeta, RECORD_BYTES, type SegmentInfo,
 } from "./format.ts";
-import { type BaseView, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
+import { type BaseView, padDigests, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
 import type { ByteSource, ChangedExtent, ProgressFn } from "./io.ts";
 import { readChunks } from "./io.ts";
 import type { SegmentCodec } from "./codec.ts";
@@ -184,7 +184,29 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
   const imageSizes: [number, number, number] = [custom.disk.source.size, custom.memory.source.size, custom.state?.source.size ?? 0];
   const sources: Array<ByteSource | null> = [custom.disk.source, custom.memory.source, custom.state?.source ?? null];
   const baseSources: Array<ByteSource | null> = [base.disk, base.memory, null];
-  const baseDigests = [base.diskDigests, base.memDigests, new Uint8Array(0)];
+  const zeroPrefix = zeroDigest.subarray(0, SHORT_DIGEST);
+  // Base digests of the chunks around the current batch (same offsets), and a
+  // small block cache for index hits, which land anywhere in the base.
+  const readBaseDigests = (kind: number, first: number, count: number): Promise<Uint8Array> =>
+    kind === ImageKind.State ? Promise.resolve(padDigests(new Uint8Array(0), count, zeroPrefix)) : base.digests.read(kind as 0 | 1, first, count);
+  const BLOCK = 4096;
+  const blocks = new Map<string, Uint8Array>();
+  const digestAt = async (kind: number, chunk: number): Promise<Uint8Array> => {
+    const b = Math.floor(chunk / BLOCK);
+    const key = `${kind}:${b}`;
+    let block = blocks.get(key);
+    if (!block) {
+      block = await readBaseDigests(kind, b * BLOCK, BLOCK);
+      if (blocks.size >= 64) blocks.delete(blocks.keys().next().value!);
+      blocks.set(key, block);
+    }
+    const o = (chunk - b * BLOCK) * SHORT_DIGEST;
+    return block.subarray(o, o + SHORT_DIGEST);
+  };
+  const samePrefix = (a: Uint8Array, aOff: number, d: Uint8Array): boolean => {
+    for (let k = 0; k < SHORT_DIGEST; k++) if (a[aOff + k] !== d[k]) return false;
+    return true;
+  };
   const entries = new Entries();
   const classCounts = Array.from({ length: KIND_COUNT }, () => new Array<number>(CLASS_COUNT).fill(0));
 
@@ -198,24 +220,15 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
   const scanTotal = scanPlan.reduce((t, p) => t + p.runs.reduce((s, [a, b]) => s + (b - a) * CHUNK, 0), 0);
   let scanned = 0;
 
-  const baseDigestEquals = (kind: number, chunk: number, digest: Uint8Array): boolean => {
-    const list = baseDigests[kind];
-    if ((chunk + 1) * SHORT_DIGEST > list.length) {
-      // Past the end of the base image: the base reads as zero there.
-      for (let k = 0; k < SHORT_DIGEST; k++) if (digest[k] !== zeroDigest[k]) return false;
-      return true;
-    }
-    for (let k = 0; k < SHORT_DIGEST; k++) if (list[chunk * SHORT_DIGEST + k] !== digest[k]) return false;
-    return true;
-  };
-
   for (const plan of scanPlan) {
     // Zero runs and scan runs interleave in chunk order.
     const work = [...plan.runs.map((r) => ({ r, zero: false })), ...plan.zero.map((r) => ({ r, zero: true }))].sort((a, b) => a.r[0] - b.r[0]);
     for (const { r: [a, b], zero } of work) {
       if (zero) {
-        for (let c = a; c < b; c++) {
-          if (!baseDigestEquals(plan.kind, c, zeroDigest)) entries.push(plan.kind, c, ChunkClass.Zero, 0, zeroDigest);
+        for (let first = a; first < b; first += BLOCK) {
+          const count = Math.min(BLOCK, b - first);
+          const bd = await readBaseDigests(plan.kind, first, count);
+          for (let i = 0; i < count; i++) if (!samePrefix(bd, i * SHORT_DIGEST, zeroPrefix)) entries.push(plan.kind, first + i, ChunkClass.Zero, 0, zeroDigest);
         }
         continue;
       }
@@ -225,13 +238,14 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
         const data = await readChunks(sources[plan.kind], first, count);
         const digests = core.hashChunks("blake3", data);
         const zeros = core.zeroChunks(data);
+        const bd = await readBaseDigests(plan.kind, first, count);
         // Changed, non-zero chunks go to the index in one batch; entries are
         // then pushed in chunk order, which every later step relies on.
         const cls = new Int8Array(count).fill(-1);
         const pending: number[] = [];
         for (let i = 0; i < count; i++) {
           const d = digests.subarray(i * 32, i * 32 + 32);
-          if (baseDigestEquals(plan.kind, first + i, d)) continue; // unchanged
+          if (samePrefix(bd, i * SHORT_DIGEST, d)) continue; // unchanged
           if (zeros[i]) cls[i] = ChunkClass.Zero;
           else pending.push(i);
         }
@@ -240,18 +254,19 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
           const q = new Uint8Array(pending.length * 32);
           pending.forEach((i, j) => q.set(digests.subarray(i * 32, i * 32 + 32), j * 32));
           const hits = index.lookup(q);
-          pending.forEach((i, j) => {
+          for (let j = 0; j < pending.length; j++) {
+            const i = pending[j];
             const src = hits.sources[j];
             const off = hits.offsets[j];
             cls[i] = ChunkClass.Raw;
-            if (src < 0) return;
+            if (src < 0) continue;
             // The index key is 64 bits: confirm against the stored 128-bit digest.
             const kind = src === Source.Memory ? ImageKind.Memory : ImageKind.Disk;
-            if (baseDigestEquals(kind, off / CHUNK, q.subarray(j * 32, j * 32 + 32))) {
+            if (samePrefix(await digestAt(kind, off / CHUNK), 0, q.subarray(j * 32, j * 32 + 32))) {
               cls[i] = src === Source.Memory ? ChunkClass.BaseMemory : ChunkClass.BaseDisk;
               args[i] = off;
             }
-          });
+          }
         }
         for (let i = 0; i < count; i++) {
           if (cls[i] >= 0) entries.push(plan.kind, first + i, cls[i], args[i], digests.subarray(i * 32, i * 32 + 32));

@@ -186,11 +186,16 @@ test("a client killed mid-upload: the server times the session out and cleans up
   // 1 Mbit/s from the client: the upload takes seconds, long enough to kill the client in it.
   const dev = (await f.net.exec(f.net.cli, "ip", ["-o", "link", "show", "type", "veth"]).then(dec)).split(":")[1].trim().split("@")[0];
   await f.net.exec(f.net.cli, "tc", ["qdisc", "add", "dev", dev, "root", "tbf", "rate", "1mbit", "burst", "16kb", "latency", "100ms"]);
+  // A small socket send buffer: otherwise the kernel takes the whole overlay (0.4 MB) into the
+  // killed client's socket and still delivers it, so the upload would finish after the kill.
+  const wmem = dec(await f.net.exec(f.net.cli, "sysctl", ["-n", "net.ipv4.tcp_wmem"])).trim().split(/\s+/).join(" ");
+  await f.net.exec(f.net.cli, "sysctl", ["-q", "-w", "net.ipv4.tcp_wmem=4096 16384 16384"]);
   const srv = await serve(f);
   try {
     const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "-o", f.overlay]);
     for (let i = 0; i < 100 && !/created/.test(srv.log()); i++) await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 800));
+    assert.doesNotMatch(srv.log(), /running/, "the upload was still in progress when the client was killed");
     c.kill("SIGKILL");
     for (let i = 0; i < 100 && !/idle/.test(srv.log()); i++) await new Promise((r) => setTimeout(r, 100));
     assert.match(srv.log(), /failed: .*idle/);
@@ -200,6 +205,7 @@ test("a client killed mid-upload: the server times the session out and cleans up
   } finally {
     await srv.stop();
     await f.net.exec(f.net.cli, "tc", ["qdisc", "del", "dev", dev, "root"]).catch(() => {});
+    await f.net.exec(f.net.cli, "sysctl", ["-q", "-w", `net.ipv4.tcp_wmem=${wmem}`]).catch(() => {});
   }
 });
 

@@ -196,3 +196,22 @@ test("a killed overlay writer leaves nothing that looks complete", async () => {
   await assert.rejects(fsp.access(out), "no file under the final name");
   for (const n of await fsp.readdir(dir)) if (n.includes("killed")) assert.match(n, /\.part-/, `${n} is marked partial`);
 });
+
+test("a codec that fails is reported as such, never as a corrupt segment of a good overlay", async () => {
+  const { openOverlay } = await import("../ts/host/overlay_files.ts");
+  const { WorkerCodec } = await import("../ts/host/codec_pool.ts");
+  const { fetchSegment } = await import("../ts/overlay/synthesis.ts");
+  const { CodecFailure } = await import("../ts/overlay/codec.ts");
+  const ov = await openOverlay(core, packed);
+  const codec = new WorkerCodec(1);
+  try {
+    // The same codec decodes the segment while it is up...
+    assert.ok((await fetchSegment(core, ov, codec, 0)).kinds.length > 0);
+    await codec.close();
+    // ...and once it is gone the error is the codec's, not CORRUPT_SEGMENT.
+    await assert.rejects(fetchSegment(core, ov, codec, 0), (e: unknown) => e instanceof CodecFailure && /codec is closed/.test((e as Error).message));
+  } finally {
+    await codec.close();
+    await ov.close();
+  }
+});

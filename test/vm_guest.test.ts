@@ -116,9 +116,10 @@ test("the serial console runs scripts in the guest: output, exit codes, long and
     assert.deepEqual(r, { output: `${awkward}\n20000\n`, exitCode: 0 });
 
     // A server started in the background outlives the script and the console shell.
-    const pid = await vm.console.startBackground("while :; do date +%s > /tmp/alive; sleep 0.2; done");
+    // The counter file is replaced by rename, never truncated, so a reader never sees it empty.
+    const pid = await vm.console.startBackground("i=0; while :; do i=$((i+1)); echo $i > /tmp/alive.new; mv /tmp/alive.new /tmp/alive; sleep 0.2; done");
     assert.ok(pid > 1);
-    const check = await vm.console.run(`sleep 1; kill -0 ${pid} && echo running; test -s /tmp/alive && echo ticking`);
+    const check = await vm.console.run(`sleep 1; kill -0 ${pid} && echo running; a=$(cat /tmp/alive); sleep 1; b=$(cat /tmp/alive); test "$b" -gt "$a" && echo ticking`);
     assert.deepEqual(check, { output: "running\nticking\n", exitCode: 0 });
 
     // A script that runs too long is interrupted, and the console stays usable.

@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import { CodecFailure, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
 import { XZ_MEMLIMIT } from "../core/core.ts";
 
 /** A request to a worker (see codec_worker.mjs). */
@@ -41,6 +41,7 @@ export class WorkerCodec implements SegmentCodec {
   private readonly ready: Promise<void>;
   private nextId = 1;
   private closed = false;
+  private broken: Error | null = null;
 
   /** @param threads worker count (default: available cores) @param preset xz preset @param dictCap dictionary cap */
   constructor(threads = availableParallelism(), preset = DEFAULT_PRESET, dictCap = SEGMENT_DICT_CAP) {
@@ -67,8 +68,15 @@ export class WorkerCodec implements SegmentCodec {
           };
           w.on("message", onMsg);
           w.on("error", (e) => {
-            reject(e);
-            this.failAll(e);
+            const f = new CodecFailure(`codec worker failed: ${e.message}`, { cause: e });
+            reject(f);
+            this.failAll(f);
+          });
+          w.on("exit", (code) => {
+            if (this.closed) return;
+            const f = new CodecFailure(`codec worker exited (code ${code})`);
+            reject(f);
+            this.failAll(f);
           });
         }),
       );
@@ -78,13 +86,16 @@ export class WorkerCodec implements SegmentCodec {
   }
 
   private failAll(e: Error): void {
+    // A pool that lost a worker stays failed: a message to a dead worker would never be answered.
+    this.broken ??= e;
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
   }
 
   private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number): Promise<Uint8Array> {
-    if (this.closed) throw new Error("codec is closed");
+    if (this.closed) throw new CodecFailure("codec is closed");
     await this.ready;
+    if (this.broken) throw this.broken;
     // Least-loaded worker; the input is copied once into a transferable buffer.
     let w = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.load[i] < this.load[w]) w = i;
@@ -108,7 +119,7 @@ export class WorkerCodec implements SegmentCodec {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.failAll(new Error("codec closed"));
+    this.failAll(new CodecFailure("codec closed"));
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }

@@ -21,6 +21,14 @@ export interface SegmentCodec {
   close(): Promise<void>;
 }
 
+/**
+ * The codec itself failed (a worker could not start or died, or the codec was
+ * closed), not the data it was given: callers must not blame the overlay.
+ */
+export class CodecFailure extends Error {
+  override name = "CodecFailure";
+}
+
 /** Default xz preset for segments: see docs/xz.md for the measurements. */
 export const DEFAULT_PRESET = 6;
 

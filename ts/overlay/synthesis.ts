@@ -13,7 +13,7 @@ import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
 import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, type SegmentRecords } from "./format.ts";
 import type { ByteSource, ImageSink, ProgressFn } from "./io.ts";
-import type { SegmentCodec } from "./codec.ts";
+import { CodecFailure, type SegmentCodec } from "./codec.ts";
 import type { OverlayReader } from "./reader.ts";
 
 /** Options for {@link synthesize}. */
@@ -64,6 +64,7 @@ export async function fetchSegment(core: Core, overlay: OverlayReader, codec: Se
   try {
     raw = await codec.decompress(xz, seg.rawSize);
   } catch (e) {
+    if (e instanceof CodecFailure) throw e;
     throw new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} does not decode: ${(e as Error).message}`, overlay.segmentFile(i));
   }
   return decodeSegment(raw, overlay.meta, i, overlay.segmentFile(i));

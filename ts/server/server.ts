@@ -342,6 +342,8 @@ export class SynthesisServer {
     const base = (await this.o.backend.bases()).find((b) => b.id === meta.base.id);
     if (!base) throw new CloudletError("WRONG_BASE", `this cloudlet has no base ${meta.base.id} (the overlay's base); it has: ${(await this.o.backend.bases()).map((b) => `${b.name} ${b.id.slice(0, 12)}`).join(", ") || "none"}`, name);
     checkBase(meta, base.id, name);
+    // The session may have been closed, or sent another meta, while the registry was read.
+    if (s.state !== "created" || s.meta) throw new HttpError(409, "STATE", `session is ${s.state}; the meta was already sent or the session ended`);
     s.meta = meta;
     s.base = base;
     s.feed = new UploadFeed(meta, name);

@@ -1,0 +1,113 @@
+/**
+ * The network benchmark's client side, run in the client namespace. Prints
+ * one JSON object on stdout.
+ *
+ *   node --import tsx bench/_net_client.ts pipelined SERVER TOKEN_FILE OVERLAY
+ *     (a) cloudlet's pipelined synthesis: the same `sendOverlay` that
+ *     `cloudlet client` calls, in-process (node start-up, WASM load and
+ *     opening the overlay happen before the clock starts). t0 is just before
+ *     the session is created (the client's first byte); the clock stops at
+ *     the VM's first HTTP answer through its forwarded port, fetched from
+ *     here, across the link. Then the session is closed (VM stopped).
+ *
+ *   node --import tsx bench/_net_client.ts upload URL FILE
+ *     (b)/(c) a plain HTTP PUT of FILE (Content-Length, 256 KiB reads, the
+ *     same Node HTTP stack and chunk size as the client) to the sink; the
+ *     clock runs from the request's start to the sink's answer, which comes
+ *     after the last byte arrived.
+ */
+import { createReadStream, promises as fsp } from "node:fs";
+import * as http from "node:http";
+import { loadCoreFromDisk } from "../ts/host/core_file.ts";
+import { openOverlay } from "../ts/host/overlay_files.ts";
+import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
+import type { SessionEvent } from "../ts/server/protocol.ts";
+import { firstAnswer } from "./_net_http.ts";
+
+type Mark = { ms: number; what: string; received?: number; applied?: number; expected?: number };
+
+async function pipelined(server: string, tokenFile: string, path: string): Promise<unknown> {
+  const core = await loadCoreFromDisk();
+  const token = (await fsp.readFile(tokenFile, "utf8")).trim();
+  const client = new CloudletClient({ server, token });
+  const overlay = await openOverlay(core, path);
+  const marks: Mark[] = [];
+  let firstSent = 0;
+  let lastSent = 0;
+  try {
+    const t0 = performance.now();
+    const c0 = process.cpuUsage();
+    const at = () => performance.now() - t0;
+    const r = await sendOverlay({
+      core,
+      client,
+      overlay,
+      metaBytes: overlay.metaBytes,
+      progress: (p) => {
+        lastSent = at();
+        firstSent ||= lastSent;
+        void p;
+      },
+      onEvent: (e: SessionEvent) => {
+        if (e.type === "status") marks.push({ ms: at(), what: `status:${e.status.state}`, received: e.status.received, applied: e.status.applied, expected: e.status.expected });
+        else if (e.type === "progress") marks.push({ ms: at(), what: "progress", received: e.received, applied: e.applied, expected: e.expected });
+        else marks.push({ ms: at(), what: e.type });
+      },
+    });
+    const done = at();
+    const cpu = process.cpuUsage(c0);
+    const port = r.endpoint.ports.find((p) => p.guestPort === 80)?.hostPort ?? r.endpoint.ports[0].hostPort;
+    const answered = (await firstAnswer(r.endpoint.host, port)) - t0;
+    const tc = performance.now();
+    await client.close(r.id);
+    return {
+      ms: answered,
+      doneMs: done,
+      answerAfterDoneMs: answered - done,
+      firstSegmentByteMs: firstSent,
+      lastSegmentByteHandedOverMs: lastSent,
+      server: r.endpoint.ms,
+      /** This process's CPU from t0 to the done event (sending, mostly). */
+      cpuMs: (cpu.user + cpu.system) / 1000,
+      closeMs: performance.now() - tc,
+      marks,
+    };
+  } finally {
+    await overlay.close();
+  }
+}
+
+async function upload(url: string, path: string): Promise<unknown> {
+  const size = (await fsp.stat(path)).size;
+  const u = new URL(url);
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  const reply = await new Promise<string>((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: u.pathname, method: "PUT", agent: false, headers: { "content-type": "application/octet-stream", "content-length": String(size) } }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => (body += d));
+      res.on("end", () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`sink: ${res.statusCode} ${body}`))));
+    });
+    req.on("error", reject);
+    createReadStream(path, { highWaterMark: 256 << 10 }).on("error", reject).pipe(req);
+  });
+  const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(c0);
+  const sink = JSON.parse(reply) as { bytes: number; ms: number };
+  if (sink.bytes !== size) throw new Error(`sink got ${sink.bytes} of ${size} bytes`);
+  return { ms, bytes: size, mbit: (size * 8) / 1e6 / (ms / 1000), sinkMs: sink.ms, cpuMs: (cpu.user + cpu.system) / 1000 };
+}
+
+const [mode, ...args] = process.argv.slice(2);
+try {
+  let out: unknown;
+  if (mode === "pipelined" && args.length === 3) out = await pipelined(args[0], args[1], args[2]);
+  else if (mode === "upload" && args.length === 2) out = await upload(args[0], args[1]);
+  else throw new Error("usage: _net_client.ts pipelined SERVER TOKEN_FILE OVERLAY | upload URL FILE");
+  process.stdout.write(JSON.stringify(out) + "\n");
+  process.exit(0);
+} catch (e) {
+  process.stderr.write(`_net_client: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+}

@@ -22,7 +22,7 @@ import { DEFAULT_PORT } from "../ts/server/protocol.ts";
 import { announce, discover } from "../ts/server/discovery.ts";
 import { hostname } from "node:os";
 import { join as pathJoin } from "node:path";
-import { createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
+import { createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, vmsOnBase, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
 import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
 import { buildGuestImage } from "../ts/host/vm/guest_image.ts";
@@ -61,6 +61,15 @@ function parseSize(v: string | number | undefined, what: string): number | undef
   const m = /^(\d+)([KMG]?)(i?B)?$/i.exec(String(v));
   if (!m) throw new CloudletError("BAD_ARGUMENT", `bad ${what} "${v}" (use e.g. 1M or 262144)`);
   return Number(m[1]) * { "": 1, K: 1024, M: 1 << 20, G: 1 << 30 }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
+}
+
+/** A numeric option, checked: a typo must not become NaN and silently disable a limit. */
+function num(v: unknown, flag: string, min: number, max = Number.MAX_SAFE_INTEGER, integer = true): number {
+  const n = Number(v);
+  if (v === undefined || v === "" || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    throw new CloudletError("BAD_ARGUMENT", `${flag} must be ${integer ? "an integer" : "a number"} from ${min} to ${max}, not "${v}"`);
+  }
+  return n;
 }
 
 /** Waits for Ctrl-C (or SIGTERM), keeping the process alive meanwhile. */
@@ -119,7 +128,7 @@ async function interaction(o: Record<string, unknown>, scriptFlag: string, marke
       throw new CloudletError("MISSING_INPUT", "cannot read the script", scriptPath);
     }
   }
-  const timeout = o.timeout ? Number(o.timeout) * 1000 : undefined;
+  const timeout = o.timeout ? num(o.timeout, "--timeout", 0.1, 86400, false) * 1000 : undefined;
   return { script, readyMarker: markerFlag ? (o[markerFlag] as string | undefined) : undefined, console: Boolean(o.console), vnc: Boolean(o.vnc), timeoutMs: timeout };
 }
 
@@ -165,8 +174,8 @@ cli
         out: need(o.output, "-o"),
         layout: o.layout === "split" ? "split" : "packed",
         segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
-        preset: Number(o.preset),
-        threads: o.threads ? Number(o.threads) : undefined,
+        preset: num(o.preset, "--preset", 0, 9),
+        threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       });
       p.done();
       const report = inspectMeta(r.meta, r.path, r.bytes);
@@ -181,8 +190,7 @@ cli
       throw new CloudletError("BAD_ARGUMENT", `--layout must be packed or split, not "${o.layout}"`);
     })();
     const p = bar(o);
-    const preset = Number(o.preset);
-    if (!Number.isInteger(preset) || preset < 0 || preset > 9) throw new CloudletError("BAD_ARGUMENT", "--preset must be 0-9");
+    const preset = num(o.preset, "--preset", 0, 9);
     const r = await createOverlayFiles(core, {
       baseDisk: need(o.baseDisk, "--base-disk"),
       baseMem,
@@ -195,7 +203,7 @@ cli
       launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
       segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
       preset,
-      threads: o.threads ? Number(o.threads) : undefined,
+      threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       home,
       progress: p.update,
       signal: controller.signal,
@@ -226,7 +234,7 @@ cli
       if (o.baseDisk || o.baseMem) throw new CloudletError("BAD_ARGUMENT", "give either BASE OVERLAY (VM mode) or --base-disk/--base-mem OVERLAY -o DIR (file mode)");
       const p = bar(o);
       const ctx = vmContext(o, p, core);
-      const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? Number(o.threads) : undefined });
+      const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined });
       p.done();
       if ("verified" in r) {
         out(o, { verified: true, baseId: r.meta.base.id, ms: r.ms }, `verified: the overlay rebuilds correctly on its base (${(r.ms.synthesis / 1000).toFixed(1)} s); no VM started (--no-run)`);
@@ -248,7 +256,7 @@ cli
       outDir: need(o.output, "-o"),
       diskFormat: fmt,
       force: Boolean(o.force),
-      threads: o.threads ? Number(o.threads) : undefined,
+      threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       home: cloudletHome(o.home as string | undefined),
       progress: p.update,
       signal: controller.signal,
@@ -270,7 +278,7 @@ cli
     const core = await loadCoreFromDisk();
     if (!o.web && (o.baseDisk || o.baseMem || o.port !== undefined)) throw new CloudletError("BAD_ARGUMENT", "--base-disk, --base-mem and --port go with --web");
     if (o.web) {
-      const port = o.port === undefined ? 0 : Number(o.port);
+      const port = o.port === undefined ? 0 : num(o.port, "--port", 0, 65535);
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CloudletError("BAD_ARGUMENT", `--port must be a number from 0 to 65535, not "${o.port}"`);
       const server = await startInspectServer({ core, overlay: path, baseDisk: o.baseDisk, baseMem: o.baseMem, port });
       out(o, { url: server.url }, `cloudlet inspector: ${server.url} (Ctrl-C to stop)`);
@@ -283,7 +291,7 @@ cli
       const report = inspectMeta(ov.meta, path, ov.totalBytes);
       let verified: boolean | undefined;
       if (o.verify) {
-        const codec = new WorkerCodec(o.threads ? Number(o.threads) : undefined);
+        const codec = new WorkerCodec(o.threads ? num(o.threads, "--threads", 1, 256) : undefined);
         const p = bar(o);
         try {
           let done = 0;
@@ -324,7 +332,7 @@ cli
     const ctx = vmContext(o, p, core);
     const ready = await interaction(o, "readyScript", "readyMarker");
     if (disk && !ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-script FILE, --console or --vnc");
-    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: Number(o.ram), vcpus: Number(o.vcpus), machine: o.machine as string, cpu: o.cpu as string });
+    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string });
     p.done();
     out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
   });
@@ -341,8 +349,11 @@ cli
   .command("del-base <base>", "Delete a base VM (id, id prefix or name) and its files")
   .alias("del_base")
   .action(async (ref: string, o: Common) => {
-    const reg = new Registry(cloudletHome(o.home));
+    const home = cloudletHome(o.home);
+    const reg = new Registry(home);
     const b = await reg.getBase(ref);
+    const users = await vmsOnBase(home, b.id);
+    if (users.length) throw new CloudletError("BAD_ARGUMENT", `base ${b.name} is in use by ${users.join(", ")}: stop ${users.length > 1 ? "them" : "it"} first (cloudlet stop VM)`);
     await reg.removeBase(b.id);
     await fsp.rm(b.dir, { recursive: true, force: true });
     out(o, { deleted: b.id }, `deleted base ${b.name} ${b.id}`);
@@ -419,8 +430,9 @@ cli
   .option("--max-sessions <n>", "Sessions at once", { default: 4 })
   .option("--max-meta <size>", "Largest meta accepted", { default: "16M" })
   .option("--max-overlay <size>", "Largest overlay accepted", { default: "64G" })
-  .option("--idle-timeout <s>", "Fail a session idle this long, seconds", { default: 60 })
+  .option("--idle-timeout <s>", "Fail a session whose client is silent this long (no bytes; no keep-alive once running: the VM is stopped), seconds", { default: 60 })
   .option("--session-timeout <s>", "Fail a session not running within this long, seconds", { default: 1800 })
+  .option("--detached-timeout <s>", "Stop a detached client's VM this long after it detached, seconds (0: never)", { default: 86400 })
   .option("--name <name>", "Name announced on the network", { default: hostname() })
   .option("--no-announce", "Do not announce over mDNS")
   .option("--host <host>", "qemu (default) or virsh")
@@ -442,11 +454,12 @@ cli
       port,
       token,
       tls,
-      maxSessions: Number(o.maxSessions),
+      maxSessions: num(o.maxSessions, "--max-sessions", 1, 1024),
       maxMetaBytes: parseSize(o.maxMeta as string, "--max-meta"),
       maxOverlayBytes: parseSize(o.maxOverlay as string, "--max-overlay"),
-      idleMs: Number(o.idleTimeout) * 1000,
-      sessionMs: Number(o.sessionTimeout) * 1000,
+      idleMs: num(o.idleTimeout, "--idle-timeout", 1, 86400, false) * 1000,
+      sessionMs: num(o.sessionTimeout, "--session-timeout", 1, 7 * 86400, false) * 1000,
+      detachedMs: num(o.detachedTimeout, "--detached-timeout", 0, 365 * 86400, false) * 1000,
       name: o.name as string,
       version: CLOUDLET_VERSION,
       log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
@@ -456,7 +469,11 @@ cli
     const bases = await new HomeBackend(core, home, hc).bases();
     process.stderr.write(`cloudlet serve: listening on ${tls ? "https" : "http"}://${host}:${addr.port} with ${bases.length} base(s); token ${created ? "created at" : "from"} ${tokenFile}\n`);
     if (o.json) process.stdout.write(JSON.stringify({ host, port: addr.port, tls: Boolean(tls), tokenFile }) + "\n");
-    const ann = o.announce === false ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`) });
+    // Announce only addresses clients can reach: the one listened on, or every address for a wildcard.
+    const wildcard = host === "0.0.0.0" || host === "::";
+    const loopback = /^127\.|^::1$|^localhost$/.test(host);
+    if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
+    const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
     await untilInterrupted();
     process.stderr.write("cloudlet serve: stopping (ending sessions)\n");
     await ann?.stop();
@@ -472,7 +489,7 @@ cli
   .option("--token-file <file>", "The server's token (default: <home>/server/token)")
   .option("--tls", "Speak HTTPS")
   .option("--ca <file>", "CA certificate (PEM) to trust, with --tls")
-  .option("--detach", "Leave the session (and VM) running and exit")
+  .option("--detach", "Leave the session (and VM) running without this client and exit")
   .action(async (o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
@@ -506,9 +523,13 @@ cli
       const ms = performance.now() - t0;
       const where = r.endpoint.ports.map((x) => `  ${x.proto} ${r.endpoint.host}:${x.hostPort} -> guest port ${x.guestPort}`).join("\n") || "  (no port forwards)";
       out(o, { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } }, `VM ${r.endpoint.vmId} is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`);
-      if (o.detach) return;
+      if (o.detach) {
+        await client.detach(r.id, controller.signal);
+        return;
+      }
       if (!o.json) process.stderr.write("cloudlet client: keeping the session; Ctrl-C ends it and stops the VM\n");
-      await untilInterrupted();
+      const held = client.hold(r.id, r.leaseMs, controller.signal);
+      await Promise.race([untilInterrupted(), held]);
       await client.close(r.id);
       process.stderr.write("cloudlet client: session closed, VM stopped\n");
     } finally {
@@ -520,7 +541,7 @@ cli
   .command("discover", "List the cloudlets on the local network (mDNS / DNS-SD)")
   .option("--wait <s>", "How long to listen, seconds", { default: 2 })
   .action(async (o: Common & Record<string, unknown>) => {
-    const found = await discover(Number(o.wait) * 1000);
+    const found = await discover(num(o.wait, "--wait", 0.1, 600, false) * 1000);
     out(o, found, found.length ? found.map((f) => `${f.name}  ${f.tls ? "https" : "http"}://${f.addresses[0] ?? f.host}:${f.port}  v${f.version}  bases: ${f.bases.join(", ") || "none"}`).join("\n") : "no cloudlets found");
   });
 

@@ -14,7 +14,8 @@ import type { ProgressFn } from "../overlay/io.ts";
 import { openBase } from "./base_cache.ts";
 import { FileSource, outputError, partName } from "./files.ts";
 import { runTool } from "./process.ts";
-import { type BaseRow, Registry } from "./registry.ts";
+import { BASE_NAME_RE, type BaseRow, Registry } from "./registry.ts";
+import { type MachineConfig, validMachine } from "../overlay/format.ts";
 
 const MANIFEST = "manifest.json";
 const FORMAT = "cloudlet-base-export";
@@ -40,7 +41,48 @@ async function hashFile(core: Core, path: string, progress?: ProgressFn, base = 
   }
 }
 
-function baseFileNames(b: BaseRow): string[] {
+/** The boot files an export may carry, by the names the built-in guest gives them. */
+const BOOT_KERNEL = "vmlinux";
+const BOOT_INITRD = "initramfs.gz";
+
+/**
+ * Checks every field of an imported manifest's base record: nothing in it
+ * may name a path of its own choosing, reach QEMU's command line unchecked,
+ * or carry a size the images do not have.
+ */
+function checkManifestBase(b: unknown, file: string): Omit<BaseRow, "dir"> {
+  const bad = (what: string): never => {
+    throw new CloudletError("BAD_INPUT", `the archive's manifest has a bad ${what}`, file);
+  };
+  const r = (b ?? {}) as Record<string, unknown>;
+  const size = (v: unknown, what: string) => (Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : bad(what));
+  if (typeof r.id !== "string" || !/^[0-9a-f]{64}$/.test(r.id)) bad("base id");
+  if (typeof r.name !== "string" || !BASE_NAME_RE.test(r.name)) bad("base name");
+  if (typeof r.created !== "string" || r.created.length > 64) bad("creation time");
+  const machine = r.machine as MachineConfig | undefined;
+  if (!machine || typeof machine !== "object" || typeof machine.machine !== "string" || typeof machine.cpu !== "string" || !validMachine(machine)) bad("machine config");
+  if (!Number.isSafeInteger(r.vcpus) || (r.vcpus as number) < 1 || (r.vcpus as number) > 256) bad("vCPU count");
+  if (r.host !== "qemu" && r.host !== "virsh") bad("host adapter");
+  if (r.boot !== null) {
+    const boot = r.boot as Record<string, unknown> | undefined;
+    if (!boot || boot.kernel !== BOOT_KERNEL || boot.initrd !== BOOT_INITRD) bad("boot files");
+    if (typeof boot!.append !== "string" || boot!.append.length > 4096 || /[\0\n\r]/.test(boot!.append)) bad("kernel command line");
+  }
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    created: r.created as string,
+    diskSize: size(r.diskSize, "disk size"),
+    memorySize: size(r.memorySize, "memory size"),
+    machine: { machine: machine!.machine, cpu: machine!.cpu, ramMiB: machine!.ramMiB },
+    vcpus: r.vcpus as number,
+    boot: r.boot as BaseRow["boot"],
+    host: r.host as BaseRow["host"],
+    source: typeof r.source === "string" ? r.source.slice(0, 1024) : "",
+  };
+}
+
+function baseFileNames(b: Pick<BaseRow, "boot">): string[] {
   return ["disk.raw", "memory.raw", "state.bin", ...(b.boot ? [b.boot.kernel, b.boot.initrd] : [])];
 }
 
@@ -82,9 +124,13 @@ export async function importBase(core: Core, home: string, file: string, progres
   const list = await runTool("tar", ["-tf", file]);
   if (list.code !== 0) throw new CloudletError("BAD_INPUT", "not a cloudlet base export (not a tar archive)", file);
   const members = list.stdout.split("\n").filter(Boolean);
-  const allowed = new Set([MANIFEST, "disk.raw", "memory.raw", "state.bin", "vmlinux", "initramfs.gz"]);
+  const allowed = new Set([MANIFEST, "disk.raw", "memory.raw", "state.bin", BOOT_KERNEL, BOOT_INITRD]);
   const bad = members.find((m) => !allowed.has(m));
-  if (bad || !members.includes(MANIFEST)) throw new CloudletError("BAD_INPUT", `not a cloudlet base export (unexpected member ${JSON.stringify(bad ?? "no manifest")})`, file);
+  if (bad || !members.includes(MANIFEST) || new Set(members).size !== members.length) throw new CloudletError("BAD_INPUT", `not a cloudlet base export (unexpected member ${JSON.stringify(bad ?? "no manifest, or a repeated one")})`, file);
+  // Regular files only: a link member would make the import read (or later write) a file outside the archive.
+  const verbose = await runTool("tar", ["-tvf", file]);
+  const notFile = verbose.stdout.split("\n").filter(Boolean).find((l) => l[0] !== "-");
+  if (verbose.code !== 0 || notFile) throw new CloudletError("BAD_INPUT", `not a cloudlet base export (a member is not a regular file: ${JSON.stringify(notFile ?? "")})`, file);
   const bases = join(home, "bases");
   await fsp.mkdir(bases, { recursive: true });
   const stage = await fsp.mkdtemp(join(bases, ".import-"));
@@ -97,11 +143,13 @@ export async function importBase(core: Core, home: string, file: string, progres
     } catch {
       throw new CloudletError("BAD_INPUT", "the archive's manifest is not valid JSON", file);
     }
-    if (m.format !== FORMAT || m.version !== 1) throw new CloudletError("BAD_INPUT", `unsupported export format ${m.format} v${m.version}`, file);
-    const total = Object.values(m.files).reduce((t, f) => t + f.size, 0);
+    if (!m || m.format !== FORMAT || m.version !== 1) throw new CloudletError("BAD_INPUT", `unsupported export format ${m?.format} v${m?.version}`, file);
+    m.base = checkManifestBase(m.base, file);
+    if (!m.files || typeof m.files !== "object") throw new CloudletError("BAD_INPUT", "the archive's manifest lists no files", file);
+    const total = baseFileNames(m.base).reduce((t, n) => t + (Number(m.files[n]?.size) || 0), 0);
     let done = 0;
-    for (const n of baseFileNames(m.base as BaseRow)) {
-      const want = m.files[n];
+    for (const n of baseFileNames(m.base)) {
+      const want = Object.hasOwn(m.files, n) ? m.files[n] : undefined;
       const st = await fsp.stat(join(stage, n)).catch(() => null);
       if (!want || !st) throw new CloudletError("BAD_INPUT", `the archive lacks ${n}`, file);
       if (st.size !== want.size || (await hashFile(core, join(stage, n), progress, done, total)) !== want.blake3) throw new CloudletError("BAD_INPUT", `${n} in the archive is corrupt (size or hash mismatch)`, file);
@@ -116,7 +164,7 @@ export async function importBase(core: Core, home: string, file: string, progres
     const existed = await fsp.access(final).then(() => true, () => false);
     if (!existed) await fsp.rename(stage, final);
     const base: BaseRow = { ...m.base, dir: final, source: `imported from ${basename(file)}` } as BaseRow;
-    await new Registry(home).addBase(base);
+    base.name = await new Registry(home).addBase(base, "suffix");
     return { base, existed };
   } finally {
     await fsp.rm(stage, { recursive: true, force: true });

@@ -14,7 +14,8 @@ import { join } from "node:path";
 import initSqlJs, { type Database, type SqlJsStatic } from "sql.js";
 import { CloudletError } from "../errors.ts";
 import type { MachineConfig } from "../overlay/format.ts";
-import { AtomicFile, outputError } from "./files.ts";
+import { AtomicFile } from "./files.ts";
+import { acquirePidLock } from "./pid_lock.ts";
 
 /** Files that boot a guest kernel directly (the built-in guest); null for BIOS boot of the disk. */
 export interface BootFiles {
@@ -59,20 +60,20 @@ CREATE TABLE IF NOT EXISTS bases (
   boot TEXT, host TEXT NOT NULL, source TEXT NOT NULL);
 `;
 
+/** What a base name may look like (it is used on command lines and in file names). */
+export const BASE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** A default base name made from a file name: the allowed characters only. */
+export function baseNameFrom(fileName: string): string {
+  const n = fileName.replace(/\.(raw|img)$/, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 64);
+  return n || "base";
+}
+
 let sqlPromise: Promise<SqlJsStatic> | undefined;
 function sql(): Promise<SqlJsStatic> {
   // Load the .wasm from bytes: Node 20 cannot fetch file: URLs.
   sqlPromise ??= initSqlJs({ wasmBinary: readFileSync(createRequire(import.meta.url).resolve("sql.js/dist/sql-wasm.wasm")) as unknown as ArrayBuffer });
   return sqlPromise;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 /** The registry of one cloudlet home. */
@@ -103,29 +104,8 @@ export class Registry {
     return db;
   }
 
-  private async lock(timeoutMs = 15000): Promise<() => Promise<void>> {
-    await fsp.mkdir(this.home, { recursive: true }).catch((e) => {
-      throw outputError(e, this.home);
-    });
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const fh = await fsp.open(this.lockFile, "wx");
-        await fh.writeFile(String(process.pid));
-        await fh.close();
-        return () => fsp.rm(this.lockFile, { force: true });
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw outputError(e, this.lockFile);
-      }
-      const holder = Number(await fsp.readFile(this.lockFile, "utf8").catch(() => "0"));
-      if (holder && !pidAlive(holder)) {
-        // The writer died holding the lock: its write never landed (rename is atomic).
-        await fsp.rm(this.lockFile, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new CloudletError("OUTPUT_FAILED", `the registry is locked by process ${holder}; try again when it finishes`, this.lockFile);
-      await new Promise((r) => setTimeout(r, 25 + Math.random() * 50));
-    }
+  private lock(timeoutMs = 15000): Promise<() => Promise<void>> {
+    return acquirePidLock(this.lockFile, timeoutMs, (holder) => new CloudletError("OUTPUT_FAILED", `the registry is locked by process ${holder}; try again when it finishes`, this.lockFile));
   }
 
   /** Runs `fn` on a private copy of the database, for reading. */
@@ -176,10 +156,23 @@ export class Registry {
     throw new CloudletError("BASE_UNKNOWN", `no base "${ref}" in ${this.home} (see cloudlet list-base)`);
   }
 
-  /** Adds (or replaces) a base. */
-  addBase(b: BaseRow): Promise<void> {
+  /**
+   * Adds (or replaces) a base and returns the name it is stored under. Names
+   * are unique: a name another base holds is refused (`onTaken: "fail"`, for
+   * a name the user chose) or gets a `-2`, `-3`, ... suffix (`"suffix"`, for
+   * a default or imported name).
+   */
+  addBase(b: BaseRow, onTaken: "fail" | "suffix" = "fail"): Promise<string> {
+    if (!BASE_NAME_RE.test(b.name)) throw new CloudletError("BAD_ARGUMENT", `base name "${b.name}" is not allowed: use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit`);
     return this.write((db) => {
-      db.run("INSERT OR REPLACE INTO bases VALUES (?,?,?,?,?,?,?,?,?,?,?)", [b.id, b.name, b.created, b.dir, b.diskSize, b.memorySize, JSON.stringify(b.machine), b.vcpus, b.boot ? JSON.stringify(b.boot) : null, b.host, b.source]);
+      const taken = (n: string) => db.exec("SELECT id FROM bases WHERE name = ? AND id != ?", [n, b.id]).length > 0;
+      let name = b.name;
+      if (taken(name)) {
+        if (onTaken === "fail") throw new CloudletError("BAD_ARGUMENT", `a base named "${name}" already exists in ${this.home}: choose another --name, or del-base it first`);
+        for (let i = 2; taken(name); i++) name = `${b.name.slice(0, 58)}-${i}`;
+      }
+      db.run("INSERT OR REPLACE INTO bases VALUES (?,?,?,?,?,?,?,?,?,?,?)", [b.id, name, b.created, b.dir, b.diskSize, b.memorySize, JSON.stringify(b.machine), b.vcpus, b.boot ? JSON.stringify(b.boot) : null, b.host, b.source]);
+      return name;
     });
   }
 

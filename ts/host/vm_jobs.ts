@@ -17,16 +17,16 @@ import { promises as fsp } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import type { LaunchConfig, MachineConfig, OverlayMeta, PortForward } from "../overlay/format.ts";
+import { type LaunchConfig, type MachineConfig, type OverlayMeta, type PortForward, validMachine } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { checkBase } from "../overlay/synthesis.ts";
 import { openBase } from "./base_cache.ts";
 import { isQcow2 } from "./disk_image.ts";
 import { sparseCopy } from "./files.ts";
-import { createOverlayFiles, synthesizeReader, type CreatedOverlay, type SynthesizedFiles } from "./file_jobs.ts";
+import { createOverlayFiles, synthesizeReader, SYNTH_FILES, type CreatedOverlay, type SynthesizedFiles } from "./file_jobs.ts";
 import { openOverlay } from "./overlay_files.ts";
 import { runTool } from "./process.ts";
-import { type BaseRow, type BootFiles, Registry } from "./registry.ts";
+import { baseNameFrom, BASE_NAME_RE, type BaseRow, type BootFiles, Registry } from "./registry.ts";
 import { buildGuestImage, type GuestImage } from "./vm/guest_image.ts";
 import { createQcow2Layer } from "./vm/qcow2_layer.ts";
 import { QemuHost } from "./vm/qemu_host.ts";
@@ -169,6 +169,14 @@ export interface CreateBaseOptions {
 export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promise<{ base: BaseRow; seconds: number; existed: boolean }> {
   const t0 = performance.now();
   const dirs = homeDirs(ctx.home);
+  if (o.name !== undefined) {
+    // Refuse a bad or taken name before minutes of booting, not after.
+    if (!BASE_NAME_RE.test(o.name)) throw new CloudletError("BAD_ARGUMENT", `base name "${o.name}" is not allowed: use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+    const holder = (await new Registry(ctx.home).listBases()).find((b) => b.name === o.name);
+    if (holder) throw new CloudletError("BAD_ARGUMENT", `a base named "${o.name}" already exists (${holder.id.slice(0, 12)}): choose another --name, or del-base it first`);
+  }
+  const machine0: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256 };
+  if (!validMachine(machine0)) throw new CloudletError("BAD_ARGUMENT", `--machine and --cpu take a QEMU name (letters, digits, ".", "_", "-"), not ${JSON.stringify(machine0.machine)} / ${JSON.stringify(machine0.cpu)}`);
   let boot: BootFiles | null = null;
   let diskSrc: string;
   let ready = o.ready;
@@ -186,7 +194,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     source = `built-in guest (Debian, kernel ${g.kernelVersion})`;
     if (!ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) ready = { ...ready, readyMarker: g.readyMarker };
   }
-  const machine: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256 };
+  const machine = machine0;
   const vcpus = o.vcpus ?? 1;
   await fsp.mkdir(dirs.bases, { recursive: true });
   const tmp = await sharedTempDir(join(dirs.bases, ".new-"));
@@ -230,7 +238,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     const st = await fsp.stat(join(final, BASE_FILES.disk));
     const base: BaseRow = {
       id,
-      name: o.name ?? (o.disk ? o.disk.split("/").pop()!.replace(/\.(raw|img)$/, "") : "tiny-guest"),
+      name: o.name ?? (o.disk ? baseNameFrom(o.disk.split("/").pop()!) : "tiny-guest"),
       created: new Date().toISOString(),
       dir: final,
       diskSize: st.size,
@@ -241,7 +249,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
       host: ctx.hostChoice.host,
       source,
     };
-    await reg.addBase(base);
+    base.name = await reg.addBase(base, o.name === undefined ? "suffix" : "fail");
     return { base, seconds: (performance.now() - t0) / 1000, existed };
   } catch (e) {
     await vm?.stop().catch(() => {});
@@ -453,6 +461,22 @@ export async function psVms(home: string) {
     out.push({ id, alive: await recordAlive(rec), host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards, created: rec.createdAt });
   }
   return out;
+}
+
+/**
+ * Synthesized VMs (from `cloudlet synthesis` or a server session) whose disk
+ * is a qcow2 layer over base `baseId`: deleting the base would break them.
+ */
+export async function vmsOnBase(home: string, baseId: string): Promise<string[]> {
+  const dirs = homeDirs(home);
+  const found: string[] = [];
+  for (const [root, sub, label] of [[dirs.vms, "image", "VM"], [join(home, "sessions"), "vm", "server session"]] as const) {
+    for (const id of await fsp.readdir(root).catch(() => [] as string[])) {
+      const launch = await fsp.readFile(join(root, id, sub, SYNTH_FILES.launch), "utf8").catch(() => null);
+      if (launch && (JSON.parse(launch) as { baseId?: string }).baseId === baseId) found.push(`${label} ${id}`);
+    }
+  }
+  return found;
 }
 
 /** Stops a synthesized VM and removes its files. */

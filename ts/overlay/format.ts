@@ -145,6 +145,18 @@ export interface MachineConfig {
   ramMiB: number;
 }
 
+/**
+ * What a QEMU machine type or CPU model may look like. They reach QEMU's
+ * command line and libvirt XML, so a comma (QEMU option syntax), quote or
+ * space from an overlay, an imported base or a typo is refused here.
+ */
+export const MACHINE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** True if `m` names a machine type and CPU model QEMU may be given, with a sane RAM size. */
+export function validMachine(m: MachineConfig): boolean {
+  return MACHINE_NAME_RE.test(m.machine) && MACHINE_NAME_RE.test(m.cpu) && Number.isSafeInteger(m.ramMiB) && m.ramMiB > 0 && m.ramMiB <= 1 << 24;
+}
+
 /** A host-to-guest port forward. */
 export interface PortForward {
   /** Protocol. */
@@ -318,6 +330,16 @@ export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackH
   return { metaLength, dataOffset, totalLength };
 }
 
+/**
+ * Refuses a header whose total length disagrees with the meta's segment
+ * table: the table, not the declared total, says how many bytes follow, so a
+ * reader or a server that limits sizes must check the two agree.
+ */
+export function checkPackTotal(h: PackHeader, meta: OverlayMeta, file: string): void {
+  const sum = h.dataOffset + meta.segments.reduce((t, s) => t + s.compressedSize, 0);
+  if (sum !== h.totalLength) fail(file, `segment table sums to ${sum} bytes but the header says ${h.totalLength}`);
+}
+
 // ---------------------------------------------------------------------------
 // JSON body: snake_case on disk, validated field by field.
 
@@ -389,6 +411,7 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
     memorySize: int(b.memory_size, "base.memory_size", file, LIMITS.imageBytes),
     machine: { machine: str(mach.type, "base.machine.type", file), cpu: str(mach.cpu, "base.machine.cpu", file), ramMiB: int(mach.ram_mib, "base.machine.ram_mib", file, 1 << 24) },
   };
+  if (!validMachine(base.machine)) fail(file, `meta field base.machine names a machine type or CPU model QEMU must not be given (${JSON.stringify(base.machine.machine)}, ${JSON.stringify(base.machine.cpu)})`);
   const is = obj(j.image_sizes, "image_sizes", file);
   const imageSizes: [number, number, number] = [
     int(is.disk, "image_sizes.disk", file, LIMITS.imageBytes),

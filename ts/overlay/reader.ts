@@ -5,7 +5,7 @@
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { decodeMeta, decodePackHeader, HEADER_BYTES, LIMITS, metaBodyLength, type OverlayMeta, segmentFileName } from "./format.ts";
+import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES, LIMITS, metaBodyLength, type OverlayMeta, segmentFileName } from "./format.ts";
 import type { ByteSource } from "./io.ts";
 
 /** Opens files by name relative to the overlay; null when missing. */
@@ -53,7 +53,7 @@ export async function openPacked(core: Core, src: ByteSource): Promise<OverlayRe
     offsets.push(off);
     off += s.compressedSize;
   }
-  if (off !== h.totalLength) throw new CloudletError("BAD_META", `segment table sums to ${off} bytes but the header says the file is ${h.totalLength}`, src.name);
+  checkPackTotal(h, meta, src.name);
   if (src.size < h.totalLength) throw new CloudletError("TRUNCATED", `packed overlay is truncated: ${src.size} of ${h.totalLength} bytes present`, src.name);
   if (src.size > h.totalLength) throw new CloudletError("BAD_META", `packed overlay has ${src.size - h.totalLength} unexpected trailing bytes`, src.name);
   return {

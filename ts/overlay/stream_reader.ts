@@ -10,7 +10,7 @@
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { decodeMeta, decodePackHeader, HEADER_BYTES } from "./format.ts";
+import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES } from "./format.ts";
 import type { OverlayReader } from "./reader.ts";
 
 /** Pulls exact byte counts from a ReadableStream. */
@@ -82,8 +82,7 @@ export async function openPackedStream(core: Core, stream: ReadableStream<Uint8A
     const head = await bytes.take(HEADER_BYTES, "packed overlay header");
     const h = decodePackHeader(core, head, name);
     const meta = decodeMeta(core, await bytes.take(h.metaLength, "overlay meta"), name);
-    const sum = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
-    if (h.dataOffset + sum !== h.totalLength) throw new CloudletError("BAD_META", `segment table sums to ${h.dataOffset + sum} bytes but the header says ${h.totalLength}`, name);
+    checkPackTotal(h, meta, name);
     let next = 0;
     let chain: Promise<unknown> = Promise.resolve();
     return {

@@ -181,6 +181,41 @@ export class CloudletClient {
     return JSON.parse(r.body) as SessionStatus;
   }
 
+  /** Leaves a running session's VM running without keep-alives (until DELETE or the server's detached limit). */
+  async detach(id: string, signal?: AbortSignal): Promise<SessionStatus> {
+    const r = await this.request("POST", `/sessions/${id}/detach`, { signal });
+    if (r.status !== 200) this.fail(r, "detaching");
+    return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /**
+   * Holds a running session: renews its lease (a status request every third
+   * of `leaseMs`) until `signal` aborts. Rejects if the session ends on the
+   * server's side, or if the server cannot be reached for a whole lease.
+   */
+  async hold(id: string, leaseMs: number, signal: AbortSignal): Promise<void> {
+    const every = Math.max(500, Math.floor(leaseMs / 3));
+    let lastOk = Date.now();
+    while (!signal.aborted) {
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, every);
+        signal.addEventListener("abort", () => (clearTimeout(t), r()), { once: true });
+      });
+      if (signal.aborted) return;
+      let st: SessionStatus;
+      try {
+        st = await this.status(id, signal);
+      } catch (e) {
+        if (signal.aborted) return;
+        if (e instanceof CloudletError && /\(404 /.test(e.message)) throw new CloudletError("REMOTE", "the cloudlet no longer has this session");
+        if (Date.now() - lastOk > leaseMs) throw new CloudletError("REMOTE", `lost the cloudlet for more than ${leaseMs / 1000} s; it has stopped the VM: ${(e as Error).message}`);
+        continue;
+      }
+      lastOk = Date.now();
+      if (st.state !== "running") throw new CloudletError("REMOTE", `the cloudlet ended the session (${st.state}${st.error ? `: ${st.error.message}` : ""})`);
+    }
+  }
+
   /** Finishes a session: the server tears the VM down. */
   async close(id: string): Promise<void> {
     const r = await this.request("DELETE", `/sessions/${id}`);
@@ -233,7 +268,7 @@ export interface SendOptions {
 }
 
 /** Sends an overlay and waits for the VM; returns the session id and endpoint. */
-export async function sendOverlay(o: SendOptions): Promise<{ id: string; endpoint: Endpoint }> {
+export async function sendOverlay(o: SendOptions): Promise<{ id: string; endpoint: Endpoint; leaseMs: number }> {
   const { client, signal } = o;
   const session = await client.createSession(o.url, signal);
   const id = session.id;
@@ -280,7 +315,7 @@ export async function sendOverlay(o: SendOptions): Promise<{ id: string; endpoin
       if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
       throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
     }
-    return { id, endpoint };
+    return { id, endpoint, leaseMs: session.leaseMs };
   } catch (e) {
     await client.close(id).catch(() => {});
     throw e;

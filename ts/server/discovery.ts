@@ -61,7 +61,7 @@ export function announce(a: Announcement): { stop: () => Promise<void> } {
       { name: SERVICE, type: "PTR" as const, ttl: 120, data: instance },
       { name: instance, type: "SRV" as const, ttl: 120, data: { port: a.port, target, priority: 0, weight: 0 } },
       { name: instance, type: "TXT" as const, ttl: 120, data: txt(a) },
-      ...addrs.map((ip) => ({ name: target, type: "A" as const, ttl: 120, data: ip })),
+      ...addrs.map((ip) => (ip.includes(":") ? { name: target, type: "AAAA" as const, ttl: 120, data: ip } : { name: target, type: "A" as const, ttl: 120, data: ip })),
     ];
   };
   mdns.on("query", (q) => {
@@ -90,7 +90,7 @@ export function discover(ms = 2000): Promise<FoundCloudlet[]> {
     const hostAddrs = new Map<string, Set<string>>();
     mdns.on("response", (res) => {
       const all = [...res.answers, ...(res.additionals ?? [])];
-      for (const r of all) if (r.type === "A") (hostAddrs.get(r.name) ?? hostAddrs.set(r.name, new Set()).get(r.name)!).add(String(r.data));
+      for (const r of all) if (r.type === "A" || r.type === "AAAA") (hostAddrs.get(r.name) ?? hostAddrs.set(r.name, new Set()).get(r.name)!).add(String(r.data));
       for (const r of all) {
         if (r.type === "PTR" && r.name === SERVICE) {
           const inst = String(r.data);

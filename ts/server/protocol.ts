@@ -33,6 +33,15 @@ export interface SessionStatus {
   endpoint: Endpoint | null;
   /** Why it failed (state failed). */
   error: { code: string; message: string } | null;
+  /**
+   * The lease: while the server waits on the client (for segment bytes, or
+   * for keep-alives once running) a session with no request for this long
+   * fails, and a running one has its VM stopped. Any request on the session
+   * renews it.
+   */
+  leaseMs: number;
+  /** The client detached: the VM runs on without keep-alives (until DELETE or the detached limit). */
+  detached: boolean;
 }
 
 /** How to reach a synthesized VM. */

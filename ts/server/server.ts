@@ -14,13 +14,14 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError, isCloudletError } from "../errors.ts";
-import { decodeMeta, decodePackHeader, HEADER_BYTES, metaBodyLength, type OverlayMeta } from "../overlay/format.ts";
+import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES, metaBodyLength, type OverlayMeta } from "../overlay/format.ts";
 import { checkBase } from "../overlay/synthesis.ts";
 import { synthesizeReader, type SynthesizedFiles } from "../host/file_jobs.ts";
+import { acquirePidLock } from "../host/pid_lock.ts";
 import { API, type Endpoint, LENGTH_HEADER, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionState, type SessionStatus } from "./protocol.ts";
 import { UploadFeed } from "./upload_feed.ts";
 import { openUrlOverlay } from "./url_source.ts";
@@ -75,10 +76,12 @@ export interface ServerOptions {
   maxMetaBytes?: number;
   /** Largest overlay accepted (meta + segments), bytes. */
   maxOverlayBytes?: number;
-  /** A session with no traffic for this long fails, ms. */
+  /** A session waiting on its client (bytes, or keep-alives once running) with no request for this long fails, ms. */
   idleMs?: number;
   /** A session must be running within this long of its creation, ms. */
   sessionMs?: number;
+  /** A detached VM is stopped this long after its client detached, ms (0: never). */
+  detachedMs?: number;
   /** Name announced to clients. */
   name?: string;
   /** Version reported. */
@@ -115,10 +118,14 @@ class Session {
   readonly created = Date.now();
   firstByteAt = 0;
   work: Promise<void> | null = null;
+  detachedAt = 0;
 
+  /** @param id session id @param dir its temp dir @param host the address its client reaches this server at */
   constructor(
     readonly id: string,
     readonly dir: string,
+    readonly host: string,
+    readonly leaseMs: number,
   ) {}
 
   status(): SessionStatus {
@@ -131,6 +138,8 @@ class Session {
       baseId: this.meta?.base.id ?? null,
       endpoint: this.endpoint,
       error: this.error,
+      leaseMs: this.leaseMs,
+      detached: this.detachedAt > 0,
     };
   }
 
@@ -141,6 +150,13 @@ class Session {
   get terminal(): boolean {
     return this.state === "failed" || this.state === "closed";
   }
+
+  /** True while the session waits on its client: for the meta, for segment bytes, or (running, attached) for keep-alives. */
+  get waitingOnClient(): boolean {
+    if (this.state === "created") return true;
+    if (this.state === "receiving") return !this.feed?.complete;
+    return this.state === "running" && this.detachedAt === 0;
+  }
 }
 
 /** The synthesis server. */
@@ -148,6 +164,7 @@ export class SynthesisServer {
   private readonly sessions = new Map<string, Session>();
   private server: http.Server | https.Server | null = null;
   private sweeper: ReturnType<typeof setInterval> | null = null;
+  private unlock: (() => Promise<void>) | null = null;
   private readonly o: Required<Omit<ServerOptions, "tls">> & { tls?: ServerOptions["tls"] };
 
   /** @param opts settings */
@@ -158,6 +175,7 @@ export class SynthesisServer {
       maxOverlayBytes: 64 * 2 ** 30,
       idleMs: 60_000,
       sessionMs: 30 * 60_000,
+      detachedMs: 24 * 3600_000,
       name: "cloudlet",
       version: "0.0.0",
       log: (l) => process.stderr.write(l + "\n"),
@@ -172,6 +190,9 @@ export class SynthesisServer {
 
   /** Cleans up after a crashed run, then listens. */
   async start(): Promise<void> {
+    // One server per home: a second one would take the first one's VMs for orphans.
+    const lockFile = join(this.o.home, "server", "serve.lock");
+    this.unlock = await acquirePidLock(lockFile, 0, (pid) => new CloudletError("BAD_ARGUMENT", `another cloudlet serve (process ${pid}) uses this home; stop it or give another --home`, lockFile));
     const orphans = await this.o.backend.cleanupOrphans();
     if (orphans.length) this.o.log(`cleaned up after an earlier run: ${orphans.join(", ")}`);
     await fsp.rm(join(this.o.home, "sessions"), { recursive: true, force: true });
@@ -188,11 +209,29 @@ export class SynthesisServer {
     srv.keepAliveTimeout = 5_000;
     srv.maxHeadersCount = 64;
     srv.maxConnections = this.o.maxSessions * 4 + 16;
-    srv.on("connection", (sock) => sock.setTimeout(this.o.idleMs, () => sock.destroy()));
+    // One address may hold only a share of the connections, so that clients
+    // without a token cannot take every slot by reconnecting.
+    const perAddress = new Map<string, number>();
+    const perAddressMax = Math.max(8, this.o.maxSessions * 3);
+    srv.on("connection", (sock: Socket) => {
+      const from = sock.remoteAddress ?? "?";
+      const n = (perAddress.get(from) ?? 0) + 1;
+      if (n > perAddressMax) return sock.destroy();
+      perAddress.set(from, n);
+      sock.once("close", () => {
+        const left = (perAddress.get(from) ?? 1) - 1;
+        if (left > 0) perAddress.set(from, left);
+        else perAddress.delete(from);
+      });
+      sock.setTimeout(this.o.idleMs, () => sock.destroy());
+    });
     this.server = srv;
     await new Promise<void>((resolve, reject) => {
       srv.once("error", reject);
       srv.listen(this.o.port, this.o.host, () => resolve());
+    }).catch(async (e) => {
+      await this.unlock?.();
+      throw e;
     });
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
@@ -204,14 +243,22 @@ export class SynthesisServer {
     await Promise.allSettled([...this.sessions.values()].map((s) => this.close(s, "closed")));
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server?.closeAllConnections?.();
+    await this.unlock?.();
+    this.unlock = null;
   }
 
   private sweep(): void {
     const now = Date.now();
     for (const s of this.sessions.values()) {
-      if (s.terminal || s.state === "running") continue;
-      if (now - s.lastActivity > this.o.idleMs) this.failSession(s, new CloudletError("REMOTE", `session idle for more than ${this.o.idleMs / 1000} s`));
-      else if (now - s.created > this.o.sessionMs) this.failSession(s, new CloudletError("REMOTE", `session not running within ${this.o.sessionMs / 1000} s`));
+      if (s.terminal) continue;
+      if (s.waitingOnClient && now - s.lastActivity > this.o.idleMs) {
+        const why = s.state === "running" ? `the client sent no keep-alive for ${this.o.idleMs / 1000} s (session idle); VM stopped` : `session idle for more than ${this.o.idleMs / 1000} s`;
+        this.failSession(s, new CloudletError("REMOTE", why));
+      } else if (s.state !== "running" && now - s.created > this.o.sessionMs) {
+        this.failSession(s, new CloudletError("REMOTE", `session not running within ${this.o.sessionMs / 1000} s`));
+      } else if (s.detachedAt && this.o.detachedMs > 0 && now - s.detachedAt > this.o.detachedMs) {
+        this.failSession(s, new CloudletError("REMOTE", `detached VM reached its limit of ${this.o.detachedMs / 1000} s; VM stopped`));
+      }
     }
   }
 
@@ -226,7 +273,11 @@ export class SynthesisServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     try {
-      if (!this.authorized(req)) throw new HttpError(401, "UNAUTHORIZED", "a valid bearer token is required");
+      if (!this.authorized(req)) {
+        // No keep-alive for a client without a token.
+        res.setHeader("connection", "close");
+        throw new HttpError(401, "UNAUTHORIZED", "a valid bearer token is required");
+      }
       const url = new URL(req.url ?? "/", "http://x");
       const parts = url.pathname.split("/").filter(Boolean);
       if (`/${parts[0]}` !== API) throw new HttpError(404, "NOT_FOUND", "unknown path");
@@ -246,6 +297,12 @@ export class SynthesisServer {
         return this.json(res, 200, s.status());
       }
       if (sub === "meta" && req.method === "PUT") return this.json(res, 200, (await this.acceptMeta(s, await this.body(req, this.o.maxMetaBytes + HEADER_BYTES))).status());
+      if (sub === "detach" && req.method === "POST") {
+        if (s.state !== "running") throw new HttpError(409, "STATE", `session is ${s.state}; only a running session can be detached`);
+        s.detachedAt ||= Date.now();
+        this.o.log(`session ${s.id}: detached`);
+        return this.json(res, 200, s.status());
+      }
       if (sub === "data" && req.method === "HEAD") return this.offsetHeaders(res, s, 200);
       if (sub === "data" && req.method === "PATCH") return await this.upload(s, req, res);
       if (sub === "events" && req.method === "GET") return this.events(s, res);
@@ -320,7 +377,7 @@ export class SynthesisServer {
       }
     }
     const id = randomBytes(16).toString("hex");
-    const s = new Session(id, join(this.o.home, "sessions", id));
+    const s = new Session(id, join(this.o.home, "sessions", id), this.reachableHost(req), this.o.idleMs);
     await fsp.mkdir(s.dir, { recursive: true });
     this.sessions.set(id, s);
     this.o.log(`session ${id}: created${url ? ` (fetching ${url})` : ""}`);
@@ -328,6 +385,16 @@ export class SynthesisServer {
       s.work = this.fromUrl(s, url).catch((e) => this.failSession(s, e));
     }
     return s;
+  }
+
+  /**
+   * The address to tell a client its VM is at: the listen address, or when
+   * listening on every address, the one this client's connection came in on.
+   */
+  private reachableHost(req: http.IncomingMessage): string {
+    if (this.o.host !== "0.0.0.0" && this.o.host !== "::") return this.o.host;
+    const local = req.socket.localAddress ?? "127.0.0.1";
+    return local.startsWith("::ffff:") ? local.slice(7) : local;
   }
 
   /** The meta step: the packed header plus meta. A wrong base is refused here, before any segment. */
@@ -338,6 +405,8 @@ export class SynthesisServer {
     if (bytes.length !== HEADER_BYTES + h.metaLength) throw new CloudletError("BAD_META", `the meta step must carry exactly the header and meta (${HEADER_BYTES + h.metaLength} bytes), got ${bytes.length}`, name);
     metaBodyLength(bytes.subarray(HEADER_BYTES), name);
     const meta = decodeMeta(this.o.core, bytes.subarray(HEADER_BYTES), name);
+    // The limit below is on the declared total; the segment table must agree with it.
+    checkPackTotal(h, meta, name);
     if (h.totalLength > this.o.maxOverlayBytes) throw new HttpError(413, "TOO_LARGE", `overlay of ${h.totalLength} bytes exceeds the limit of ${this.o.maxOverlayBytes}`);
     const base = (await this.o.backend.bases()).find((b) => b.id === meta.base.id);
     if (!base) throw new CloudletError("WRONG_BASE", `this cloudlet has no base ${meta.base.id} (the overlay's base); it has: ${(await this.o.backend.bases()).map((b) => `${b.name} ${b.id.slice(0, 12)}`).join(", ") || "none"}`, name);
@@ -435,8 +504,10 @@ export class SynthesisServer {
       await s.vm.stop();
       return;
     }
-    s.endpoint = { vmId: s.vm.vmId, host: this.o.host, ports: s.vm.ports, ms: { synthesis: synthMs, launch: Date.now() - t1 } };
+    s.endpoint = { vmId: s.vm.vmId, host: s.host, ports: s.vm.ports, ms: { synthesis: synthMs, launch: Date.now() - t1 } };
     s.state = "running";
+    // The lease starts now: the client has been waiting on its event stream, not sending.
+    s.lastActivity = Date.now();
     this.o.log(`session ${s.id}: VM ${s.vm.vmId} running, ports ${s.vm.ports.map((p) => `${p.guestPort}->${p.hostPort}`).join(" ")}`);
     s.emit({ type: "done", endpoint: s.endpoint });
   }

@@ -29,13 +29,34 @@ async function range(url: string, from: number, to: number | null, signal: Abort
     await res.body?.cancel();
     throw new CloudletError("REMOTE", `${url} answered ${res.status} to a range request (the server must support HTTP Range)`);
   }
+  // The bytes must start where they were asked for; nothing else places them.
+  const cr = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(res.headers.get("content-range") ?? "");
+  if (!cr || Number(cr[1]) !== from) {
+    await res.body?.cancel();
+    throw new CloudletError("REMOTE", `${url} answered a range request for byte ${from} with Content-Range ${JSON.stringify(res.headers.get("content-range"))}`);
+  }
   return res;
 }
 
+/** Reads exactly `n` bytes of a response, never buffering more than `n`. */
 async function exact(res: Response, n: number, url: string): Promise<Uint8Array> {
-  const b = new Uint8Array(await res.arrayBuffer());
-  if (b.length !== n) throw new CloudletError("TRUNCATED", `expected ${n} bytes, got ${b.length}`, url);
-  return b;
+  const out = new Uint8Array(n);
+  let have = 0;
+  const reader = res.body?.getReader();
+  if (!reader) throw new CloudletError("REMOTE", `${url} sent no body`);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (have + value.length > n) throw new CloudletError("REMOTE", `${url} sent more than the ${n} bytes asked for`);
+      out.set(value, have);
+      have += value.length;
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  if (have !== n) throw new CloudletError("TRUNCATED", `expected ${n} bytes, got ${have}`, url);
+  return out;
 }
 
 /** Reads the header and meta of the overlay at `url`. */

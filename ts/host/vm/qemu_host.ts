@@ -191,7 +191,7 @@ class QemuSession extends VmSession {
     });
     return {
       uri: `unix:${sock}`,
-      finished,
+      finished: () => finished,
       close: async () => {
         server.close();
         (conn as Socket | null)?.destroy();
@@ -230,7 +230,7 @@ class QemuSession extends VmSession {
     finished.catch(() => {});
     return {
       uri: `unix:${sock}`,
-      finished,
+      finished: () => finished,
       close: async () => {
         (conn as Socket | null)?.destroy();
         await fsp.rm(sock, { force: true });

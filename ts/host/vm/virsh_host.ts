@@ -260,18 +260,17 @@ class VirshSession extends VmSession {
   }
 
   private fdChannel(written: string | null): StateChannel {
-    // QEMU writes through the passed descriptor itself: "completed" means the bytes are in the file.
-    const finished = written
-      ? (async () => {
-          const fh = await fsp.open(written, "r+");
-          try {
-            await fh.sync();
-          } finally {
-            await fh.close();
-          }
-        })()
-      : Promise.resolve();
-    finished.catch(() => {});
+    // QEMU writes through the passed descriptor itself: once the migration is
+    // complete the bytes are in the file, and only the fsync is left to do.
+    const finished = async () => {
+      if (!written) return;
+      const fh = await fsp.open(written, "r+");
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    };
     return { uri: "fd:clsnap", finished, close: async () => {} };
   }
 

@@ -30,8 +30,8 @@ import { removeRuntimeFiles, selfOwner, VM_NAME_PREFIX, writeVmRecord, type VmRe
 /** A device-state stream between QEMU and a file: the URI to give QEMU, and when the bytes are all through. */
 export interface StateChannel {
   uri: string;
-  /** Resolves once every byte is in the file (outgoing) or sent (incoming). */
-  finished: Promise<void>;
+  /** Called once QEMU reports the migration complete; resolves when every byte is durably in the file (outgoing) or sent (incoming). */
+  finished(): Promise<void>;
   /** Releases sockets and descriptors (after success or failure). */
   close(): Promise<void>;
 }
@@ -247,7 +247,7 @@ export abstract class VmSession implements RunningVm {
       try {
         await this.monitor("migrate", { uri: ch.uri });
         await this.waitMigration("saving the device state");
-        await ch.finished;
+        await ch.finished();
       } finally {
         await ch.close();
       }
@@ -281,7 +281,7 @@ export abstract class VmSession implements RunningVm {
       try {
         await this.monitor("migrate-incoming", { uri: ch.uri });
         await this.waitMigration("loading the device state", state);
-        await ch.finished;
+        await ch.finished();
       } finally {
         await ch.close();
       }

@@ -19,7 +19,10 @@ const events = client.events(s.id, (e) => {
 });
 await client.sendMeta(s.id, packedHead(core, overlay, overlay.metaBytes!));
 const total = overlay.meta.segments.reduce((t, x) => t + x.compressedSize, 0);
-const cutAt = Math.floor(total * 0.6);
+// Cut in the middle of the last segment, so that every earlier segment is complete on the server.
+const sizes = overlay.meta.segments.map((x) => x.compressedSize);
+const lastStart = total - sizes[sizes.length - 1];
+const cutAt = lastStart + Math.floor(sizes[sizes.length - 1] / 2);
 // First request: stops in the middle of a segment, as a dropped connection would.
 async function* firstPart() {
   let sent = 0;
@@ -36,5 +39,5 @@ await new Promise((r) => setTimeout(r, 300));
 const resumeAt = await client.offset(s.id);
 const after = await client.upload(s.id, resumeAt, segmentData(overlay, resumeAt));
 await events;
-console.log(JSON.stringify({ total, cutAt, resumeAt, after, endpoint, sessionId: s.id }));
+console.log(JSON.stringify({ total, cutAt, lastStart, segments: sizes.length, resumeAt, after, endpoint, sessionId: s.id }));
 await overlay.close();

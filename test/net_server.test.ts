@@ -13,6 +13,8 @@ import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { makeNetPair, type NetPair } from "./_netns.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
+import { core } from "./_core.ts";
+import { decodePackHeader, encodePackHeader, HEADER_BYTES } from "../ts/overlay/format.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
@@ -170,6 +172,21 @@ test("faults: wrong token, wrong base, flipped byte, oversized meta", async () =
     assert.equal(await qemuCount(f), 0, "no VM for a corrupt overlay");
     assert.deepEqual(await sessionsLeft(f), [], "nothing left behind");
 
+    // A header whose declared total disagrees with the segment table is refused: the
+    // total is what --max-overlay checks, so it must not be a number the client picks.
+    {
+      const file = new Uint8Array(await fsp.readFile(f.overlay));
+      const h = decodePackHeader(core, file.subarray(0, HEADER_BYTES), f.overlay);
+      const lying = new Uint8Array(h.dataOffset);
+      lying.set(file.subarray(0, h.dataOffset));
+      lying.set(encodePackHeader(core, { ...h, totalLength: h.dataOffset }, false));
+      const lie = join(f.work, "lying.meta");
+      await fsp.writeFile(lie, lying);
+      const sid2 = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions`]))).id;
+      const res2 = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "PUT", "-H", "Authorization: Bearer test-token-0123456789abcdef", "--data-binary", `@${lie}`, `http://${f.net.srvIp}:8021/v1/sessions/${sid2}/meta`]));
+      assert.match(res2, /BAD_META.*segment table sums to \d+ bytes but the header says/);
+    }
+
     // A meta step bigger than --max-meta is refused from its Content-Length.
     const sid = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions`]))).id;
     const big = join(f.work, "big.meta");
@@ -206,6 +223,43 @@ test("a client killed mid-upload: the server times the session out and cleans up
     await srv.stop();
     await f.net.exec(f.net.cli, "tc", ["qdisc", "del", "dev", dev, "root"]).catch(() => {});
     await f.net.exec(f.net.cli, "sysctl", ["-q", "-w", `net.ipv4.tcp_wmem=${wmem}`]).catch(() => {});
+  }
+});
+
+test("a running session is held by its client's keep-alives: killed, its VM stops after the lease; detached, it runs on until DELETE", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    // One server per home: a second one would take the first one's VMs for orphans.
+    await assert.rejects(f.net.exec(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8022`, "--token-file", f.tokenFile, "--no-announce"]), /another cloudlet serve \(process \d+\) uses this home/);
+
+    const c = f.net.spawn(f.net.cli, CLOUDLET, ["client", "-s", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--json", "-o", f.overlay]);
+    let out = "";
+    c.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+    for (let i = 0; i < 300 && !out.includes("}\n"); i++) await new Promise((r) => setTimeout(r, 100));
+    const ep = JSON.parse(out);
+    // Held past several lease periods (4 s here), the VM keeps running.
+    await new Promise((r) => setTimeout(r, 6000));
+    assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${ep.ports[0].hostPort}/`), /Hello from a synthesized/);
+    assert.doesNotMatch(srv.log(), /keep-alive/);
+    c.kill("SIGKILL");
+    for (let i = 0; i < 150 && !/keep-alive/.test(srv.log()); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(srv.log(), /failed: the client sent no keep-alive for 4 s/);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await qemuCount(f), 0, "the killed client's VM was stopped");
+    assert.deepEqual(await sessionsLeft(f), []);
+
+    const d = await client(f, ["-o", f.overlay, "--detach"]);
+    assert.equal(d.code, 0, d.stderr);
+    const det = JSON.parse(d.stdout);
+    await new Promise((r) => setTimeout(r, 6000));
+    assert.equal(await qemuCount(f), 1, "a detached VM outlives the lease");
+    const st = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions/${det.session}`])));
+    assert.deepEqual([st.state, st.detached, st.leaseMs], ["running", true, 4000]);
+    await f.net.exec(f.net.cli, "curl", ["-s", "-X", "DELETE", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions/${det.session}`]);
+    assert.equal(await qemuCount(f), 0, "DELETE stops it");
+  } finally {
+    await srv.stop();
   }
 });
 
@@ -312,7 +366,8 @@ test("an upload cut off mid-segment resumes at the segment boundary the server r
     const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/loader.mjs", import.meta.url));
     const script = fileURLToPath(new URL("./_resume_client.ts", import.meta.url));
     const r = JSON.parse(dec(await f.net.exec(f.net.cli, "node", ["--import", `file://${tsx}`, script, `${f.net.srvIp}:8021`, f.tokenFile, f.overlay])));
-    assert.ok(r.resumeAt < r.cutAt && r.resumeAt >= 0, `resumed at ${r.resumeAt}, before the cut at ${r.cutAt}`);
+    assert.ok(r.segments >= 2, `the overlay has ${r.segments} segments`);
+    assert.equal(r.resumeAt, r.lastStart, `resumed at ${r.resumeAt}: the start of the segment cut at ${r.cutAt}, after the complete ones`);
     assert.equal(r.after, r.total);
     assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${r.endpoint.ports[0].hostPort}/`), /Hello from a synthesized/);
   } finally {

@@ -73,8 +73,11 @@ test("every segment of a seed-layout overlay decodes with xz -d", async () => {
   assert.equal(made.layout, "split");
   assert.ok(made.meta.segments.length > 3);
   for (let i = 0; i < made.meta.segments.length; i++) {
-    const decoded = await runTool("xz", ["-d", "-c", join(dir, `seed-${i + 1}.xz`)]);
+    const file = join(dir, `seed-${i + 1}.xz`);
+    const decoded = await runTool("xz", ["-d", "-c", file]);
     assert.equal(decoded.length, made.meta.segments[i].rawSize, `segment ${i + 1}`);
+    // The same bytes the core decodes: the payload synthesis uses.
+    assertBytes(decoded, core.xzDecompressExact(await read(file), made.meta.segments[i].rawSize), `segment ${i + 1}`);
   }
   await fsp.rm(dir, { recursive: true, force: true });
 });
@@ -171,3 +174,56 @@ test("sparse images: holes are skipped, yet the base id and the round trip are t
   assertBytes(await read(r.memory), await read(mem));
   await fsp.rm(dir, { recursive: true, force: true });
 });
+
+test("a page repeated thousands of times is split over segments, none past twice the segment size", async () => {
+  const dir = await scratchDir("repeats");
+  const set = await writeImageSet(dir, 71, 2 << 20, 16 << 20, 0);
+  const mem = await read(set.mem);
+  // 3000 copies of one fresh page: with 16 KiB segments a leader may pull 682 repeats.
+  const page = new Uint8Array(4096).map((_, i) => (i * 131 + 17) & 0xff);
+  for (let k = 0; k < 3000; k++) mem.set(page, (k + 500) * 4096);
+  await fsp.writeFile(set.mem, mem);
+  const home = join(dir, "home");
+  const seg = 16 << 10;
+  const made = await createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, "r.overlay"), home, segmentBytes: seg });
+  const cc = made.meta.classCounts[ImageKind.Memory];
+  const stored = cc[ChunkClass.Raw] + cc[ChunkClass.Xor];
+  assert.equal(stored + cc[ChunkClass.Self], 3000);
+  assert.equal(stored, Math.ceil(3000 / (1 + Math.floor(seg / 24))), "one stored copy per segment the repeats span");
+  for (const s of made.meta.segments) assert.ok(s.rawSize <= 2 * seg + 4096 + 16, `segment of ${s.rawSize} bytes`);
+  const r = await synthesizeFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, overlay: made.path, outDir: join(dir, "out"), diskFormat: "raw", home });
+  assertBytes(await read(r.memory), mem);
+  assertBytes(await read(r.disk), await read(set.disk));
+  // The writer refuses a segment size its readers could not take.
+  await assert.rejects(createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, "big.overlay"), home, segmentBytes: 64 << 20 }), /segment size must be from 16 KiB to 32 MiB/);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test("custom images larger or smaller than the base, with sizes that are not a multiple of 4 KiB", async () => {
+  const dir = await scratchDir("sizes");
+  const set = await writeImageSet(dir, 81, 4 << 20, 2 << 20, 10);
+  const disk = await read(set.disk);
+  const mem = await read(set.mem);
+  const cases: Array<[string, Uint8Array, Uint8Array]> = [
+    ["grown, ragged end", concat(disk, new Uint8Array(5000).fill(0x5a)), concat(mem, new Uint8Array(123).fill(1))],
+    ["shrunk, ragged end", disk.subarray(0, disk.length - 6000), mem.subarray(0, mem.length - 4096 - 77)],
+  ];
+  for (const [what, d, m] of cases) {
+    await fsp.writeFile(set.disk, d);
+    await fsp.writeFile(set.mem, m);
+    const home = join(dir, "home");
+    const made = await createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, `${what.split(",")[0]}.overlay`), home });
+    assert.deepEqual(made.meta.imageSizes.slice(0, 2), [d.length, m.length], what);
+    const r = await synthesizeFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, overlay: made.path, outDir: join(dir, `out-${what.split(",")[0]}`), diskFormat: "raw", home });
+    assertBytes(await read(r.disk), d, `${what}: disk`);
+    assertBytes(await read(r.memory), m, `${what}: memory`);
+  }
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}

@@ -45,3 +45,21 @@ test("a lock left by a dead process is taken over; a damaged database is a clear
   await fsp.writeFile(join(home, "registry.sqlite"), "this is not sqlite at all, not even close........................................................................");
   await assert.rejects(reg.listBases(), /registry database is damaged/);
 });
+
+test("base names are checked and unique: a chosen name that is taken is refused, a default one gets a suffix", async () => {
+  const home = await scratchDir("registry-names");
+  try {
+    const reg = new Registry(home);
+    const row = { id: "1".repeat(64), name: "web", created: "t", dir: "/d", diskSize: 1, memorySize: 1, machine: { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 1 }, vcpus: 1, boot: null, host: "qemu" as const, source: "test" };
+    assert.equal(await reg.addBase(row), "web");
+    // The same base again keeps its name.
+    assert.equal(await reg.addBase(row), "web");
+    await assert.rejects(reg.addBase({ ...row, id: "2".repeat(64) }), /a base named "web" already exists/);
+    assert.equal(await reg.addBase({ ...row, id: "2".repeat(64) }, "suffix"), "web-2");
+    assert.equal(await reg.addBase({ ...row, id: "3".repeat(64) }, "suffix"), "web-3");
+    await assert.rejects(reg.addBase({ ...row, id: "4".repeat(64), name: "a b" }), /base name "a b" is not allowed/);
+    assert.deepEqual((await reg.listBases()).map((b) => b.name).sort(), ["web", "web-2", "web-3"]);
+  } finally {
+    await fsp.rm(home, { recursive: true, force: true });
+  }
+});

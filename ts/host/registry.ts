@@ -162,7 +162,7 @@ export class Registry {
    * a name the user chose) or gets a `-2`, `-3`, ... suffix (`"suffix"`, for
    * a default or imported name).
    */
-  addBase(b: BaseRow, onTaken: "fail" | "suffix" = "fail"): Promise<string> {
+  async addBase(b: BaseRow, onTaken: "fail" | "suffix" = "fail"): Promise<string> {
     if (!BASE_NAME_RE.test(b.name)) throw new CloudletError("BAD_ARGUMENT", `base name "${b.name}" is not allowed: use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit`);
     return this.write((db) => {
       const taken = (n: string) => db.exec("SELECT id FROM bases WHERE name = ? AND id != ?", [n, b.id]).length > 0;

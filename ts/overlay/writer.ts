@@ -12,8 +12,10 @@
  * SELF repeats (memory and disk alike), before any delta encoding.
  *
  * Pass 2 (segment) walks the chunks in (kind, index) order and cuts segments
- * of about `segmentBytes` of payload. A leader pulls all of its repeats into
- * its own segment, so every segment decodes on its own. Leaders are stored
+ * of about `segmentBytes` of payload. A leader pulls its repeats into its
+ * own segment, so every segment decodes on its own; a leader with more than
+ * segmentBytes / 24 repeats hands the rest to a new leader in a later segment,
+ * so no segment exceeds 2 x segmentBytes + one chunk. Leaders are stored
  * RAW, or as XOR against the same-offset base chunk when that has clearly
  * more zero bytes. Segments are compressed in parallel by the codec.
  *
@@ -89,6 +91,11 @@ export interface WriteResult {
 
 /** Minimum extra zero bytes for an XOR delta to be stored instead of the raw chunk. */
 export const XOR_MIN_GAIN = 64;
+
+/** Smallest segment payload target: below this the per-segment overhead (xz headers, meta entries) dominates. */
+export const MIN_SEGMENT_BYTES = 16 << 10;
+/** Largest segment payload target: a segment can reach twice this plus a chunk, which must stay under LIMITS.segmentRaw. */
+export const MAX_SEGMENT_BYTES = 32 << 20;
 
 /** Growable table of changed chunks, struct-of-arrays. */
 class Entries {
@@ -180,6 +187,11 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
   if (!base.index) throw new Error("writeOverlay needs the base index");
   const index = base.index;
   const segmentBytes = o.segmentBytes ?? 1 << 20;
+  // A segment holds at most 2 x segmentBytes + one chunk (see pass 2), which must stay within what readers accept.
+  if (!Number.isSafeInteger(segmentBytes) || segmentBytes < MIN_SEGMENT_BYTES || segmentBytes > MAX_SEGMENT_BYTES) {
+    throw new CloudletError("BAD_ARGUMENT", `segment size must be from ${MIN_SEGMENT_BYTES >> 10} KiB to ${MAX_SEGMENT_BYTES >> 20} MiB, not ${segmentBytes} bytes`);
+  }
+  const maxRepeatsPerLeader = Math.floor(segmentBytes / RECORD_BYTES);
   const zeroDigest = zeroChunkDigest(core);
   const imageSizes: [number, number, number] = [custom.disk.source.size, custom.memory.source.size, custom.state?.source.size ?? 0];
   const sources: Array<ByteSource | null> = [custom.disk.source, custom.memory.source, custom.state?.source ?? null];
@@ -322,10 +334,21 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
       bytes += RECORD_BYTES;
       if (entries.classes[e] === ChunkClass.Raw) {
         bytes += CHUNK;
+        let pulled = 0;
         for (let r = nextRepeat[e]; r >= 0; r = nextRepeat[r]) {
+          if (pulled === maxRepeatsPerLeader) {
+            // A chunk repeated very often must not make one huge segment: the
+            // rest of its repeats get their own leader (stored once more) in a
+            // later segment, so every segment still decodes on its own.
+            entries.classes[r] = ChunkClass.Raw;
+            let q = nextRepeat[r];
+            for (let k = 0; k < maxRepeatsPerLeader && q >= 0; k++, q = nextRepeat[q]) leaderOf[q] = r;
+            break;
+          }
           assigned[r] = 1;
           cur.push(r);
           bytes += RECORD_BYTES;
+          pulled++;
         }
       }
       if (bytes >= segmentBytes) {

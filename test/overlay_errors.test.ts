@@ -8,7 +8,8 @@ import { core } from "./_core.ts";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
-import { decodeMeta, encodeMeta, HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
+import { ChunkClass, decodeMeta, encodeMeta, HEADER_BYTES, RECORD_BYTES, SEGMENT_HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
+import { toHex } from "../ts/core/vectors.ts";
 
 let dir: string;
 let set: ImageSet;
@@ -131,7 +132,10 @@ test("hostile meta is rejected before any large allocation", async () => {
     ["huge-count", (j) => (j.segments[0].records = 1e15), /records must be an integer/],
     ["huge-segments", (j) => (j.segments = { length: 1e9 }), /segments must be an array/],
     ["past-end", (j) => (j.segments[0].ranges[0] = [0, 1e9, 1]), /past the end/],
-    ["overlap", (j) => (j.segments[1].ranges[0] = j.segments[0].ranges[0]), /overlap|cover \d+ chunks/],
+    // Segment 2 claims exactly segment 1's chunks: every per-segment count agrees, only the overlap check can catch it.
+    ["overlap", (j) => Object.assign(j.segments[1], { ranges: j.segments[0].ranges, records: j.segments[0].records, data_chunks: j.segments[0].data_chunks, raw_size: j.segments[0].raw_size }), /segments overlap: \w+ chunk \d+ is covered twice/],
+    // Past the 8 TiB qcow2 limit: refused before any L1 table is sized from it.
+    ["too-big-for-qcow2", (j) => (j.image_sizes.disk = 2 ** 43 + 4096), /image_sizes.disk/],
     ["lying-raw", (j) => (j.segments[0].raw_size += 4096), /raw_size/],
     ["lying-compressed", (j) => (j.segments[0].compressed_size += 10), /segment 1 is truncated/],
     ["huge-image", (j) => (j.image_sizes.disk = 2 ** 60), /image_sizes.disk/],
@@ -153,6 +157,70 @@ test("hostile meta is rejected before any large allocation", async () => {
   const bad = join(dir, "badsum.overlay-meta");
   await fsp.writeFile(bad, c);
   failedCleanly(await cloudlet(["inspect", bad]), bad, /checksum/);
+});
+
+/**
+ * A copy of the seed layout in which one segment's payload was changed by
+ * `edit`, recompressed, and given a valid hash in a re-encoded meta: only the
+ * record checks (or the rebuilt-chunk check) can catch it. `edit` returns
+ * false for a segment it cannot apply to; the first one it applies to is used.
+ */
+async function tamperedSegment(name: string, edit: (raw: Uint8Array, v: DataView, records: number) => boolean): Promise<{ meta: string; segFile: string }> {
+  const metaBytes = new Uint8Array(await fsp.readFile(splitMeta));
+  const meta = decodeMeta(core, metaBytes, splitMeta);
+  const d = join(dir, `tampered-${name}`);
+  await fsp.mkdir(d);
+  for (const n of await fsp.readdir(dir)) if (n.startsWith("seed-")) await fsp.copyFile(join(dir, n), join(d, n));
+  for (let i = 0; i < meta.segments.length; i++) {
+    const segFile = join(d, `seed-${i + 1}.xz`);
+    const raw = core.xzDecompressExact(new Uint8Array(await fsp.readFile(segFile)), meta.segments[i].rawSize);
+    if (!edit(raw, new DataView(raw.buffer, raw.byteOffset, raw.byteLength), meta.segments[i].records)) continue;
+    const xz = core.xzCompress(raw, 1);
+    await fsp.writeFile(segFile, xz);
+    meta.segments[i] = { ...meta.segments[i], compressedSize: xz.length, hash: toHex(core.hash("blake3", xz)) };
+    await fsp.writeFile(join(d, "seed.overlay-meta"), encodeMeta(core, meta));
+    return { meta: join(d, "seed.overlay-meta"), segFile };
+  }
+  throw new Error(`${name}: no segment to apply the edit to`);
+}
+
+/** Calls `f(recordOffset)` for the first record of class `cls`; false when there is none. */
+function onRecord(raw: Uint8Array, records: number, cls: ChunkClass, f: (o: number) => void): boolean {
+  for (let r = 0; r < records; r++) {
+    const o = SEGMENT_HEADER_BYTES + r * RECORD_BYTES;
+    if (raw[o + 1] === cls) {
+      f(o);
+      return true;
+    }
+  }
+  return false;
+}
+
+test("hostile segment payloads behind valid hashes: each record check names the segment and the record", async () => {
+  const baseDiskSize = (await fsp.stat(set.baseDisk)).size;
+  const cases: Array<[string, (raw: Uint8Array, v: DataView, n: number) => boolean, RegExp]> = [
+    ["base-disk-past-end", (raw, v, n) => onRecord(raw, n, ChunkClass.BaseDisk, (o) => v.setBigUint64(o + 16, BigInt(baseDiskSize), true)), /record \d+ is not a 512-byte-aligned offset in the base disk/],
+    ["base-mem-unaligned", (raw, v, n) => onRecord(raw, n, ChunkClass.BaseMemory, (o) => v.setBigUint64(o + 16, v.getBigUint64(o + 16, true) + 8n, true)), /record \d+ is not a 4 KiB-aligned offset in the base memory/],
+    ["wrong-slot", (raw, v, n) => onRecord(raw, n, ChunkClass.Raw, (o) => v.setBigUint64(o + 16, 1000n, true)), /record \d+ uses data slot 1000, expected \d+/],
+    ["self-nowhere", (raw, v, n) => onRecord(raw, n, ChunkClass.Self, (o) => v.setBigUint64(o + 16, BigInt(n + 5), true)), /record \d+ repeats a record that does not exist/],
+    ["self-to-zero", (raw, v, n) => {
+      let zero = -1;
+      for (let r = 0; r < n && zero < 0; r++) if (raw[SEGMENT_HEADER_BYTES + r * RECORD_BYTES + 1] === ChunkClass.Zero) zero = r;
+      return zero >= 0 && onRecord(raw, n, ChunkClass.Self, (o) => v.setBigUint64(o + 16, BigInt(zero), true));
+    }, /record \d+ repeats record \d+, which holds no data/],
+    ["not-the-meta-chunk", (raw, v) => (v.setBigUint64(SEGMENT_HEADER_BYTES + 8, v.getBigUint64(SEGMENT_HEADER_BYTES + 8, true) + 1n, true), true), /record 0 \(\w+ chunk \d+\) is not the chunk the meta's ranges name/],
+    ["unknown-class", (raw) => ((raw[SEGMENT_HEADER_BYTES + 1] = 9), true), /record 0 has unknown class 9/],
+    ["reserved", (raw) => ((raw[SEGMENT_HEADER_BYTES + 5] = 1), true), /record 0 has non-zero reserved bytes/],
+    // Structurally valid, but the stored chunk is not the one the meta's rebuilt hash covers.
+    ["raw-data-changed", (raw, v, n) => onRecord(raw, n, ChunkClass.Raw, () => (raw[raw.length - 1] ^= 0x80)), /segment \d+: the rebuilt chunks do not match the overlay's check/],
+  ];
+  for (const [name, edit, want] of cases) {
+    const t = await tamperedSegment(name, edit);
+    const out = join(dir, `out-tampered-${name}`);
+    const r = await synth(t.meta, out);
+    failedCleanly(r, t.segFile, want);
+    assert.deepEqual((await listing(dir)).filter((n) => n.startsWith(`out-tampered-${name}`)), [], `${name}: no output left`);
+  }
 });
 
 test("a full output disk: OUTPUT_FAILED, nothing kept", async (t) => {

@@ -583,10 +583,10 @@ export function decodeSegment(raw: Uint8Array, meta: OverlayMeta, segNo: number,
       case ChunkClass.Zero:
         break;
       case ChunkClass.BaseMemory:
-        if (arg % CHUNK !== 0 || arg >= baseSizes[ImageKind.Memory]) bad(`record ${i} points past the base memory`);
+        if (arg % CHUNK !== 0 || arg >= baseSizes[ImageKind.Memory]) bad(`record ${i} is not a 4 KiB-aligned offset in the base memory (${arg})`);
         break;
       case ChunkClass.BaseDisk:
-        if (arg % 512 !== 0 || arg >= baseSizes[ImageKind.Disk]) bad(`record ${i} points past the base disk`);
+        if (arg % 512 !== 0 || arg >= baseSizes[ImageKind.Disk]) bad(`record ${i} is not a 512-byte-aligned offset in the base disk (${arg})`);
         break;
       case ChunkClass.Self:
         if (arg >= count || arg === i) bad(`record ${i} repeats a record that does not exist`);

@@ -34,6 +34,43 @@ test("XOR delta round-trips: apply(encode(new, base), base) == new", () => {
   assert.throws(() => core.xor(new Uint8Array(3), new Uint8Array(4)), /differ in length/);
 });
 
+test("an index of 4 Mi entries (16 GiB of 4 KiB chunks) fits in WASM memory and answers correctly", (t) => {
+  const n = 4 << 20;
+  const digests = randomBytes(4343, n * 32);
+  const before = core.memoryBytes;
+  const builder = core.indexBuilder(n);
+  builder.addRun(digests, Source.Disk, 0, 4096);
+  const index = builder.finish();
+  try {
+    const grown = core.memoryBytes - before;
+    t.diagnostic(`finished index ${index.memoryBytes} B (${(index.memoryBytes / n).toFixed(1)} B/entry); WASM memory grew ${grown} B while building (${(grown / n).toFixed(1)} B/entry)`);
+    assert.equal(index.size, n);
+    assert.ok(index.memoryBytes <= n * 20, `finished index ${index.memoryBytes} B`);
+    // The builder's peak (entries, sort scratch, keys and values) is what WASM memory must hold.
+    assert.ok(grown <= n * 48, `WASM memory grew ${grown} B`);
+    const hits = index.lookup(digests);
+    for (let i = 0; i < n; i += 1) {
+      if (hits.sources[i] !== Source.Disk || hits.offsets[i] !== i * 4096) assert.fail(`entry ${i}: got ${hits.sources[i]}/${hits.offsets[i]}`);
+    }
+  } finally {
+    index.close();
+  }
+});
+
+test("an offset past 2^56 is an error, and the core stays usable", () => {
+  const builder = core.indexBuilder(4);
+  // 16 chunks 2^53 - 1 bytes apart: the last offset is past 2^56.
+  assert.throws(() => builder.addRun(randomBytes(1, 16 * 32), Source.Disk, 0, Number.MAX_SAFE_INTEGER), /offset exceeds 2\^56/);
+  assert.throws(() => builder.addRun(randomBytes(1, 64), Source.Disk, 2 ** 60, 4096), /non-negative integers/);
+  assert.throws(() => builder.addRun(randomBytes(1, 64), Source.Disk, -4096, 4096), /non-negative integers/);
+  builder.addRun(randomBytes(2, 64), Source.Disk, 4096, 4096);
+  const index = builder.finish();
+  assert.equal(index.size, 2);
+  index.close();
+  assert.throws(() => core.xorGains(new Uint8Array(8), new Uint8Array(8), 0), /positive integer/);
+  assert.equal(toHex(core.hash("blake3", new Uint8Array(0))), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+});
+
 test("an index of 1 million entries answers lookups correctly", () => {
   const n = 1_000_000;
   // Unique random 32-byte digests; values encode (source, offset).

@@ -61,6 +61,7 @@ fn index_error(e: kernel_index::IndexError) -> Error {
         E::BadLength => ErrorCode::IndexBadLength,
         E::Unsorted => ErrorCode::IndexUnsorted,
         E::TooLarge => ErrorCode::IndexTooLarge,
+        E::BadRun | E::OffsetTooLarge => ErrorCode::InvalidArgument,
     };
     Error { code, message: e.to_string() }
 }
@@ -251,19 +252,11 @@ impl index::GuestIndexBuilder for IndexBuilderState {
     fn add_run(&self, digests: Vec<u8>, digest_len: u32, mask: Vec<u8>, source: Source, first_offset: u64, step: u64) -> Result<(), Error> {
         let mut slot = self.0.borrow_mut();
         let b = slot.as_mut().ok_or_else(|| finished("index builder already finished"))?;
-        let n = digest_count(&digests, digest_len).filter(|&n| mask.is_empty() || mask.len() == n);
-        let n = n.ok_or_else(|| invalid("add_run: digest buffer and mask do not match"))?;
-        // The kernel asserts that every offset fits the value's 56 bits.
-        let last = (n as u64).saturating_sub(1).checked_mul(step).and_then(|d| d.checked_add(first_offset));
-        if !matches!(last, Some(o) if o <= kernel_index::MAX_OFFSET) {
-            return Err(invalid("add_run: an offset exceeds 2^56 - 1"));
-        }
         let tag = match source {
             Source::Disk => kernel_index::SOURCE_DISK,
             Source::Memory => kernel_index::SOURCE_MEM,
         };
-        b.add_run(&digests, digest_len as usize, &mask, tag, first_offset, step);
-        Ok(())
+        b.try_add_run(&digests, digest_len as usize, &mask, tag, first_offset, step).map_err(|e| invalid(&e.to_string()))
     }
 
     fn finish(&self) -> Result<index::BaseIndex, Error> {

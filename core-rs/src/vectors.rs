@@ -3,7 +3,7 @@
 //! `vectors/kernels.json` describes inputs as (pattern, seed, length); Rust,
 //! Node, Deno and the browser all regenerate the bytes with this generator
 //! and must produce the digests recorded there. The TypeScript twin lives in
-//! `ts/core/_vectors.ts`; keep the two in step.
+//! `ts/core/vectors.ts`; keep the two in step.
 
 /// xorshift32 byte stream: every step yields 4 bytes, little-endian.
 pub fn random_bytes(seed: u32, len: usize) -> Vec<u8> {

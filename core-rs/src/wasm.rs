@@ -92,11 +92,12 @@ impl IndexBuilderJs {
     /// Adds consecutive chunks; see `IndexBuilder::add_run`.
     pub fn add_run(&mut self, digests: &[u8], digest_len: usize, mask: &[u8], source: u8, first_offset: f64, step: f64) -> Result<(), JsError> {
         let b = self.0.as_mut().ok_or_else(|| JsError::new("index builder already finished"))?;
-        if digest_len < 8 || digests.len() % digest_len != 0 || (!mask.is_empty() && mask.len() != digests.len() / digest_len) {
-            return Err(JsError::new("add_run: digest buffer and mask do not match"));
+        // f64 from JS: a negative, fractional or huge value must not wrap into a valid-looking offset.
+        let exact = |x: f64| x >= 0.0 && x.fract() == 0.0 && x <= kernel_max_safe();
+        if !exact(first_offset) || !exact(step) {
+            return Err(JsError::new("add_run: offsets must be non-negative integers"));
         }
-        b.add_run(digests, digest_len, mask, source, first_offset as u64, step as u64);
-        Ok(())
+        b.try_add_run(digests, digest_len, mask, source, first_offset as u64, step as u64).map_err(|e| JsError::new(&e.to_string()))
     }
     /// Sorts and returns the finished index.
     pub fn finish(&mut self) -> Result<BaseIndexJs, JsError> {
@@ -223,4 +224,9 @@ impl XzDecoderJs {
     pub fn pending_input(&self) -> usize {
         self.0.pending_input()
     }
+}
+
+/// 2^53 - 1: the largest integer a JS number holds exactly.
+fn kernel_max_safe() -> f64 {
+    9_007_199_254_740_991.0
 }

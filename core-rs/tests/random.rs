@@ -1,7 +1,7 @@
 //! Random inputs: fast kernels against the reference implementations.
 
 use cloudlet_core::chunk::{hash_chunks, Algorithm};
-use cloudlet_core::index::{IndexBuilder, IndexError, BaseIndex, MISS};
+use cloudlet_core::index::{IndexBuilder, IndexError, BaseIndex, MAX_OFFSET, MISS};
 use cloudlet_core::reference::{self, MapIndex};
 use cloudlet_core::vectors::random_bytes;
 
@@ -91,4 +91,19 @@ fn corrupt_index_bytes_are_rejected() {
     let mut swapped = bytes.clone();
     swapped[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(BaseIndex::from_bytes(&swapped).err(), Some(IndexError::Unsorted));
+}
+
+#[test]
+fn untrusted_runs_are_errors_not_panics() {
+    let mut b = IndexBuilder::default();
+    let digests = [7u8; 32 * 3];
+    assert_eq!(b.try_add_run(&digests[..33], 32, &[], 0, 0, 4096), Err(IndexError::BadRun));
+    assert_eq!(b.try_add_run(&digests, 4, &[], 0, 0, 4096), Err(IndexError::BadRun));
+    assert_eq!(b.try_add_run(&digests, 32, &[1, 1], 0, 0, 4096), Err(IndexError::BadRun));
+    // The last chunk's offset, not the first, must fit in 56 bits.
+    assert_eq!(b.try_add_run(&digests, 32, &[], 0, MAX_OFFSET - 4096, 4096), Err(IndexError::OffsetTooLarge));
+    assert_eq!(b.try_add_run(&digests, 32, &[], 0, 0, u64::MAX), Err(IndexError::OffsetTooLarge));
+    assert!(b.is_empty(), "a refused run adds nothing");
+    assert_eq!(b.try_add_run(&digests, 32, &[], 0, MAX_OFFSET - 2 * 4096, 4096), Ok(()));
+    assert_eq!(b.len(), 3);
 }

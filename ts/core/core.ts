@@ -294,6 +294,7 @@ export class Core {
    * `base` has than `data` itself. Positive means the delta should compress smaller.
    */
   xorGains(data: Uint8Array, base: Uint8Array, chunkSize = CHUNK_SIZE): Int32Array {
+    if (chunkSize <= 0 || !Number.isInteger(chunkSize)) throw new RangeError("chunkSize must be a positive integer");
     if (data.length !== base.length) throw new RangeError("xorGains: inputs differ in length");
     const out = new Int32Array(Math.ceil(data.length / chunkSize));
     const step = Math.max(1, Math.floor(SLICE_BYTES / chunkSize)) * chunkSize;
@@ -400,5 +401,7 @@ let loaded: Promise<Core> | undefined;
  */
 export function loadCore(wasmBytes: BufferSource | WebAssembly.Module): Promise<Core> {
   loaded ??= init({ module_or_path: wasmBytes }).then((exports) => new Core(exports.memory));
+  // A failed load (bad bytes) must not be remembered: the next call may pass good ones.
+  loaded.catch(() => (loaded = undefined));
   return loaded;
 }

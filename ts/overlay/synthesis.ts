@@ -214,8 +214,7 @@ export async function applySegment(
     }
     hasher.update(check);
     // Write runs of consecutive chunks of one kind in one call; zero runs as
-    // zero. One at a time: Deno's positional FileHandle writes are not safe
-    // to overlap (they share the file position).
+    // zero. One at a time, in order: a sink need not support overlapping writes.
     for (let i = s; i < e; ) {
       let j = i + 1;
       const zero = r.classes[i] === ChunkClass.Zero;

@@ -226,6 +226,8 @@ cli
   .option("--base-mem <file>", "Base memory image")
   .option("-o, --output <dir>", "Output directory (disk.qcow2 or disk.raw, memory.raw, state.bin, launch.json)")
   .option("--disk-format <fmt>", "qcow2 (over the base disk, default) or raw", { default: "qcow2" })
+  .option("--machine <type>", "File mode: QEMU machine type of the base (part of the base id; default as for overlay)")
+  .option("--cpu <model>", "File mode: QEMU CPU model of the base (part of the base id; default as for overlay)")
   .option("--force", "Replace a non-empty output directory")
   .example("cloudlet synthesis --base-disk base.raw --base-mem base.mem app.overlay -o out/")
   .action(async (first: string | undefined, second: string | undefined, o: Common & Record<string, unknown>) => {
@@ -249,9 +251,13 @@ cli
       throw new CloudletError("BAD_ARGUMENT", `--disk-format must be qcow2 or raw, not "${o.diskFormat}"`);
     })();
     const p = bar(o);
+    const baseMem = need(o.baseMem, "--base-mem");
+    // The same default as `overlay` in file mode, so the machine is part of what is checked.
+    const machine = defaultMachine((await fileIdentity(baseMem)).size, o.machine as string | undefined, o.cpu as string | undefined);
     const r = await synthesizeFiles(core, {
       baseDisk: need(o.baseDisk, "--base-disk"),
-      baseMem: need(o.baseMem, "--base-mem"),
+      baseMem,
+      machine,
       overlay: need(overlay, "OVERLAY"),
       outDir: need(o.output, "-o"),
       diskFormat: fmt,

@@ -65,7 +65,22 @@ test("wrong base: names the expected and the actual base id", async () => {
   failedCleanly(r, packed, /made for base/);
   const meta = decodeMeta(core, await fsp.readFile(packed).then((b) => new Uint8Array(b).subarray(HEADER_BYTES, HEADER_BYTES + Number(new DataView(b.buffer, b.byteOffset).getBigUint64(24, true)))), packed);
   assert.ok(r.stderr.includes(meta.base.id), "expected id in message");
+  const actual = /actual ([0-9a-f]{64})/.exec(r.stderr)?.[1];
+  assert.ok(actual && actual !== meta.base.id, `actual id in message: ${r.stderr}`);
   assert.deepEqual(await listing(dir).then((l) => l.filter((n) => n.includes("wrong-base"))), []);
+});
+
+test("wrong machine config in file mode: the base id covers it, and the message says which part differs", async () => {
+  const q35 = join(dir, "q35.overlay");
+  const made = await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", q35, "--machine", "pc-q35-7.2", "--cpu", "max"]);
+  assert.equal(made.code, 0, made.stderr);
+  const r = await synth(q35, join(dir, "out-q35"));
+  failedCleanly(r, q35, /made for a base on pc-q35-7.2 \/ max \/ 2 MiB, but the given base is pc-i440fx-7.2 \/ qemu64 \/ 2 MiB/);
+  const ok = await synth(q35, join(dir, "out-q35"), set, ["--machine", "pc-q35-7.2", "--cpu", "max"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  const bad = await synth(q35, join(dir, "out-q35-bad"), set, ["--machine", "pc,accel=kvm"]);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /--machine and --cpu take a QEMU name/);
 });
 
 test("a flipped byte in a segment: the message names the segment", async () => {

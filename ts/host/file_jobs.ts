@@ -8,7 +8,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
 import { DEFAULT_PRESET } from "../overlay/codec.ts";
-import { ImageKind, type LaunchConfig, type MachineConfig, type OverlayMeta } from "../overlay/format.ts";
+import { ImageKind, type LaunchConfig, type MachineConfig, type OverlayMeta, validMachine } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { checkBase, synthesize } from "../overlay/synthesis.ts";
 import { writeOverlay } from "../overlay/writer.ts";
@@ -26,7 +26,9 @@ export const CLOUDLET_VERSION = "0.1.0";
 
 /** Default machine for file mode: the QEMU 7.2 PC and a fixed CPU model (see docs/vm-hosts.md). */
 export function defaultMachine(memorySize: number, machine?: string, cpu?: string): MachineConfig {
-  return { machine: machine ?? "pc-i440fx-7.2", cpu: cpu ?? "qemu64", ramMiB: Math.round(memorySize / (1 << 20)) };
+  const m = { machine: machine ?? "pc-i440fx-7.2", cpu: cpu ?? "qemu64", ramMiB: Math.round(memorySize / (1 << 20)) };
+  if (!validMachine(m)) throw new CloudletError("BAD_ARGUMENT", `--machine and --cpu take a QEMU name (letters, digits, ".", "_", "-"), not ${JSON.stringify(m.machine)} / ${JSON.stringify(m.cpu)}`);
+  return m;
 }
 
 /** Inputs of {@link createOverlayFiles}. */
@@ -138,7 +140,7 @@ export interface SynthesizeOptions {
   baseDisk: string;
   /** Base memory image. */
   baseMem: string;
-  /** Machine config; default from the overlay's base record. */
+  /** The base's machine config; the overlay must have been made for the same. Default: the overlay's (then only the images are checked). */
   machine?: MachineConfig;
   /** Prepared-base directory; default: the home's index cache. */
   baseDir?: string;
@@ -199,6 +201,11 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
   const t0 = performance.now();
   const meta = overlay.meta;
   const machine = o.machine ?? meta.base.machine;
+  const m0 = meta.base.machine;
+  if (machine.machine !== m0.machine || machine.cpu !== m0.cpu || machine.ramMiB !== m0.ramMiB) {
+    // The base id covers the machine config, so this is a wrong base; say which part differs.
+    throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB (file mode: --machine and --cpu name the base's machine)`, o.overlay);
+  }
   const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
   const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
   try {

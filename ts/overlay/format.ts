@@ -157,7 +157,7 @@ export const MACHINE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** True if `m` names a machine type and CPU model QEMU may be given, with a sane RAM size. */
 export function validMachine(m: MachineConfig): boolean {
-  return MACHINE_NAME_RE.test(m.machine) && MACHINE_NAME_RE.test(m.cpu) && Number.isSafeInteger(m.ramMiB) && m.ramMiB > 0 && m.ramMiB <= 1 << 24;
+  return MACHINE_NAME_RE.test(m.machine) && MACHINE_NAME_RE.test(m.cpu) && Number.isSafeInteger(m.ramMiB) && m.ramMiB >= 0 && m.ramMiB <= 1 << 24;
 }
 
 /** A host-to-guest port forward. */

@@ -10,7 +10,8 @@ import { cloudletHome } from "../ts/host/home.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts";
 import { collectPortForwards } from "../ts/overlay/launch.ts";
-import { fetchSegment } from "../ts/overlay/synthesis.ts";
+import { verifyOverlay, type VerifyResult } from "../ts/inspect/verify.ts";
+import { FileSource } from "../ts/host/files.ts";
 import { WorkerCodec } from "../ts/host/codec_pool.ts";
 import { fileIdentity } from "../ts/host/base_cache.ts";
 import { ProgressBar } from "./progress.ts";
@@ -22,7 +23,7 @@ import { DEFAULT_PORT } from "../ts/server/protocol.ts";
 import { announce, discover } from "../ts/server/discovery.ts";
 import { hostname } from "node:os";
 import { join as pathJoin } from "node:path";
-import { createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, vmsOnBase, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
+import { baseFiles, createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, vmsOnBase, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
 import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
 import { buildGuestImage } from "../ts/host/vm/guest_image.ts";
@@ -274,49 +275,66 @@ cli
 
 cli
   .command("inspect <overlay>", "Show what is in an overlay: base id, sizes, chunk classes, segments")
-  .option("--verify", "Also decode every segment and check its hash and structure")
+  .option("--verify", "Also decode every segment, check its hash, records and class counts, and (with the base) every rebuilt chunk")
   .option("--web", "Open the browser inspector: serve it on 127.0.0.1, print its URL, stop on Ctrl-C")
-  .option("--base-disk <file>", "With --web: the base disk (raw), to verify rebuilt chunks and show XOR against the base")
-  .option("--base-mem <file>", "With --web: the base memory image")
+  .option("--base <base>", "The overlay's base from the registry (id, id prefix or name), for --verify or --web")
+  .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks, shows XOR against the base")
+  .option("--base-mem <file>", "The base memory image, with --base-disk")
   .option("--port <n>", "With --web: the port on 127.0.0.1 (default: any free port)")
   .example("cloudlet inspect --web --base-disk base.raw --base-mem base.mem app.overlay")
-  .action(async (path: string, o: Common & { verify?: boolean; web?: boolean; baseDisk?: string; baseMem?: string; port?: string | number }) => {
+  .example("cloudlet inspect --verify --base tiny app.overlay")
+  .action(async (path: string, o: Common & { verify?: boolean; web?: boolean; base?: string; baseDisk?: string; baseMem?: string; port?: string | number }) => {
     const core = await loadCoreFromDisk();
-    if (!o.web && (o.baseDisk || o.baseMem || o.port !== undefined)) throw new CloudletError("BAD_ARGUMENT", "--base-disk, --base-mem and --port go with --web");
+    if (!o.web && o.port !== undefined) throw new CloudletError("BAD_ARGUMENT", "--port goes with --web");
+    if (!o.web && !o.verify && (o.base || o.baseDisk || o.baseMem)) throw new CloudletError("BAD_ARGUMENT", "--base, --base-disk and --base-mem go with --verify or --web");
+    if (o.base && (o.baseDisk || o.baseMem)) throw new CloudletError("BAD_ARGUMENT", "give --base or --base-disk/--base-mem, not both");
+    let baseDisk = o.baseDisk;
+    let baseMem = o.baseMem;
+    if (o.base) {
+      const b = await new Registry(cloudletHome(o.home)).getBase(o.base);
+      ({ disk: baseDisk, memory: baseMem } = baseFiles(b));
+    }
     if (o.web) {
       const port = o.port === undefined ? 0 : num(o.port, "--port", 0, 65535);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CloudletError("BAD_ARGUMENT", `--port must be a number from 0 to 65535, not "${o.port}"`);
-      const server = await startInspectServer({ core, overlay: path, baseDisk: o.baseDisk, baseMem: o.baseMem, port });
+      const server = await startInspectServer({ core, overlay: path, baseDisk, baseMem, port });
       out(o, { url: server.url }, `cloudlet inspector: ${server.url} (Ctrl-C to stop)`);
       await untilInterrupted();
       await server.close();
       return;
     }
     const ov = await openOverlay(core, path);
+    const opened: FileSource[] = [];
     try {
       const report = inspectMeta(ov.meta, path, ov.totalBytes);
-      let verified: boolean | undefined;
+      let verified: VerifyResult | undefined;
       if (o.verify) {
+        if (Boolean(baseDisk) !== Boolean(baseMem)) throw new CloudletError("BAD_ARGUMENT", "--base-disk and --base-mem go together");
+        const base = baseDisk && baseMem ? { disk: await openBaseImage(baseDisk, ov.meta.base.diskSize, "base disk", opened), memory: await openBaseImage(baseMem, ov.meta.base.memorySize, "base memory", opened) } : null;
         const codec = new WorkerCodec(o.threads ? num(o.threads, "--threads", 1, 256) : undefined);
         const p = bar(o);
         try {
-          let done = 0;
-          for (let i = 0; i < ov.meta.segments.length; i++) {
-            await fetchSegment(core, ov, codec, i);
-            done += ov.meta.segments[i].compressedSize;
-            p.update({ phase: "verify", done, total: report.sizes.compressed });
-          }
-          verified = true;
+          verified = await verifyOverlay(core, ov, base, codec, p.update);
         } finally {
           p.done();
           await codec.close();
         }
       }
-      out(o, { ...report, verified }, renderReport(report) + (verified ? "\n\nall segments decode and match their hashes" : ""));
+      const said = !verified ? "" : `\n\nverified: all ${verified.segments} segments decode and match their hashes, records and class counts; ` +
+        (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches");
+      out(o, { ...report, ...(verified ? { verified: true, verification: verified } : {}) }, renderReport(report) + said);
     } finally {
+      for (const f of opened) await f.close();
       await ov.close();
     }
   });
+
+/** Opens a base image for --verify; a size other than the overlay's base had is a wrong base. */
+async function openBaseImage(path: string, want: number, what: string, opened: FileSource[]): Promise<FileSource> {
+  const f = await FileSource.open(path);
+  opened.push(f);
+  if (f.size !== want) throw new CloudletError("WRONG_BASE", `${what} is ${f.size} bytes but the overlay was made from a ${what} of ${want} bytes: this is not the overlay's base`, path);
+  return f;
+}
 
 cli
   .command("base [disk]", "Create a base VM: boot DISK (raw; default: the built-in tiny guest), wait until ready, snapshot and register it")

@@ -40,6 +40,9 @@ test("progress bars with bytes and rate on a terminal, none without one; --json 
   assert.equal(typeof r.baseId, "string");
   const ins = JSON.parse((await cloudlet(["inspect", "--json", "--verify", join(dir, "j.overlay")])).stdout);
   assert.equal(ins.verified, true);
+  // No base given: the segments that rebuild from the base are counted as skipped, not as checked.
+  assert.equal(ins.verification.segments, ins.segments.length);
+  assert.equal(ins.verification.rebuilt + ins.verification.rebuiltSkipped, ins.segments.length);
   assert.equal(ins.base.id, r.baseId);
   assert.equal(ins.segments.length, r.segments);
   const text = await cloudlet(["inspect", join(dir, "j.overlay")]);

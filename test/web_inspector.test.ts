@@ -101,6 +101,8 @@ async function assertSameAsCli(page: Page, overlay: string): Promise<void> {
   assert.equal(r.code, 0, r.stderr);
   const want = leaves(JSON.parse(r.stdout));
   delete want.file;
+  // How many segments had their rebuilt chunks checked is the CLI's own account of its run.
+  for (const k of Object.keys(want)) if (k.startsWith("verification.")) delete want[k];
   const shown = await shownFields(page);
   assert.deepEqual(shown, want);
 }
@@ -281,9 +283,7 @@ test("the shared WASM kernel vectors pass in the browser, in the page and in its
   }
 });
 
-test("`cloudlet inspect --web` prints the URL, serves the page, and stops on Ctrl-C", async (t) => {
-  const help = await cloudlet(["inspect", "--help"]);
-  if (!help.stdout.includes("--web")) return t.skip("this cloudlet has no inspect --web yet");
+test("`cloudlet inspect --web` prints the URL, serves the page, and stops on Ctrl-C", async () => {
   const { spawn } = await import("node:child_process");
   const child = spawn(CLOUDLET, ["inspect", "--web", "--port", "0", "--base-disk", set.baseDisk, "--base-mem", set.baseMem, packed], { stdio: ["ignore", "pipe", "pipe"] });
   try {

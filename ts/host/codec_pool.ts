@@ -85,6 +85,11 @@ export class WorkerCodec implements SegmentCodec {
     this.ready.catch(() => {});
   }
 
+  /** True once a worker failed or the pool was closed: make a new pool. */
+  get failed(): boolean {
+    return this.broken !== null || this.closed;
+  }
+
   private failAll(e: Error): void {
     // A pool that lost a worker stays failed: a message to a dead worker would never be answered.
     this.broken ??= e;

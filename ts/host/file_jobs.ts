@@ -7,7 +7,7 @@ import { promises as fsp } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { DEFAULT_PRESET } from "../overlay/codec.ts";
+import { DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
 import { ImageKind, type LaunchConfig, type MachineConfig, type OverlayMeta, validMachine } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { checkBase, synthesize } from "../overlay/synthesis.ts";
@@ -154,6 +154,14 @@ export interface SynthesizeOptions {
   force?: boolean;
   /** Worker threads. */
   threads?: number;
+  /** A codec to use (and leave open) instead of starting worker threads for this call. */
+  codec?: SegmentCodec;
+  /**
+   * fsync the outputs before they are renamed into place (default true).
+   * Off for files that do not outlive a crash anyway: a VM about to be
+   * resumed from them (its memory diverges from them at once).
+   */
+  durable?: boolean;
   /** The cloudlet home. */
   home: string;
   /** Progress. */
@@ -214,17 +222,19 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
     const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
     const diskFormat = o.diskFormat ?? "qcow2";
     const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
-    const codec = new WorkerCodec(o.threads);
+    // A caller that synthesizes often (the server) passes a warm codec and keeps it.
+    const codec = o.codec ?? new WorkerCodec(o.threads);
     const sinks: Array<RawImageSink | Qcow2Sink> = [];
     try {
       const diskPath = join(tmpDir, diskName);
+      const durable = o.durable ?? true;
       sinks.push(
         diskFormat === "qcow2"
-          ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk))
-          : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk),
+          ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk), durable)
+          : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk, durable),
       );
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem));
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null));
+      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem, durable));
+      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null, durable));
       const r = await synthesize({
         core,
         baseId: base.id,
@@ -236,7 +246,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         progress: o.progress,
         signal: o.signal,
       });
-      for (const s of sinks) await s.commit();
+      await Promise.all(sinks.map((s) => s.commit()));
       if (meta.imageSizes[ImageKind.State] === 0) await fsp.rm(join(tmpDir, SYNTH_FILES.state), { force: true });
       await fsp.writeFile(join(tmpDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: diskName }, null, 2) + "\n");
       await finishOutputDir(tmpDir, outDir);
@@ -256,7 +266,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
       if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, outDir + e.file.slice(tmpDir.length), { cause: e });
       throw e;
     } finally {
-      await codec.close();
+      if (!o.codec) await codec.close();
     }
   } finally {
     await base.close();

@@ -128,24 +128,30 @@ export class AtomicFile {
     readonly path: string,
     readonly tmp: string,
     readonly fh: fsp.FileHandle,
+    readonly durable: boolean,
   ) {}
 
-  /** Creates the temporary file for `path`. */
-  static async create(path: string): Promise<AtomicFile> {
+  /**
+   * Creates the temporary file for `path`. `durable` (default) fsyncs it
+   * before the rename, so a crash never leaves a complete-looking file with
+   * missing data; files that die with the process anyway (a server session's
+   * VM) skip the fsync, which costs ~0.5 s for a 256 MiB memory image here.
+   */
+  static async create(path: string, durable = true): Promise<AtomicFile> {
     const tmp = partName(path);
     try {
-      return new AtomicFile(path, tmp, await fsp.open(tmp, "wx+", 0o644));
+      return new AtomicFile(path, tmp, await fsp.open(tmp, "wx+", 0o644), durable);
     } catch (e) {
       throw outputError(e, path);
     }
   }
 
   /** Creates the temporary file as a sparse copy of `src` (reflinked where the file system can). */
-  static async copyOf(path: string, src: string): Promise<AtomicFile> {
+  static async copyOf(path: string, src: string, durable = true): Promise<AtomicFile> {
     const tmp = partName(path);
     try {
       await sparseCopy(src, tmp);
-      return new AtomicFile(path, tmp, await fsp.open(tmp, "r+"));
+      return new AtomicFile(path, tmp, await fsp.open(tmp, "r+"), durable);
     } catch (e) {
       await fsp.rm(tmp, { force: true });
       throw outputError(e, path);
@@ -183,7 +189,7 @@ export class AtomicFile {
     if (this.closed) return;
     this.closed = true;
     try {
-      await this.fh.sync();
+      if (this.durable) await this.fh.sync();
       await this.fh.close();
     } catch (e) {
       await this.fh.close().catch(() => {});
@@ -219,9 +225,9 @@ export class RawImageSink implements ImageSink {
     readonly size: number,
   ) {}
 
-  /** Creates the sink for `path`, `size` bytes, initialised from `base` when given. */
-  static async create(path: string, size: number, base: string | null): Promise<RawImageSink> {
-    const f = base ? await AtomicFile.copyOf(path, base) : await AtomicFile.create(path);
+  /** Creates the sink for `path`, `size` bytes, initialised from `base` when given; `durable` as for AtomicFile. */
+  static async create(path: string, size: number, base: string | null, durable = true): Promise<RawImageSink> {
+    const f = base ? await AtomicFile.copyOf(path, base, durable) : await AtomicFile.create(path, durable);
     await f.truncate(size);
     return new RawImageSink(f, size);
   }

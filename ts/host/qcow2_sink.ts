@@ -35,9 +35,9 @@ export class Qcow2Sink implements ImageSink {
     readonly backing: string,
   ) {}
 
-  /** Creates the sink for `path`: a `size`-byte disk over the raw file `backing` (absolute path). */
-  static async create(path: string, size: number, backing: string): Promise<Qcow2Sink> {
-    return new Qcow2Sink(await AtomicFile.create(path), size, backing);
+  /** Creates the sink for `path`: a `size`-byte disk over the raw file `backing` (absolute path); `durable` as for AtomicFile. */
+  static async create(path: string, size: number, backing: string, durable = true): Promise<Qcow2Sink> {
+    return new Qcow2Sink(await AtomicFile.create(path, durable), size, backing);
   }
 
   private table(chunk: number): BigUint64Array {

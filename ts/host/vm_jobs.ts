@@ -397,6 +397,8 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
         overlay: o.overlay,
         outDir: join(dir, "image"),
         diskFormat: "qcow2",
+        // The VM resumes from these files at once; they do not outlive a crash usefully.
+        durable: false,
         threads: o.threads,
         home: ctx.home,
         progress: ctx.progress,

@@ -99,7 +99,7 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
       done += meta.segments[i].compressedSize;
       o.progress?.({ phase: "synthesize", done, total });
     }
-    for (const s of o.sinks) await s.finish();
+    await Promise.all(o.sinks.map((s) => s.finish()));
   } catch (e) {
     await Promise.allSettled(pending);
     await Promise.allSettled(o.sinks.map((s) => s.abort()));

@@ -22,6 +22,7 @@ import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES, metaBodyLen
 import { checkBase } from "../overlay/synthesis.ts";
 import { synthesizeReader, type SynthesizedFiles } from "../host/file_jobs.ts";
 import { acquirePidLock } from "../host/pid_lock.ts";
+import { WorkerCodec } from "../host/codec_pool.ts";
 import { API, type Endpoint, LENGTH_HEADER, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionState, type SessionStatus } from "./protocol.ts";
 import { UploadFeed } from "./upload_feed.ts";
 import { openUrlOverlay } from "./url_source.ts";
@@ -165,6 +166,7 @@ export class SynthesisServer {
   private server: http.Server | https.Server | null = null;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private unlock: (() => Promise<void>) | null = null;
+  private codec: WorkerCodec | null = null;
   private readonly o: Required<Omit<ServerOptions, "tls">> & { tls?: ServerOptions["tls"] };
 
   /** @param opts settings */
@@ -235,6 +237,7 @@ export class SynthesisServer {
     });
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
+    this.warmCodec();
   }
 
   /** Stops listening and ends every session. */
@@ -243,8 +246,20 @@ export class SynthesisServer {
     await Promise.allSettled([...this.sessions.values()].map((s) => this.close(s, "closed")));
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server?.closeAllConnections?.();
+    await this.codec?.close();
+    this.codec = null;
     await this.unlock?.();
     this.unlock = null;
+  }
+
+  /**
+   * The codec workers all sessions share, started once: a session does not
+   * wait for threads and WASM instances (0.15-0.3 s here), and concurrent
+   * sessions cannot oversubscribe the cores. Replaced if a worker died.
+   */
+  private warmCodec(): WorkerCodec {
+    if (!this.codec || this.codec.failed) this.codec = new WorkerCodec();
+    return this.codec;
   }
 
   private sweep(): void {
@@ -483,6 +498,9 @@ export class SynthesisServer {
       overlay: `session ${s.id}`,
       outDir: join(s.dir, "vm"),
       diskFormat: "qcow2",
+      // A session's files die with it (and with the server): no fsync on the critical path.
+      durable: false,
+      codec: this.warmCodec(),
       home: this.o.home,
       signal: s.abort.signal,
       progress: (p) => {

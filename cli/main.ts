@@ -134,7 +134,7 @@ async function interaction(o: Record<string, unknown>, scriptFlag: string, marke
 }
 
 cli.option("--json", "Print results (and errors) as JSON on stdout, no progress bar");
-cli.option("--home <dir>", "Cloudlet home (default $CLOUDLET_HOME or ~/.cloudlet)");
+cli.option("--home <dir>", "Cloudlet home (default $CLOUDLET_HOME, else /var/lib/cloudlet for root, ~/.cloudlet for others)");
 cli.option("--threads <n>", "Worker threads for (de)compression (default: all cores)");
 
 cli

@@ -103,7 +103,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   } catch (e) {
     throw outputError(e, where.path);
   }
-  const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core) : new SplitOverlayOutput(where.stem);
+  const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core, o.progress) : new SplitOverlayOutput(where.stem);
   const codec = new WorkerCodec(o.threads, o.preset ?? DEFAULT_PRESET, dictCapFor(o.segmentBytes ?? 1 << 20));
   try {
     const launch: LaunchConfig = {

@@ -15,6 +15,7 @@ import { CloudletError } from "../errors.ts";
 import { encodePackHeader, HEADER_BYTES, segmentFileName } from "../overlay/format.ts";
 import { openPacked, openSplit, type OverlayReader } from "../overlay/reader.ts";
 import type { OverlayOutput } from "../overlay/writer.ts";
+import type { ProgressFn } from "../overlay/io.ts";
 import { AtomicFile, FileSource } from "./files.ts";
 
 /** Suffix of a packed overlay. */
@@ -125,14 +126,16 @@ export class PackedOverlayOutput implements OverlayOutput {
   private spool: AtomicFile | null = null;
   private spoolBytes = 0;
   private out: AtomicFile | null = null;
-  /** @param path final path (NAME.overlay) @param core for the header checksum */
+  /** @param path final path (NAME.overlay) @param core for the header checksum @param progress reports the final copy of the segments behind the meta */
   constructor(
     readonly path: string,
     private readonly core: Core,
+    private readonly progress?: ProgressFn,
   ) {}
 
   async writeSegment(_i: number, xz: Uint8Array): Promise<void> {
-    this.spool ??= await AtomicFile.create(this.path + ".segments");
+    // The spool is scratch (removed once copied), so it is not fsynced.
+    this.spool ??= await AtomicFile.create(this.path + ".segments", false);
     await this.spool.write(xz, this.spoolBytes);
     this.spoolBytes += xz.length;
   }
@@ -147,7 +150,11 @@ export class PackedOverlayOutput implements OverlayOutput {
       await this.spool.close();
       const src = await FileSource.open(this.spool.tmp);
       try {
-        for (let o = 0; o < this.spoolBytes; o += 4 << 20) await out.write(await src.read(o, Math.min(4 << 20, this.spoolBytes - o)), dataOffset + o);
+        for (let o = 0; o < this.spoolBytes; o += 4 << 20) {
+          const n = Math.min(4 << 20, this.spoolBytes - o);
+          await out.write(await src.read(o, n), dataOffset + o);
+          this.progress?.({ phase: "pack", done: o + n, total: this.spoolBytes });
+        }
       } finally {
         await src.close();
       }

@@ -11,6 +11,7 @@ import { openOverlay } from "../ts/host/overlay_files.ts";
 import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts";
 import { collectPortForwards } from "../ts/overlay/launch.ts";
 import { verifyOverlay, type VerifyResult } from "../ts/inspect/verify.ts";
+import type { DiskStride } from "../ts/overlay/base_scan.ts";
 import { FileSource } from "../ts/host/files.ts";
 import { WorkerCodec } from "../ts/host/codec_pool.ts";
 import { fileIdentity } from "../ts/host/base_cache.ts";
@@ -70,6 +71,13 @@ function num(v: unknown, flag: string, min: number, max = Number.MAX_SAFE_INTEGE
   if (v === undefined || v === "" || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
     throw new CloudletError("BAD_ARGUMENT", `${flag} must be ${integer ? "an integer" : "a number"} from ${min} to ${max}, not "${v}"`);
   }
+  return n;
+}
+
+/** --disk-stride: 4096 or 512. */
+function diskStride(v: unknown): DiskStride {
+  const n = Number(v ?? 4096);
+  if (n !== 4096 && n !== 512) throw new CloudletError("BAD_ARGUMENT", `--disk-stride must be 4096 or 512, not "${v}"`);
   return n;
 }
 
@@ -157,6 +165,7 @@ cli
   .option("--preset <n>", "xz preset 0-9", { default: 6 })
   .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
   .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
+  .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
   .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
   .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
@@ -176,6 +185,7 @@ cli
         layout: o.layout === "split" ? "split" : "packed",
         segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
         preset: num(o.preset, "--preset", 0, 9),
+        diskStride: diskStride(o.diskStride),
         threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       });
       p.done();
@@ -204,6 +214,7 @@ cli
       launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
       segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
       preset,
+      diskStride: diskStride(o.diskStride),
       threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       home,
       progress: p.update,
@@ -348,6 +359,7 @@ cli
   .option("--vcpus <n>", "Virtual CPUs", { default: 1 })
   .option("--machine <type>", "QEMU machine type", { default: "pc-i440fx-7.2" })
   .option("--cpu <model>", "QEMU CPU model", { default: "qemu64" })
+  .option("--disk-stride <bytes>", "Index base-disk blocks every 4096 (default) or every 512 bytes (see cloudlet overlay --help)", { default: 4096 })
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "libvirt URI for --host virsh")
   .action(async (disk: string | undefined, o: Common & Record<string, unknown>) => {
@@ -356,7 +368,7 @@ cli
     const ctx = vmContext(o, p, core);
     const ready = await interaction(o, "readyScript", "readyMarker");
     if (disk && !ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-script FILE, --console or --vnc");
-    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string });
+    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride) });
     p.done();
     out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
   });

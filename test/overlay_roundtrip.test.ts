@@ -227,3 +227,36 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   out.set(b, a.length);
   return out;
 }
+
+test("--disk-stride 512 matches memory pages against base-disk blocks between 4 KiB boundaries", async () => {
+  const dir = await scratchDir("stride");
+  const set = await writeImageSet(dir, 91, 4 << 20, 2 << 20, 0);
+  const baseDisk = await read(set.baseDisk);
+  const mem = await read(set.mem);
+  // 20 memory pages copied from the base disk at 512-byte (not 4 KiB) offsets, as the page
+  // cache of a file system that starts at sector 63 would hold them.
+  const offsets = Array.from({ length: 40 }, (_, k) => (100 + k * 19) * 4096 + 512 * (1 + (k % 7)))
+    .filter((off) => baseDisk.subarray(off, off + 4096).some((b) => b !== 0))
+    .slice(0, 20);
+  assert.equal(offsets.length, 20);
+  offsets.forEach((off, k) => mem.set(baseDisk.subarray(off, off + 4096), (200 + k) * 4096));
+  await fsp.writeFile(set.mem, mem);
+  const home = join(dir, "home");
+  const made: Record<number, Awaited<ReturnType<typeof createOverlayFiles>>> = {};
+  for (const stride of [4096, 512] as const) {
+    made[stride] = await createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, `s${stride}.overlay`), home, diskStride: stride });
+  }
+  const mc = (s: number) => made[s].meta.classCounts[ImageKind.Memory];
+  // A block that also sits in base memory is a base-memory match either way (memory wins).
+  const inMem = mc(4096)[ChunkClass.BaseMemory];
+  assert.equal(mc(4096)[ChunkClass.BaseDisk], 0, "4 KiB stride: the shifted blocks are not found");
+  assert.equal(mc(4096)[ChunkClass.Raw] + mc(4096)[ChunkClass.Xor] + inMem, 20);
+  assert.equal(mc(512)[ChunkClass.BaseDisk], 20 - inMem, "512-byte stride: every shifted block is found in the base disk");
+  assert.equal(mc(512)[ChunkClass.BaseMemory], inMem);
+  assert.equal(made[512].meta.base.id, made[4096].meta.base.id, "the stride is not part of the base id");
+  assert.ok(made[512].bytes < made[4096].bytes, `smaller overlay: ${made[512].bytes} vs ${made[4096].bytes}`);
+  const r = await synthesizeFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, overlay: made[512].path, outDir: join(dir, "out"), diskFormat: "raw", home });
+  assertBytes(await read(r.memory), mem);
+  assertBytes(await read(r.disk), await read(set.disk));
+  await fsp.rm(dir, { recursive: true, force: true });
+});

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
-import { arrayDigests, type BaseView, type DigestSource, padDigests, scanBase, SHORT_DIGEST, zeroChunkDigest } from "../overlay/base_scan.ts";
+import { arrayDigests, type BaseView, type DigestSource, type DiskStride, padDigests, scanBase, SHORT_DIGEST, zeroChunkDigest } from "../overlay/base_scan.ts";
 import { CHUNK, type MachineConfig } from "../overlay/format.ts";
 import { holeChunkRuns } from "./disk_image.ts";
 import type { ProgressFn } from "../overlay/io.ts";
@@ -38,6 +38,8 @@ export interface FileIdentity {
 export interface BaseRecord {
   version: number;
   id: string;
+  /** Disk offsets the index covers (absent in older records: 4096). */
+  diskStride?: DiskStride;
   machine: MachineConfig;
   diskSize: number;
   memorySize: number;
@@ -91,6 +93,8 @@ export interface OpenBaseOptions {
   dir: string;
   /** Load the index (overlay creation needs it; synthesis does not). */
   needIndex: boolean;
+  /** Disk offsets the index must cover (default 4096); a 512 index serves 4096 too. */
+  diskStride?: DiskStride;
   /** Progress while preparing. */
   progress?: ProgressFn;
   /** Cancellation. */
@@ -109,7 +113,9 @@ export interface OpenedBase extends BaseView {
 export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBase> {
   const [diskId, memId] = await Promise.all([fileIdentity(o.disk), fileIdentity(o.memory)]);
   let rec = await readBaseRecord(o.dir);
-  const fresh = rec && sameIdentity(rec.disk, diskId) && sameIdentity(rec.memory, memId) && JSON.stringify(rec.machine) === JSON.stringify(o.machine);
+  const stride = o.diskStride ?? 4096;
+  const strideOk = !o.needIndex || (rec?.diskStride ?? 4096) <= stride;
+  const fresh = rec && strideOk && sameIdentity(rec.disk, diskId) && sameIdentity(rec.memory, memId) && JSON.stringify(rec.machine) === JSON.stringify(o.machine);
   const disk = await FileSource.open(o.disk);
   const memory = await FileSource.open(o.memory);
   try {
@@ -119,8 +125,10 @@ export async function openBase(core: Core, o: OpenBaseOptions): Promise<OpenedBa
     if (!fresh) {
       // Holes (sparse regions) are known zero: no need to read them.
       const [diskHoles, memHoles] = await Promise.all([holeChunkRuns(o.disk, CHUNK), holeChunkRuns(o.memory, CHUNK)]);
-      const scan = await scanBase(core, disk, memory, o.machine, o.progress, o.signal, { disk: diskHoles, memory: memHoles });
-      rec = { version: CACHE_VERSION, id: scan.id, machine: o.machine, diskSize: disk.size, memorySize: memory.size, disk: diskId, memory: memId };
+      // Keep a finer index than asked for if one was there (it serves both).
+      const build = Math.min(stride, rec && sameIdentity(rec.disk, diskId) ? (rec.diskStride ?? 4096) : 4096) as DiskStride;
+      const scan = await scanBase(core, disk, memory, o.machine, o.progress, o.signal, { disk: diskHoles, memory: memHoles }, build);
+      rec = { version: CACHE_VERSION, id: scan.id, diskStride: build, machine: o.machine, diskSize: disk.size, memorySize: memory.size, disk: diskId, memory: memId };
       await writePrepared(o.dir, rec, scan.diskDigests, scan.memDigests, scan.index.toBytes());
       digests = arrayDigests(core, scan.diskDigests, scan.memDigests);
       if (o.needIndex) index = scan.index;

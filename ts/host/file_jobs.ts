@@ -14,6 +14,7 @@ import { checkBase, synthesize } from "../overlay/synthesis.ts";
 import { writeOverlay } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "./base_cache.ts";
 import { dictCapFor, WorkerCodec } from "./codec_pool.ts";
+import type { DiskStride } from "../overlay/base_scan.ts";
 import { openCustomDisk } from "./disk_image.ts";
 import { FileSource, outputError, RawImageSink } from "./files.ts";
 import { indexCacheDir } from "./home.ts";
@@ -57,6 +58,8 @@ export interface CreateOverlayOptions {
   segmentBytes?: number;
   /** xz preset. */
   preset?: number;
+  /** Base-disk offsets to match against: every 4096 (default) or every 512 bytes (see DiskStride). */
+  diskStride?: DiskStride;
   /** Worker threads. */
   threads?: number;
   /** The cloudlet home. */
@@ -87,7 +90,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   const memSize = (await fileIdentity(o.baseMem)).size;
   const machine = o.machine ?? defaultMachine(memSize);
   const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
-  const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: true, progress: o.progress, signal: o.signal });
+  const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: true, diskStride: o.diskStride, progress: o.progress, signal: o.signal });
   const disk = await openCustomDisk(o.disk, o.baseDisk).catch(async (e) => {
     await base.close();
     throw e;

@@ -23,6 +23,7 @@ import { checkBase } from "../overlay/synthesis.ts";
 import { openBase } from "./base_cache.ts";
 import { isQcow2 } from "./disk_image.ts";
 import { sparseCopy } from "./files.ts";
+import type { DiskStride } from "../overlay/base_scan.ts";
 import { createOverlayFiles, synthesizeReader, SYNTH_FILES, type CreatedOverlay, type SynthesizedFiles } from "./file_jobs.ts";
 import { openOverlay } from "./overlay_files.ts";
 import { runTool } from "./process.ts";
@@ -163,6 +164,8 @@ export interface CreateBaseOptions {
   /** QEMU machine type and CPU model. */
   machine?: string;
   cpu?: string;
+  /** Base-disk offsets the base index covers (see DiskStride). */
+  diskStride?: DiskStride;
 }
 
 /** Boots a disk, waits until ready, snapshots and registers it as a base. */
@@ -224,7 +227,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal);
     vm = null;
     await fsp.rm(join(tmp, "run"), { recursive: true, force: true });
-    const opened = await openBase(ctx.core, { disk: join(tmp, BASE_FILES.disk), memory: join(tmp, BASE_FILES.memory), machine, dir: tmp, needIndex: false, progress: ctx.progress, signal: ctx.signal });
+    const opened = await openBase(ctx.core, { disk: join(tmp, BASE_FILES.disk), memory: join(tmp, BASE_FILES.memory), machine, dir: tmp, needIndex: false, diskStride: o.diskStride, progress: ctx.progress, signal: ctx.signal });
     const id = opened.id;
     await opened.close();
     const reg = new Registry(ctx.home);
@@ -281,6 +284,8 @@ export interface OverlayFromVmOptions {
   layout?: "packed" | "split";
   segmentBytes?: number;
   preset?: number;
+  /** Base-disk offsets to match against (see DiskStride). */
+  diskStride?: DiskStride;
   threads?: number;
 }
 
@@ -334,6 +339,7 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
       launch,
       segmentBytes: o.segmentBytes,
       preset: o.preset,
+      diskStride: o.diskStride,
       threads: o.threads,
       home: ctx.home,
       progress: ctx.progress,

@@ -88,12 +88,21 @@ function insideRuns(runs: Array<[number, number]> | undefined, first: number, en
   return !!runs?.some(([a, b]) => a <= first && end <= b);
 }
 
+/**
+ * Disk offsets the base index covers: every 4 KiB chunk, or (512) also every
+ * 512-byte step between them, as the original did, so that a page holding a
+ * disk block of a file system that is not 4 KiB-aligned on its disk (an old
+ * MBR partition at sector 63) still matches. 512 costs 8x the disk entries
+ * and hashing at base preparation; the base id does not depend on it.
+ */
+export type DiskStride = 4096 | 512;
+
 /** Hashes the base images, builds the index and computes the base id. */
-export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource, machine: MachineConfig, progress?: ProgressFn, signal?: AbortSignal, known: KnownZero = {}): Promise<BaseScan> {
+export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource, machine: MachineConfig, progress?: ProgressFn, signal?: AbortSignal, known: KnownZero = {}, diskStride: DiskStride = 4096): Promise<BaseScan> {
   const total = disk.size + memory.size;
   let done = 0;
   const chunksOf = (s: ByteSource) => Math.ceil(s.size / CHUNK);
-  const builder = core.indexBuilder(chunksOf(disk) + chunksOf(memory));
+  const builder = core.indexBuilder(chunksOf(disk) * (CHUNK / diskStride) + chunksOf(memory));
   const digestLists: Uint8Array[] = [];
   const listHashes: Uint8Array[] = [];
   // Memory first: on equal content the index keeps the first insertion, and
@@ -108,15 +117,24 @@ export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource,
       const count = Math.min(SCAN_BATCH, n - first);
       let digests: Uint8Array;
       let zero: Uint8Array;
+      const later: Array<[Uint8Array, number, Uint8Array]> = [];
       if (insideRuns(holes, first, first + count)) {
         // A hole: all zero without reading it (the id is the same as if read).
         digests = new Uint8Array(count * 32);
         for (let i = 0; i < count; i++) digests.set(zeroDigest, i * 32);
         zero = new Uint8Array(count).fill(1);
       } else {
-        const data = await readChunks(src, first, count);
-        digests = core.hashChunks("blake3", data);
-        zero = core.zeroChunks(data);
+        // With a 512-byte stride, one more chunk is read so that the shifted windows of the last one are whole.
+        const shifted = source === Source.Disk && diskStride < CHUNK;
+        const data = await readChunks(src, first, shifted ? count + 1 : count);
+        const aligned = shifted ? data.subarray(0, count * CHUNK) : data;
+        digests = core.hashChunks("blake3", aligned);
+        zero = core.zeroChunks(aligned);
+        // Added after the aligned run below: on equal content an aligned block wins.
+        for (let shift = diskStride; shifted && shift < CHUNK; shift += diskStride) {
+          const window = data.subarray(shift, shift + count * CHUNK);
+          later.push([core.hashChunks("blake3", window), first * CHUNK + shift, core.zeroChunks(window).map((z) => z ^ 1)]);
+        }
       }
       listHash.update(digests);
       for (let i = 0; i < count; i++) {
@@ -124,6 +142,7 @@ export async function scanBase(core: Core, disk: ByteSource, memory: ByteSource,
         zero[i] ^= 1; // mask: 1 = index this chunk (it is not zero)
       }
       builder.addRun(digests, source, first * CHUNK, CHUNK, zero);
+      for (const [d, off, mask] of later.splice(0)) builder.addRun(d, Source.Disk, off, CHUNK, mask);
       done += Math.min(count * CHUNK, src.size - first * CHUNK);
       progress?.({ phase: "index base", done, total });
     }

@@ -25,6 +25,13 @@ export async function readChunks(src: ByteSource | null, first: number, count: n
   return out;
 }
 
+/** `length` bytes at byte `offset` of `src`; past its end reads zeros, as base images do. */
+export async function readAt(src: ByteSource, offset: number, length: number): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  if (offset < src.size) out.set(await src.read(offset, Math.min(length, src.size - offset)));
+  return out;
+}
+
 /** A byte source over an in-memory buffer. */
 export class BufferSource implements ByteSource {
   /** @param bytes the contents @param name label for messages */

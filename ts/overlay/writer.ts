@@ -30,7 +30,7 @@ import {
 } from "./format.ts";
 import { type BaseView, padDigests, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
 import type { ByteSource, ChangedExtent, ProgressFn } from "./io.ts";
-import { readChunks } from "./io.ts";
+import { readAt, readChunks } from "./io.ts";
 import type { SegmentCodec } from "./codec.ts";
 
 /** Where the writer puts segments and the meta. Hosts implement it atomically. */
@@ -272,9 +272,11 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
             const off = hits.offsets[j];
             cls[i] = ChunkClass.Raw;
             if (src < 0) continue;
-            // The index key is 64 bits: confirm against the stored 128-bit digest.
+            // The index key is 64 bits: confirm against the stored 128-bit digest,
+            // or, for a disk block between chunk boundaries (512-byte stride), the block itself.
             const kind = src === Source.Memory ? ImageKind.Memory : ImageKind.Disk;
-            if (samePrefix(await digestAt(kind, off / CHUNK), 0, q.subarray(j * 32, j * 32 + 32))) {
+            const stored = off % CHUNK === 0 ? await digestAt(kind, off / CHUNK) : core.hash("blake3", await readAt(base.disk, off, CHUNK));
+            if (samePrefix(stored, 0, q.subarray(j * 32, j * 32 + 32))) {
               cls[i] = src === Source.Memory ? ChunkClass.BaseMemory : ChunkClass.BaseDisk;
               args[i] = off;
             }

@@ -28,6 +28,7 @@ import { baseFiles, createBase, overlayFromVm, psVms, stopSynthesized, synthesiz
 import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
 import { buildGuestImage } from "../ts/host/vm/guest_image.ts";
+import { requireLocalUri } from "../ts/host/vm/virsh_host.ts";
 import { homeDirs } from "../ts/host/vm_jobs.ts";
 import { promises as fsp } from "node:fs";
 
@@ -108,6 +109,7 @@ function need(v: unknown, flag: string): string {
 function hostChoice(o: Record<string, unknown>): HostChoice {
   const h = (o.host as string | undefined) ?? "qemu";
   if (h !== "qemu" && h !== "virsh") throw new CloudletError("BAD_ARGUMENT", `--host must be qemu or virsh, not "${h}"`);
+  if (h === "virsh" && o.connect) requireLocalUri(o.connect as string);
   return { host: h, connect: o.connect as string | undefined };
 }
 
@@ -152,7 +154,7 @@ cli
   .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
   .option("--timeout <s>", "VM mode: time limit for the script, seconds")
   .option("--host <host>", "VM mode: qemu (default) or virsh")
-  .option("--connect <uri>", "VM mode: libvirt URI for --host virsh")
+  .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
   .option("--disk <file>", "Custom disk: raw, or a qcow2 top layer over the base disk")
@@ -232,7 +234,7 @@ cli
   .option("--bind <addr>", "VM mode: address the port forwards listen on", { default: "127.0.0.1" })
   .option("--auto-ports", "VM mode: use free host ports instead of the overlay's")
   .option("--host <host>", "VM mode: qemu (default) or virsh")
-  .option("--connect <uri>", "VM mode: libvirt URI for --host virsh")
+  .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
   .alias("synthesize")
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
@@ -361,7 +363,7 @@ cli
   .option("--cpu <model>", "QEMU CPU model", { default: "qemu64" })
   .option("--disk-stride <bytes>", "Index base-disk blocks every 4096 (default) or every 512 bytes (see cloudlet overlay --help)", { default: 4096 })
   .option("--host <host>", "qemu (default) or virsh")
-  .option("--connect <uri>", "libvirt URI for --host virsh")
+  .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
   .action(async (disk: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const p = bar(o);
@@ -472,7 +474,7 @@ cli
   .option("--name <name>", "Name announced on the network", { default: hostname() })
   .option("--no-announce", "Do not announce over mDNS")
   .option("--host <host>", "qemu (default) or virsh")
-  .option("--connect <uri>", "libvirt URI for --host virsh")
+  .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
   .action(async (o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);

@@ -145,7 +145,7 @@ async function exportImport(home: string, ovPath: string): Promise<void> {
   for (const h of [other, third]) await fsp.rm(h, { recursive: true, force: true });
 }
 
-test("errors: unknown base, disk not raw, port in use, guest never ready, VM dies, Ctrl-C, libvirtd down", async () => {
+test("errors: unknown base, disk not raw, port in use, guest never ready, VM dies, Ctrl-C, libvirtd down, remote libvirt", async () => {
   const home = await freshHome("errors");
   const H = ["--home", home];
   const unknown = await cloudlet(["synthesis", "nosuchbase", WEBAPP, ...H]);
@@ -204,6 +204,10 @@ test("errors: unknown base, disk not raw, port in use, guest never ready, VM die
   const down = await cloudlet(["base", ...H, "--host", "virsh", "--connect", "qemu:///system?socket=/nonexistent/libvirt-sock"]);
   assert.equal(down.code, 1);
   assert.match(down.stderr, /libvirtd -d/);
+  // A remote libvirt is refused before anything starts (its files and console would be elsewhere).
+  const remote = await cloudlet(["base", ...H, "--host", "virsh", "--connect", "qemu+ssh://elsewhere/system"]);
+  assert.equal(remote.code, 2, remote.stderr);
+  assert.match(remote.stderr, /names a remote libvirt host; cloudlet drives local libvirt only/);
   await clean(home);
   await fsp.rm(home, { recursive: true, force: true });
 });

@@ -59,10 +59,29 @@ export class VirshHost implements VmHost {
 
   /** Starts a VM (see {@link VmHost.start}). */
   async start(spec: VmSpec, signal?: AbortSignal): Promise<RunningVm> {
+    requireLocalUri(this.connect);
     await validateSpec(spec);
     const virsh = requireExecutable(this.binary, "libvirt-clients libvirt-daemon-system");
     await checkLibvirtd(virsh, this.connect, signal);
     return new VirshSession(spec, virsh, this.connect, this.accel).begin(signal);
+  }
+}
+
+/**
+ * True for a libvirt URI of this machine: no host part (`qemu:///system`,
+ * `qemu+unix:///system?socket=...`). A host (`qemu+ssh://h/system`,
+ * `qemu+tcp://h/system`) is remote, even if it names this machine.
+ */
+export function isLocalUri(uri: string): boolean {
+  const m = /^[a-z0-9]+(?:\+([a-z0-9]+))?:\/\/([^/?]*)/i.exec(uri);
+  if (!m) return false;
+  return m[2] === "" && (m[1] === undefined || m[1] === "unix");
+}
+
+/** Refuses a remote libvirt URI with what to do instead. */
+export function requireLocalUri(uri: string): void {
+  if (!isLocalUri(uri)) {
+    throw new CloudletError("BAD_ARGUMENT", `--connect ${uri} names a remote libvirt host; cloudlet drives local libvirt only (qemu:///system, qemu:///session): the VM's memory file, serial console and snapshot descriptors must be on this machine. Run cloudlet on that host instead (cloudlet serve there takes overlays over the network).`);
   }
 }
 

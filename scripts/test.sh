@@ -19,5 +19,5 @@ node --import tsx --test --test-concurrency=1 --test-reporter=dot test/*.test.ts
 step "component from Python (wasmtime)"
 .build/component-venv/bin/python test/component_wasmtime.py
 step "deno test"
-NO_COLOR=1 "$DENO" test -A --no-check test/
+NO_COLOR=1 "$DENO" test -A --no-check --unstable-net test/
 echo; echo "all suites passed"

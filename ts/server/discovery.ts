@@ -7,6 +7,7 @@
 import { clearTimeout, setTimeout } from "node:timers";
 import { networkInterfaces, hostname } from "node:os";
 import makeMdns from "multicast-dns";
+import { mdnsOptions } from "./mdns_socket.ts";
 
 /** The DNS-SD service type. */
 export const SERVICE = "_cloudlet._tcp.local";
@@ -52,7 +53,7 @@ function txt(a: Announcement): Buffer[] {
 
 /** Announces a cloudlet until stopped; answers queries for the service. */
 export function announce(a: Announcement): { stop: () => Promise<void> } {
-  const mdns = makeMdns();
+  const mdns = makeMdns(mdnsOptions());
   const instance = `${a.name}.${SERVICE}`;
   const target = `${hostname()}.local`;
   const records = () => {
@@ -85,7 +86,7 @@ export function announce(a: Announcement): { stop: () => Promise<void> } {
 /** Asks the network for cloudlets for `ms` milliseconds. */
 export function discover(ms = 2000): Promise<FoundCloudlet[]> {
   return new Promise((resolve) => {
-    const mdns = makeMdns();
+    const mdns = makeMdns(mdnsOptions());
     const found = new Map<string, FoundCloudlet>();
     const hostAddrs = new Map<string, Set<string>>();
     mdns.on("response", (res) => {

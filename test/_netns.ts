@@ -4,7 +4,7 @@
  *
  *   ns "srv"  10.77.N.1/24  <-- veth -->  10.77.N.2/24  ns "cli"
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { runTool } from "./_tools.ts";
 
 /** A pair of namespaces. */
@@ -29,6 +29,10 @@ export async function makeNetPair(tag: string, n: number): Promise<NetPair> {
   for (const ns of [srv, cli]) await ip("netns", "del", ns).catch(() => {});
   await ip("netns", "add", srv);
   await ip("netns", "add", cli);
+  // Removed even if the test process dies before its cleanup test runs.
+  process.once("exit", () => {
+    for (const ns of [srv, cli]) spawnSync("ip", ["netns", "del", ns], { stdio: "ignore" });
+  });
   const pair: NetPair = {
     srv,
     cli,

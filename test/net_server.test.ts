@@ -161,8 +161,11 @@ test("faults: wrong token, wrong base, flipped byte, oversized meta", async () =
     assert.match(srv.log(), /created/);
     assert.doesNotMatch(srv.log(), /running/);
 
+    // One byte flipped in the middle of the segment data (not in the last segment).
     const bytes = new Uint8Array(await fsp.readFile(f.overlay));
-    bytes[bytes.length - 100] ^= 0x01;
+    const head = decodePackHeader(core, bytes.subarray(0, HEADER_BYTES), f.overlay);
+    const mid = head.dataOffset + Math.floor((bytes.length - head.dataOffset) / 2);
+    bytes[mid] ^= 0x01;
     const flipped = join(f.work, "flipped.overlay");
     await fsp.writeFile(flipped, bytes);
     const fl = await client(f, ["-o", flipped]);
@@ -185,7 +188,16 @@ test("faults: wrong token, wrong base, flipped byte, oversized meta", async () =
       const sid2 = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions`]))).id;
       const res2 = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "PUT", "-H", "Authorization: Bearer test-token-0123456789abcdef", "--data-binary", `@${lie}`, `http://${f.net.srvIp}:8021/v1/sessions/${sid2}/meta`]));
       assert.match(res2, /BAD_META.*segment table sums to \d+ bytes but the header says/);
+      await f.net.exec(f.net.cli, "curl", ["-s", "-X", "DELETE", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions/${sid2}`]);
     }
+
+    // Capacity: the default --max-sessions is 4; a fifth session is refused with 503 until one ends.
+    const auth = ["-H", "Authorization: Bearer test-token-0123456789abcdef"];
+    const open: string[] = [];
+    for (let i = 0; i < 4; i++) open.push(JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", ...auth, `http://${f.net.srvIp}:8021/v1/sessions`]))).id);
+    const busy = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-w", " %{http_code}", "-X", "POST", ...auth, `http://${f.net.srvIp}:8021/v1/sessions`]));
+    assert.match(busy, /"BUSY".*4 of 4 sessions.* 503$/);
+    for (const id of open) await f.net.exec(f.net.cli, "curl", ["-s", "-X", "DELETE", ...auth, `http://${f.net.srvIp}:8021/v1/sessions/${id}`]);
 
     // A meta step bigger than --max-meta is refused from its Content-Length.
     const sid = JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", `http://${f.net.srvIp}:8021/v1/sessions`]))).id;

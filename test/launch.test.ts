@@ -1,0 +1,36 @@
+// Port-forward specs: the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { collectPortForwards, parsePortForward } from "../ts/overlay/launch.ts";
+
+test("port forwards parse in the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand", () => {
+  assert.deepEqual(parsePortForward("tcp:2222::22"), { proto: "tcp", hostPort: 2222, guestPort: 22 });
+  assert.deepEqual(parsePortForward("udp:5353:10.0.2.15:53"), { proto: "udp", hostPort: 5353, guestPort: 53 });
+  assert.deepEqual(parsePortForward("hostfwd=tcp::8080-:80"), { proto: "tcp", hostPort: 8080, guestPort: 80 });
+  assert.deepEqual(parsePortForward("hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80"), { proto: "tcp", hostPort: 8080, guestPort: 80 });
+  assert.deepEqual(parsePortForward("tcp:0:80"), { proto: "tcp", hostPort: 0, guestPort: 80 }, "host port 0 picks a free one");
+  assert.deepEqual(parsePortForward("8080:80"), { proto: "tcp", hostPort: 8080, guestPort: 80 });
+  // The trailing arguments after --, as the seed passed them to QEMU.
+  assert.deepEqual(
+    collectPortForwards(["tcp:9000::9000"], ["-redir", "tcp:2222::22", "-netdev", "user,id=n0,hostfwd=tcp::8080-:80,hostfwd=udp::6000-:60"]),
+    [
+      { proto: "tcp", hostPort: 9000, guestPort: 9000 },
+      { proto: "tcp", hostPort: 2222, guestPort: 22 },
+      { proto: "tcp", hostPort: 8080, guestPort: 80 },
+      { proto: "udp", hostPort: 6000, guestPort: 60 },
+    ],
+  );
+});
+
+test("bad port-forward specs are usage errors that quote the spec", () => {
+  for (const [spec, what] of [
+    ["tcp:2222::0", /bad port "0" in port forward "tcp:2222::0"/],
+    ["tcp:70000::22", /bad port "70000"/],
+    ["tcp:a::22", /bad port "a"/],
+    ["tcp:1:2:3:4", /cannot parse port forward "tcp:1:2:3:4"/],
+  ] as const) {
+    assert.throws(() => parsePortForward(spec), (e: unknown) => (e as { code?: string }).code === "BAD_ARGUMENT" && what.test((e as Error).message), spec);
+  }
+  assert.throws(() => collectPortForwards([], ["-redir"]), /-redir needs a spec/);
+  assert.throws(() => collectPortForwards([], ["-hda", "x.img"]), /unknown extra argument "-hda"/);
+});

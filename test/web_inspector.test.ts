@@ -13,6 +13,7 @@ import { pathToFileURL } from "node:url";
 import type { BrowserContext, Page } from "playwright-core";
 import { core } from "./_core.ts";
 import { cloudlet, CLOUDLET } from "./_cli.ts";
+import { formatBytes } from "../ts/inspect/report.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
 import { randomBytes } from "../ts/core/vectors.ts";
 import { createOverlayFiles } from "../ts/host/file_jobs.ts";
@@ -105,6 +106,20 @@ async function assertSameAsCli(page: Page, overlay: string): Promise<void> {
   for (const k of Object.keys(want)) if (k.startsWith("verification.")) delete want[k];
   const shown = await shownFields(page);
   assert.deepEqual(shown, want);
+  // And what a person reads is that value: each field's visible text shows it, as the
+  // number, the number with separators, the size the CLI's formatter gives, or the ratio.
+  const texts = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll<HTMLElement>("[data-field]")].map((e) => [e.dataset.field!, e.textContent ?? ""])));
+  for (const [path, value] of Object.entries(want)) {
+    const text = texts[path];
+    const n = Number(value);
+    const forms = Number.isFinite(n) && value !== "" && !/^(true|false)$/.test(value)
+      ? [value, n.toLocaleString("en-US"), formatBytes(n), n.toFixed(1), n.toFixed(2), `version ${value}`, `${n.toLocaleString("en-US")} MiB`]
+      : [value];
+    assert.ok(text !== undefined && text.trim() !== "", `${path}: shown empty`);
+    if (value === "true") continue; // shown as a sentence ("All N segments match ...")
+    if (/^launch\.portForwards\.\d+\.hostPort$/.test(path) && value === "0") continue; // shown as "auto"
+    assert.ok(forms.some((f) => text.includes(f)), `${path}: the page shows "${text}" for ${value}`);
+  }
 }
 
 test("served page: the numbers shown equal `cloudlet inspect --json`, and every segment verifies against the base", async () => {

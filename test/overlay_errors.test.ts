@@ -102,6 +102,7 @@ test("a flipped byte in a segment: the message names the segment", async () => {
   const meta = JSON.parse(new TextDecoder().decode(p.subarray(2 * HEADER_BYTES, HEADER_BYTES + Number(new DataView(p.buffer).getBigUint64(24, true)))));
   const r2 = await synth(bad, join(dir, "out-flip2"));
   failedCleanly(r2, bad, new RegExp(`segment ${meta.segments.length} is corrupt`));
+  assert.deepEqual((await listing(dir)).filter((n) => n.includes("out-flip2")), [], "no output left");
 });
 
 test("a truncated overlay", async () => {
@@ -113,6 +114,7 @@ test("a truncated overlay", async () => {
   failedCleanly(await synth(cut, join(dir, "out-cut")), cut, /truncated/);
   const r = await cloudlet(["inspect", cut]);
   failedCleanly(r, cut, /truncated/);
+  assert.deepEqual((await listing(dir)).filter((n) => n.includes("out-cut")), [], "no output left");
 });
 
 test("a missing segment file", async () => {
@@ -120,6 +122,7 @@ test("a missing segment file", async () => {
   await fsp.mkdir(copy);
   for (const n of await fsp.readdir(dir)) if (n.startsWith("seed") && n !== "seed-3.xz") await fsp.copyFile(join(dir, n), join(copy, n));
   failedCleanly(await synth(join(copy, "seed.overlay-meta"), join(dir, "out-missing")), join(copy, "seed-3.xz"), /segment 3 is missing/);
+  assert.deepEqual((await listing(dir)).filter((n) => n.includes("out-missing")), [], "no output left");
 });
 
 async function hostile(name: string, edit: (j: any) => void): Promise<string> {

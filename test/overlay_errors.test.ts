@@ -145,8 +145,7 @@ async function hostile(name: string, edit: (j: any) => void): Promise<string> {
   return join(d, "seed.overlay-meta");
 }
 
-test("hostile meta is rejected before any large allocation", async () => {
-  const cases: Array<[string, (j: any) => void, RegExp]> = [
+const HOSTILE_META: Array<[string, (j: any) => void, RegExp]> = [
     ["huge-count", (j) => (j.segments[0].records = 1e15), /records must be an integer/],
     ["huge-segments", (j) => (j.segments = { length: 1e9 }), /segments must be an array/],
     ["past-end", (j) => (j.segments[0].ranges[0] = [0, 1e9, 1]), /past the end/],
@@ -157,12 +156,19 @@ test("hostile meta is rejected before any large allocation", async () => {
     ["lying-raw", (j) => (j.segments[0].raw_size += 4096), /raw_size/],
     ["lying-compressed", (j) => (j.segments[0].compressed_size += 10), /segment 1 is truncated/],
     ["huge-image", (j) => (j.image_sizes.disk = 2 ** 60), /image_sizes.disk/],
-    ["bad-version", (j) => (j.version = 99), /version 99 is not supported/],
-  ];
-  for (const [name, edit, want] of cases) {
+  ["bad-version", (j) => (j.version = 99), /version 99 is not supported/],
+];
+
+// One test per hostile field: each is refused before any large allocation, names the file, leaves nothing.
+for (const [name, edit, want] of HOSTILE_META) {
+  test(`hostile meta (${name}) is refused by the validator`, async () => {
     const m = await hostile(name, edit);
     failedCleanly(await synth(m, join(dir, `out-${name}`)), join(dir, `hostile-${name}`), want);
-  }
+    assert.deepEqual((await listing(dir)).filter((n) => n.includes(`out-${name}`)), [], "no output left");
+  });
+}
+
+test("a meta header that claims a huge body, or whose checksum fails, is refused from its first bytes", async () => {
   // A header that claims a 10 GB body is refused from the first 64 bytes.
   const b = new Uint8Array(await fsp.readFile(splitMeta));
   new DataView(b.buffer).setBigUint64(16, 10n << 30n, true);

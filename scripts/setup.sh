@@ -36,6 +36,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     || die "apt-get install ${missing[*]} failed: run it by hand to see why"
 fi
 
+# --- /dev/kvm for libvirt ----------------------------------------------------
+# Where /dev/kvm exists but only root may open it (no udev here), libvirt sees
+# KVM when it probes QEMU and "not available now" for its QEMU user, so it
+# throws its capability cache away and re-probes on every domain start: about
+# 50 s per `virsh create`. Give /dev/kvm the group and mode Debian's udev rule
+# gives it. cloudlet itself still runs guests under TCG unless CLOUDLET_ACCEL=kvm.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || say "could not give /dev/kvm to group kvm: libvirt will be slow to start domains"
+fi
+
 # --- Node.js --------------------------------------------------------------
 command -v node >/dev/null || die "Node.js 20 or newer is required: install nodejs"
 node_major=$(node -p 'process.versions.node.split(".")[0]')

@@ -473,6 +473,7 @@ cli
   .option("--detached-timeout <s>", "Stop a detached client's VM this long after it detached, seconds (0: never)", { default: 86400 })
   .option("--name <name>", "Name announced on the network", { default: hostname() })
   .option("--no-announce", "Do not announce over mDNS")
+  .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL (clients must upload it)")
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
   .action(async (o: Common & Record<string, unknown>) => {
@@ -495,6 +496,7 @@ cli
       maxSessions: num(o.maxSessions, "--max-sessions", 1, 1024),
       maxMetaBytes: parseSize(o.maxMeta as string, "--max-meta"),
       maxOverlayBytes: parseSize(o.maxOverlay as string, "--max-overlay"),
+      allowUrl: o.url !== false,
       idleMs: num(o.idleTimeout, "--idle-timeout", 1, 86400, false) * 1000,
       sessionMs: num(o.sessionTimeout, "--session-timeout", 1, 7 * 86400, false) * 1000,
       detachedMs: num(o.detachedTimeout, "--detached-timeout", 0, 365 * 86400, false) * 1000,

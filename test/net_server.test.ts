@@ -142,7 +142,7 @@ test("three concurrent clients get three VMs on their own ports", async () => {
   assert.deepEqual(await sessionsLeft(f), []);
 });
 
-test("faults: wrong token, wrong base, flipped byte, oversized meta", async () => {
+test("faults: wrong token, wrong base, flipped byte, lying total, capacity, oversized meta, --no-url", async () => {
   const f = await setup();
   const srv = await serve(f, ["--max-meta", "64K"]);
   try {
@@ -207,6 +207,14 @@ test("faults: wrong token, wrong base, flipped byte, oversized meta", async () =
     assert.match(res, /TOO_LARGE/);
   } finally {
     await srv.stop();
+  }
+  // --no-url: the server never fetches a URL a client names (no requests made on a client's behalf).
+  const noUrl = await serve(f, ["--no-url"]);
+  try {
+    const r = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-w", " %{http_code}", "-X", "POST", "-H", "Authorization: Bearer test-token-0123456789abcdef", "--data", JSON.stringify({ url: `http://${f.net.cliIp}:8099/x.overlay` }), `http://${f.net.srvIp}:8021/v1/sessions`]));
+    assert.match(r, /URL_DISABLED.* 403$/);
+  } finally {
+    await noUrl.stop();
   }
 });
 

@@ -77,6 +77,8 @@ export interface ServerOptions {
   maxMetaBytes?: number;
   /** Largest overlay accepted (meta + segments), bytes. */
   maxOverlayBytes?: number;
+  /** Accept `{url}` sessions, where the server itself fetches the overlay (default true). */
+  allowUrl?: boolean;
   /** A session waiting on its client (bytes, or keep-alives once running) with no request for this long fails, ms. */
   idleMs?: number;
   /** A session must be running within this long of its creation, ms. */
@@ -175,6 +177,7 @@ export class SynthesisServer {
       maxSessions: 4,
       maxMetaBytes: 16 << 20,
       maxOverlayBytes: 64 * 2 ** 30,
+      allowUrl: true,
       idleMs: 60_000,
       sessionMs: 30 * 60_000,
       detachedMs: 24 * 3600_000,
@@ -387,6 +390,7 @@ export class SynthesisServer {
       }
       const u = (j as { url?: unknown }).url;
       if (u !== undefined) {
+        if (!this.o.allowUrl) throw new HttpError(403, "URL_DISABLED", "this cloudlet does not fetch overlays by URL (started with --no-url); upload the overlay instead");
         if (typeof u !== "string" || !/^https?:\/\//.test(u) || u.length > 2048) throw new HttpError(400, "BAD_REQUEST", "url must be an http(s) URL");
         url = u;
       }

@@ -53,11 +53,15 @@ export class Qcow2Sink implements ImageSink {
   async writeChunks(first: number, data: Uint8Array): Promise<void> {
     const count = Math.min(data.length / CHUNK, Math.ceil(this.size / CHUNK) - first);
     // Consecutive new chunks land in consecutive clusters: one write per run.
+    // Clusters are allocated synchronously (concurrent calls cannot split a
+    // run), and the writes are queued in order on the file without waiting
+    // for each other here.
     let runStart = -1;
     let runCluster = 0;
     let runLen = 0;
-    const flush = async () => {
-      if (runLen) await this.file.write(data.subarray(runStart * CHUNK, (runStart + runLen) * CHUNK), runCluster * CLUSTER);
+    const writes: Promise<void>[] = [];
+    const flush = () => {
+      if (runLen) writes.push(this.file.write(data.subarray(runStart * CHUNK, (runStart + runLen) * CHUNK), runCluster * CLUSTER));
       runLen = 0;
     };
     for (let i = 0; i < count; i++) {
@@ -72,13 +76,14 @@ export class Qcow2Sink implements ImageSink {
       }
       if (runLen && cluster === runCluster + runLen && i === runStart + runLen) runLen++;
       else {
-        await flush();
+        flush();
         runStart = i;
         runCluster = cluster;
         runLen = 1;
       }
     }
-    await flush();
+    flush();
+    await Promise.all(writes);
   }
 
   async zeroChunks(first: number, count: number): Promise<void> {

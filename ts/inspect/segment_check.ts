@@ -79,7 +79,7 @@ export async function checkSegment(core: Core, reader: OverlayReader, i: number,
     if (!haveBase && needsBase(records)) {
       return { segment: i, classes: records.classes, rebuilt: "skipped", error: null, ms: performance.now() - t0, records };
     }
-    await applySegment(core, reader.meta, i, records, [base?.disk ?? null, base?.memory ?? null, null], [discard, discard, discard], reader.segmentFile(i), [0, 0, 0]);
+    await (await applySegment(core, reader.meta, i, records, [base?.disk ?? null, base?.memory ?? null, null], [discard, discard, discard], reader.segmentFile(i), [0, 0, 0])).written;
     return { segment: i, classes: records.classes, rebuilt: "ok", error: null, ms: performance.now() - t0, records };
   } catch (e) {
     const err = isCloudletError(e) ? e : new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1}: ${(e as Error)?.message ?? e}`, reader.segmentFile(i));

@@ -89,18 +89,24 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
       pending.push(p);
     }
   };
+  // The writes of one segment overlap building the next; at most two segments' writes are in flight.
+  let written: Promise<void> = Promise.resolve();
   try {
     launch();
     for (let i = 0; i < meta.segments.length; i++) {
       signal?.throwIfAborted();
       const recs = await pending.shift()!;
       launch();
-      await applySegment(core, meta, i, recs, baseSrc, o.sinks, overlay.segmentFile(i), chunks);
+      const applied = await applySegment(core, meta, i, recs, baseSrc, o.sinks, overlay.segmentFile(i), chunks);
+      await written;
+      written = applied.written;
       done += meta.segments[i].compressedSize;
       o.progress?.({ phase: "synthesize", done, total });
     }
+    await written;
     await Promise.all(o.sinks.map((s) => s.finish()));
   } catch (e) {
+    await written.catch(() => {});
     await Promise.allSettled(pending);
     await Promise.allSettled(o.sinks.map((s) => s.abort()));
     throw e;
@@ -134,7 +140,12 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
   return out;
 }
 
-/** Rebuilds every chunk of one decoded segment, writes it, and checks the rebuilt hash. */
+/**
+ * Rebuilds every chunk of one decoded segment, issues its writes, and checks
+ * the rebuilt hash. Resolves once the check passed; `written` resolves when
+ * the sinks have the bytes, so a caller can build the next segment while
+ * the file I/O of this one runs (and must await it before finishing).
+ */
 export async function applySegment(
   core: Core,
   meta: OverlayMeta,
@@ -144,7 +155,7 @@ export async function applySegment(
   sinks: ImageSink[],
   file: string,
   counts: number[],
-): Promise<void> {
+): Promise<{ written: Promise<void> }> {
   const n = r.kinds.length;
   const hasher = core.hasher("blake3");
   // Rebuild every stored chunk at once: XOR slots against their same-offset
@@ -170,6 +181,7 @@ export async function applySegment(
     }
     leaders = core.xor(r.data, base);
   }
+  let inFlight: Promise<void> = Promise.resolve();
   for (let s = 0; s < n; s += APPLY_BATCH) {
     const e = Math.min(n, s + APPLY_BATCH);
     const buf = new Uint8Array((e - s) * CHUNK);
@@ -214,20 +226,29 @@ export async function applySegment(
     }
     hasher.update(check);
     // Write runs of consecutive chunks of one kind in one call; zero runs as
-    // zero. One at a time, in order: a sink need not support overlapping writes.
+    // zero. The writes of this batch are issued in order and waited for only
+    // after the next batch is built, so the file I/O overlaps the CPU work;
+    // at most two batches (8 MiB) are in flight. Sinks order each file's
+    // writes themselves (files.ts), so no two overlap on one file.
+    const writes: Promise<void>[] = [];
     for (let i = s; i < e; ) {
       let j = i + 1;
       const zero = r.classes[i] === ChunkClass.Zero;
       while (j < e && r.kinds[j] === r.kinds[i] && r.indexes[j] === r.indexes[j - 1] + 1 && (r.classes[j] === ChunkClass.Zero) === zero) j++;
       const sink = sinks[r.kinds[i]];
-      if (zero) await sink.zeroChunks(r.indexes[i], j - i);
-      else await sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK));
+      writes.push(zero ? sink.zeroChunks(r.indexes[i], j - i) : sink.writeChunks(r.indexes[i], buf.subarray((i - s) * CHUNK, (j - s) * CHUNK)));
       counts[r.kinds[i]] += j - i;
       i = j;
     }
+    const batch = Promise.all(writes).then(() => {});
+    batch.catch(() => {}); // awaited by the caller; this only keeps an early failure from being "unhandled"
+    await inFlight;
+    inFlight = batch;
   }
   const got = toHex(hasher.digest());
   if (got !== meta.segments[segNo].rebuiltHash) {
+    await inFlight.catch(() => {});
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }
+  return { written: inFlight };
 }

@@ -11,7 +11,7 @@
  * the wasm-bindgen glue either.
  */
 import { Core, DIGEST_LEN, type KernelBackend, type RawBaseIndex, Source } from "../core/kernels.ts";
-import { instantiate, type Root } from "./_gen/cloudlet_core.js";
+import type { Root } from "./_gen/cloudlet_core.js";
 import type * as IndexApi from "./_gen/interfaces/cloudlet-core-index.js";
 import type { ErrorCode } from "./_gen/interfaces/cloudlet-core-types.js";
 
@@ -126,9 +126,11 @@ export type CoreModuleSource = (name: string) => BufferSource | WebAssembly.Modu
  * Instantiates the transpiled component. `coreModule` returns the bytes (or
  * a compiled module) of each core module jco wrote next to
  * `cloudlet_core.js` (`cloudlet_core.core.wasm`, `...core2.wasm`, ...).
- * The component imports nothing, so no import object is needed.
+ * The component imports nothing, so no import object is needed. jco's glue
+ * is imported here, not at the top, so a tree without the build can say so.
  */
 export async function loadComponentCore(coreModule: CoreModuleSource): Promise<ComponentCore> {
+  const { instantiate } = await import("./_gen/cloudlet_core.js");
   const root = await instantiate(async (name) => {
     const m = await coreModule(name);
     return m instanceof WebAssembly.Module ? m : WebAssembly.compile(m);

@@ -6,14 +6,14 @@
  *
  * This module is runtime-neutral: it imports no `node:` module.
  */
-import init, * as wasm from "./_wasm/cloudlet_core.js";
+import type * as Glue from "./_wasm/cloudlet_core.js";
 import { Core, DIGEST_LEN, type HashAlgorithm, type KernelBackend, type RawBaseIndex } from "./kernels.ts";
 
 export * from "./kernels.ts";
 
 const ALG_ID: Record<HashAlgorithm, number> = { blake3: 0, sha256: 1 };
 
-function rawIndex(i: wasm.BaseIndexJs): RawBaseIndex {
+function rawIndex(i: Glue.BaseIndexJs): RawBaseIndex {
   return {
     len: () => i.len(),
     memoryBytes: () => i.memory_bytes(),
@@ -30,7 +30,7 @@ function rawIndex(i: wasm.BaseIndexJs): RawBaseIndex {
 }
 
 /** The wasm-bindgen exports as a {@link KernelBackend}. */
-function bindgenBackend(memory: WebAssembly.Memory): KernelBackend {
+function bindgenBackend(wasm: typeof Glue, memory: WebAssembly.Memory): KernelBackend {
   return {
     memoryBytes: () => memory.buffer.byteLength,
     hashChunks: (alg, data, chunkSize) => wasm.hash_chunks(ALG_ID[alg], data, chunkSize),
@@ -62,9 +62,11 @@ let loaded: Promise<Core> | undefined;
 /**
  * Instantiates the core from the bytes of `cloudlet_core_bg.wasm` (or a
  * compiled module). One instance per JS realm: later calls return it.
+ * The glue is imported here, not at the top, so that a tree whose build
+ * is missing still loads every module and can say so (`ts/host/core_file.ts`).
  */
 export function loadCore(wasmBytes: BufferSource | WebAssembly.Module): Promise<Core> {
-  loaded ??= init({ module_or_path: wasmBytes }).then((exports) => new Core(bindgenBackend(exports.memory)));
+  loaded ??= import("./_wasm/cloudlet_core.js").then(async (glue) => new Core(bindgenBackend(glue, (await glue.default({ module_or_path: wasmBytes })).memory)));
   // A failed load (bad bytes) must not be remembered: the next call may pass good ones.
   loaded.catch(() => (loaded = undefined));
   return loaded;

@@ -13,6 +13,7 @@ import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { scratchDir } from "./_images.ts";
 import { CloudletError, exitCodeOf } from "../ts/errors.ts";
 import { requireExecutable, requireKvmAccess, runCommand } from "../ts/host/vm/command.ts";
+import { runToolOk } from "../ts/host/process.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const GOLDEN = join(ROOT, "test/golden/v1/golden.overlay");
@@ -83,6 +84,8 @@ test("the glue built but not the .wasm: NOT_BUILT names the .wasm", async () => 
 test("a missing tool: TOOL_MISSING naming the package and setup, exit 69", async () => {
   assert.throws(() => requireExecutable("cloudlet-no-such-tool"), isCode("TOOL_MISSING", /^cloudlet-no-such-tool not found: apt-get install cloudlet-no-such-tool \(scripts\/setup\.sh installs every tool cloudlet runs\)$/));
   await assert.rejects(runCommand("cloudlet-no-such-tool", []), isCode("TOOL_MISSING", /not found/));
+  // The other runner (qemu-img for disk images, tar for base archives) says the same.
+  await assert.rejects(runToolOk("/nonexistent/qemu-img", ["map"]), isCode("TOOL_MISSING", /^\/nonexistent\/qemu-img not found: apt-get install qemu-utils \(scripts\/setup\.sh/));
   assert.throws(() => requireExecutable("/nonexistent/qemu-img"), isCode("TOOL_MISSING", /^\/nonexistent\/qemu-img not found: apt-get install qemu-utils /));
   // The command, on a PATH that holds only what its launcher needs: building
   // the guest needs apt-get first (root only; as another user it says so first).

@@ -108,7 +108,7 @@ export function requireKvmAccess(opts: { device?: string; groupFile?: string; op
   }
   if (!st.isCharacterDevice()) return;
   const fix = `run scripts/setup.sh (or: chgrp kvm ${device} && chmod 0660 ${device})`;
-  const gid = groupId("kvm", opts.groupFile ?? "/etc/group");
+  const gid = lookupId(opts.groupFile ?? "/etc/group", "kvm");
   if (gid !== null && (st.gid !== gid || (st.mode & 0o060) !== 0o060)) {
     const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
     throw new CloudletError("KVM_PERMISSION", `has group id ${st.gid} and mode ${mode}, but libvirt and KVM guests need group kvm (${gid}) with read-write access: ${fix}`, device);
@@ -122,17 +122,16 @@ export function requireKvmAccess(opts: { device?: string; groupFile?: string; op
   }
 }
 
-/** The id of group `name` in an /etc/group-style file, or null when it has none. */
-function groupId(name: string, groupFile: string): number | null {
-  let text: string;
+/** The id (third field) of `name` in an /etc/passwd- or /etc/group-style file; a numeric name is its own id; null when absent. */
+export function lookupId(file: string, name: string): number | null {
+  if (/^\+?\d+$/.test(name)) return Number(name.replace("+", ""));
   try {
-    text = readFileSync(groupFile, "utf8");
+    for (const line of readFileSync(file, "utf8").split("\n")) {
+      const f = line.split(":");
+      if (f[0] === name) return Number(f[2]);
+    }
   } catch {
-    return null;
-  }
-  for (const line of text.split("\n")) {
-    const f = line.split(":");
-    if (f[0] === name && /^\d+$/.test(f[2] ?? "")) return Number(f[2]);
+    // unknown
   }
   return null;
 }

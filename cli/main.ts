@@ -3,7 +3,7 @@
  * prints results; the work is done by the library in ts/.
  */
 import { cac } from "cac";
-import { isCloudletError, CloudletError } from "../ts/errors.ts";
+import { isCloudletError, CloudletError, exitCodeOf } from "../ts/errors.ts";
 import { loadCoreFromDisk } from "../ts/host/core_file.ts";
 import { CLOUDLET_VERSION, createOverlayFiles, defaultMachine, synthesizeFiles } from "../ts/host/file_jobs.ts";
 import { cloudletHome } from "../ts/host/home.ts";
@@ -604,7 +604,7 @@ async function main(): Promise<void> {
     if (isCloudletError(err)) {
       if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, file: err.file ?? null } }) + "\n");
       process.stderr.write(`cloudlet: ${err.userMessage}\n`);
-      process.exitCode = err.code === "CANCELLED" ? 130 : err.code === "BAD_ARGUMENT" ? 2 : 1;
+      process.exitCode = exitCodeOf(err.code);
     } else if (e instanceof Error && /Unknown option|missing required args|value is missing/i.test(e.message)) {
       process.stderr.write(`cloudlet: ${e.message} (see cloudlet --help)\n`);
       process.exitCode = 2;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets the machine up (idempotent), then runs every suite:
-# native `cargo test` of core-rs, the TypeScript type check, the node:test
-# suites under Node, and the same files under Deno.
+# native `cargo test` of core-rs, a bounded fuzz run of its byte parsers
+# (libFuzzer, 5 targets x 12 s; docs/fuzzing.md), the TypeScript type check,
+# the node:test suites under Node, and the same files under Deno.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -12,6 +13,8 @@ DENO="$ROOT/node_modules/@deno/linux-x64-glibc/deno"
 step() { echo; echo "=== $* ==="; }
 step "cargo test (core-rs, native)"
 (cd core-rs && /usr/bin/cargo test -q --release)
+step "fuzz (core-rs, libFuzzer, 60 s)"
+core-rs/fuzz/run.sh "${CLOUDLET_FUZZ_SECONDS:-12}"
 step "typecheck"
 node_modules/.bin/tsc -p tsconfig.json
 step "node --test"

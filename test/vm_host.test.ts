@@ -301,13 +301,13 @@ test("a host port already in use is refused before anything starts, naming the p
   }
 });
 
-test("qemu-system-x86_64 missing: HOST_TOOL naming the package, nothing created", async () => {
+test("qemu-system-x86_64 missing: TOOL_MISSING naming the package, nothing created", async () => {
   const spec = await bootSpec("noqemu", 0);
-  await assert.rejects(new QemuHost({ binary: "/nonexistent/qemu-system-x86_64" }).start(spec), isCode("HOST_TOOL", /\/nonexistent\/qemu-system-x86_64 not found: apt-get install qemu-system-x86/));
+  await assert.rejects(new QemuHost({ binary: "/nonexistent/qemu-system-x86_64" }).start(spec), isCode("TOOL_MISSING", /\/nonexistent\/qemu-system-x86_64 not found: apt-get install qemu-system-x86 /));
   const path = process.env.PATH;
   process.env.PATH = "/nonexistent";
   try {
-    await assert.rejects(new QemuHost().start(spec), isCode("HOST_TOOL", /^qemu-system-x86_64 not found: apt-get install qemu-system-x86$/));
+    await assert.rejects(new QemuHost().start(spec), isCode("TOOL_MISSING", /^qemu-system-x86_64 not found: apt-get install qemu-system-x86 \(scripts\/setup.sh installs every tool cloudlet runs\)$/));
   } finally {
     process.env.PATH = path;
   }

@@ -26,7 +26,7 @@ export type ErrorCode =
   | "BAD_ARGUMENT"
   /** An input image is not in the expected format. */
   | "BAD_INPUT"
-  /** A host tool (qemu, virsh, ...) is missing or failed. */
+  /** A host tool (qemu, virsh, ...) failed (one that is not installed is TOOL_MISSING). */
   | "HOST_TOOL"
   /** The guest did not become ready, or died. */
   | "GUEST"
@@ -35,7 +35,35 @@ export type ErrorCode =
   /** The operation was cancelled (Ctrl-C or an abort signal). */
   | "CANCELLED"
   /** A network peer misbehaved or refused the request. */
-  | "REMOTE";
+  | "REMOTE"
+  /** Setup: a build output (the core's .wasm, its glue, the component) is missing; run scripts/setup.sh. */
+  | "NOT_BUILT"
+  /** Setup: a host tool (qemu-system-x86_64, qemu-img, virsh, xz, ...) is not installed. */
+  | "TOOL_MISSING"
+  /** Setup: /dev/kvm lacks the group permission libvirt and KVM guests need. */
+  | "KVM_PERMISSION";
+
+/**
+ * Exit codes of the CLI per error code, after sysexits.h: a setup problem
+ * gets its own (the message says what to run), so a script can tell "set the
+ * machine up" from "your input is wrong" (1), a usage error (2) or a bug (70).
+ */
+const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
+  BAD_ARGUMENT: 2,
+  /** EX_UNAVAILABLE: a support program does not exist. */
+  TOOL_MISSING: 69,
+  /** EX_NOPERM: insufficient permission. */
+  KVM_PERMISSION: 77,
+  /** EX_CONFIG: found in an unconfigured state. */
+  NOT_BUILT: 78,
+  /** As a shell reports SIGINT. */
+  CANCELLED: 130,
+};
+
+/** The process exit code for a CloudletError of `code` (1 unless it has its own). */
+export function exitCodeOf(code: ErrorCode): number {
+  return EXIT_CODES[code] ?? 1;
+}
 
 /** An error a user can cause and fix; printed as `cloudlet: [file: ]message`. */
 export class CloudletError extends Error {

@@ -61,7 +61,7 @@ fn index_error(e: kernel_index::IndexError) -> Error {
         E::BadLength => ErrorCode::IndexBadLength,
         E::Unsorted => ErrorCode::IndexUnsorted,
         E::TooLarge => ErrorCode::IndexTooLarge,
-        E::BadRun | E::OffsetTooLarge => ErrorCode::InvalidArgument,
+        E::BadRun | E::OffsetTooLarge | E::BadSource => ErrorCode::InvalidArgument,
     };
     Error { code, message: e.to_string() }
 }

@@ -53,6 +53,8 @@ pub enum IndexError {
     BadRun,
     /// A run reaches an offset past what a value can carry (2^56 - 1).
     OffsetTooLarge,
+    /// A run names a source other than the base disk or the base memory.
+    BadSource,
 }
 
 impl std::fmt::Display for IndexError {
@@ -64,6 +66,7 @@ impl std::fmt::Display for IndexError {
             IndexError::TooLarge => "base index has more than 2^32-1 entries",
             IndexError::BadRun => "add_run: digest buffer and mask do not match",
             IndexError::OffsetTooLarge => "add_run: an offset exceeds 2^56 - 1",
+            IndexError::BadSource => "add_run: source must be 0 (base disk) or 1 (base memory)",
         })
     }
 }
@@ -120,8 +123,14 @@ impl IndexBuilder {
     }
 
     /// [`IndexBuilder::add_run`] for untrusted arguments: checks the buffer,
-    /// the mask and that every offset fits, instead of panicking.
+    /// the mask, the source and that every offset fits, instead of panicking.
+    /// (An unknown source is refused because source 0xff with offset
+    /// 2^56 - 1 packs to [`MISS`]: that entry would read as a miss. Found
+    /// by fuzzing; see tests/fuzz_regressions.rs.)
     pub fn try_add_run(&mut self, digests: &[u8], digest_len: usize, mask: &[u8], source: u8, first_offset: u64, step: u64) -> Result<(), IndexError> {
+        if source != SOURCE_DISK && source != SOURCE_MEM {
+            return Err(IndexError::BadSource);
+        }
         if digest_len < 8 || digests.len() % digest_len != 0 {
             return Err(IndexError::BadRun);
         }

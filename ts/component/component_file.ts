@@ -3,8 +3,10 @@
  * serve `node:` built-ins). Node 20 cannot `fetch` a `file:` URL, so the
  * core modules' bytes are read and handed over.
  */
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
+import { CloudletError } from "../errors.ts";
 import { type ComponentCore, loadComponentCore } from "./component_core.ts";
 
 /** Folder of `scripts/build-component.sh`'s output. */
@@ -12,13 +14,15 @@ export const COMPONENT_DIR = fileURLToPath(new URL("./_gen/", import.meta.url));
 /** The component itself, for hosts other than JS (wasmtime, ...). */
 export const COMPONENT_PATH = fileURLToPath(new URL("./_gen/cloudlet_core.component.wasm", import.meta.url));
 
-/** Reads and instantiates the transpiled component. */
+/** Reads and instantiates the transpiled component; NOT_BUILT, naming what to run, when it is not built. */
 export async function loadComponentCoreFromDisk(): Promise<ComponentCore> {
+  const notBuilt = (file: string) => new CloudletError("NOT_BUILT", "the core component is not built: run scripts/setup.sh (or scripts/build-component.sh)", file);
+  if (!existsSync(`${COMPONENT_DIR}cloudlet_core.js`)) throw notBuilt(`${COMPONENT_DIR}cloudlet_core.js`);
   return loadComponentCore(async (name) => {
     try {
       return await readFile(new URL(`./_gen/${name}`, import.meta.url));
     } catch {
-      throw new Error(`the core component is not built (${COMPONENT_DIR}${name} is missing): run scripts/build-component.sh`);
+      throw notBuilt(`${COMPONENT_DIR}${name}`);
     }
   });
 }

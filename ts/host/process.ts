@@ -4,6 +4,7 @@
  */
 import { spawn } from "node:child_process";
 import { CloudletError } from "../errors.ts";
+import { missingTool } from "./vm/command.ts";
 
 /** Output of a finished tool. */
 export interface ToolResult {
@@ -15,30 +16,23 @@ export interface ToolResult {
   stderr: string;
 }
 
-/** Hints for a missing tool: which Debian package provides it. */
-const PACKAGES: Record<string, string> = {
-  "qemu-img": "qemu-utils",
-  "qemu-system-x86_64": "qemu-system-x86",
-  virsh: "libvirt-clients",
-  xz: "xz-utils",
-};
-
-/** Runs `cmd args`; HOST_TOOL error when the tool is missing. Does not check the exit code. */
+/** Runs `cmd args`; TOOL_MISSING error when the tool is missing. Does not check the exit code. */
 export function runTool(cmd: string, args: string[], opts: { signal?: AbortSignal; input?: string } = {}): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], signal: opts.signal });
     let stdout = "";
     let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    // Deno leaves the pipes null when the tool could not start (it then emits "error", not "close").
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => (stderr += d));
     child.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "ENOENT") reject(new CloudletError("HOST_TOOL", `${cmd} not found: apt-get install ${PACKAGES[cmd] ?? cmd}`));
+      if (e.code === "ENOENT") reject(missingTool(cmd));
       else if (e.name === "AbortError") reject(new CloudletError("CANCELLED", `${cmd} was cancelled`));
       else reject(e);
     });
     child.on("close", (code) => resolve({ code, stdout, stderr }));
-    child.stdin.on("error", () => {});
-    child.stdin.end(opts.input ?? "");
+    child.stdin?.on("error", () => {});
+    child.stdin?.end(opts.input ?? "");
   });
 }
 

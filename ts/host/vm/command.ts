@@ -5,7 +5,7 @@
  * an abort also ends the helpers it started (debootstrap runs dpkg, wget, ...).
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { CloudletError } from "../../errors.ts";
 
@@ -74,16 +74,66 @@ export function findExecutable(name: string): string | null {
   return null;
 }
 
-/** The HOST_TOOL error for a tool that is not installed. */
+/** The TOOL_MISSING error for a tool that is not installed: which package to install, or setup for all of them. */
 export function missingTool(name: string, pkg = INSTALL_HINTS[name.split("/").pop() ?? name]): CloudletError {
-  return new CloudletError("HOST_TOOL", `${name} not found: apt-get install ${pkg ?? name}`);
+  return new CloudletError("TOOL_MISSING", `${name} not found: apt-get install ${pkg ?? name} (scripts/setup.sh installs every tool cloudlet runs)`);
 }
 
-/** Resolves `name` in PATH or throws the HOST_TOOL "not found" error. */
+/** Resolves `name` in PATH or throws the TOOL_MISSING error. */
 export function requireExecutable(name: string, pkg?: string): string {
   const p = findExecutable(name);
   if (!p) throw missingTool(name, pkg);
   return p;
+}
+
+/** The device that KVM guests, and libvirt's probe of QEMU, open. */
+export const KVM_DEVICE = "/dev/kvm";
+
+/**
+ * Refuses a KVM device that is there but lacks the group permission udev
+ * gives it (group kvm, mode 0660; setup applies it where no udev runs):
+ * libvirt then finds KVM "not available now" for its QEMU user and re-probes
+ * QEMU on every domain start (~50 s each), and a KVM guest of a user who may
+ * not open it cannot start. With `open`, also refuses a device this process
+ * may not read and write (for a KVM guest). Nothing to check where there is
+ * no device or no kvm group. KVM_PERMISSION error, naming what to run.
+ */
+export function requireKvmAccess(opts: { device?: string; groupFile?: string; open?: boolean } = {}): void {
+  const device = opts.device ?? KVM_DEVICE;
+  let st;
+  try {
+    st = statSync(device);
+  } catch {
+    return;
+  }
+  if (!st.isCharacterDevice()) return;
+  const fix = `run scripts/setup.sh (or: chgrp kvm ${device} && chmod 0660 ${device})`;
+  const gid = lookupId(opts.groupFile ?? "/etc/group", "kvm");
+  if (gid !== null && (st.gid !== gid || (st.mode & 0o060) !== 0o060)) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
+    throw new CloudletError("KVM_PERMISSION", `has group id ${st.gid} and mode ${mode}, but libvirt and KVM guests need group kvm (${gid}) with read-write access: ${fix}`, device);
+  }
+  if (opts.open) {
+    try {
+      accessSync(device, constants.R_OK | constants.W_OK);
+    } catch {
+      throw new CloudletError("KVM_PERMISSION", `this user may not open it for a KVM guest: add the user to group kvm (usermod -aG kvm USER, then log in again), or use the default TCG (unset CLOUDLET_ACCEL)`, device);
+    }
+  }
+}
+
+/** The id (third field) of `name` in an /etc/passwd- or /etc/group-style file; a numeric name is its own id; null when absent. */
+export function lookupId(file: string, name: string): number | null {
+  if (/^\+?\d+$/.test(name)) return Number(name.replace("+", ""));
+  try {
+    for (const line of readFileSync(file, "utf8").split("\n")) {
+      const f = line.split(":");
+      if (f[0] === name) return Number(f[2]);
+    }
+  } catch {
+    // unknown
+  }
+  return null;
 }
 
 /** Kills a process group, ignoring one that is already gone. */
@@ -134,14 +184,22 @@ export function runCommand(cmd: string, args: string[], opts: CommandOptions = {
     const timer = opts.timeoutMs
       ? setTimeout(() => stop(new CloudletError("HOST_TOOL", `${cmd} ${args.slice(0, 2).join(" ")} did not finish within ${Math.round(opts.timeoutMs! / 1000)} s`)), opts.timeoutMs)
       : null;
+    const settle = () => {
+      opts.signal?.removeEventListener("abort", onAbort);
+      if (timer) clearTimeout(timer);
+    };
     child.on("error", (e: NodeJS.ErrnoException) => {
       failure ??= e.code === "ENOENT" ? missingTool(cmd) : new CloudletError("HOST_TOOL", `cannot run ${cmd}: ${e.message}`, undefined, { cause: e });
+      // A tool that never started: Node emits "close" next, Deno does not.
+      if (child.pid === undefined) {
+        settle();
+        reject(failure);
+      }
     });
     const t0 = performance.now();
     child.on("close", (code, sig) => {
       if (TRACE) process.stderr.write(`cloudlet: ${Math.round(performance.now() - t0)} ms ${code ?? sig} ${cmd} ${args.join(" ")}\n`);
-      opts.signal?.removeEventListener("abort", onAbort);
-      if (timer) clearTimeout(timer);
+      settle();
       if (opts.onLine) for (const w of ["out", "err"] as const) if (partial[w]) opts.onLine(partial[w]);
       if (failure) return reject(failure);
       resolve({ code, signal: sig, stdout, stderr });

@@ -14,7 +14,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { constants } from "node:os";
 import { basename, join } from "node:path";
 import { CloudletError } from "../../errors.ts";
-import { lastLines, requireExecutable, runCommand } from "./command.ts";
+import { lastLines, requireExecutable, requireKvmAccess, runCommand } from "./command.ts";
 import { QmpClient } from "./qmp.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
 import type { VmRecord } from "./vm_records.ts";
@@ -274,8 +274,9 @@ class QemuSession extends VmSession {
   }
 }
 
-/** Checks that KVM can be enabled (`query-kvm` on a machine-less QEMU); HOST_TOOL error otherwise. */
+/** Checks that KVM can be enabled (`query-kvm` on a machine-less QEMU); KVM_PERMISSION or HOST_TOOL error otherwise. */
 export async function probeKvm(binary = "qemu-system-x86_64"): Promise<void> {
+  requireKvmAccess({ open: true });
   const input = ['{"execute":"qmp_capabilities"}', '{"execute":"query-kvm"}', '{"execute":"quit"}'].join("\n") + "\n";
   const r = await runCommand(binary, ["-accel", "kvm", "-machine", "none", "-display", "none", "-nodefaults", "-no-user-config", "-qmp", "stdio"], {
     input,

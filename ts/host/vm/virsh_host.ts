@@ -20,7 +20,7 @@
 import { promises as fsp, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { CloudletError } from "../../errors.ts";
-import { lastLines, requireExecutable, runCommand } from "./command.ts";
+import { lastLines, lookupId, requireExecutable, requireKvmAccess, runCommand } from "./command.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
 import { connectArgs, processAlive, type VmRecord } from "./vm_records.ts";
 import { sleep, validateSpec, VmSession, type StateChannel } from "./vm_session.ts";
@@ -62,6 +62,7 @@ export class VirshHost implements VmHost {
     requireLocalUri(this.connect);
     await validateSpec(spec);
     const virsh = requireExecutable(this.binary, "libvirt-clients libvirt-daemon-system");
+    requireKvmAccess();
     await checkLibvirtd(virsh, this.connect, signal);
     return new VirshSession(spec, virsh, this.connect, this.accel).begin(signal);
   }
@@ -428,19 +429,6 @@ async function assertReachable(ids: { uid: number; name: string; groups: number[
       if (d === "/") break;
     }
   }
-}
-
-function lookupId(file: string, name: string): number | null {
-  if (/^\+?\d+$/.test(name)) return Number(name.replace("+", ""));
-  try {
-    for (const line of readFileSync(file, "utf8").split("\n")) {
-      const f = line.split(":");
-      if (f[0] === name) return Number(f[2]);
-    }
-  } catch {
-    // unknown
-  }
-  return null;
 }
 
 /** The disk and its backing files (qcow2 headers, followed to a raw file), as absolute paths. */

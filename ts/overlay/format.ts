@@ -261,8 +261,9 @@ export function encodeMeta(core: Core, meta: OverlayMeta): Uint8Array {
  * before anything large is allocated when the header is wrong or hostile.
  */
 export function metaBodyLength(header: Uint8Array, file: string): number {
+  // The magic first: a file that is no meta at all is named so, however short.
+  if (header.length >= 8 && !sameBytes(header.subarray(0, 8), META_MAGIC)) fail(file, "not a cloudlet overlay meta (bad magic)");
   if (header.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `overlay meta is truncated (${header.length} of ${HEADER_BYTES} header bytes)`, file);
-  if (!sameBytes(header.subarray(0, 8), META_MAGIC)) fail(file, "not a cloudlet overlay meta (bad magic)");
   const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
   if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
@@ -314,10 +315,11 @@ export function encodePackHeader(core: Core, h: PackHeader, partial: boolean): U
 
 /** Decodes a packed header; refuses a partial (still being written) file. */
 export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackHeader {
-  if (b.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", "packed overlay is truncated (no complete header)", file);
+  // The magic first: a file that is no packed overlay at all is named so, however short.
   const magic = b.subarray(0, 8);
-  if (sameBytes(magic, PART_MAGIC)) fail(file, "this overlay was never completed (its writer was interrupted); create it again");
-  if (!sameBytes(magic, PACK_MAGIC)) fail(file, "not a cloudlet packed overlay (bad magic)");
+  if (b.length >= 8 && sameBytes(magic, PART_MAGIC)) fail(file, "this overlay was never completed (its writer was interrupted); create it again");
+  if (b.length >= 8 && !sameBytes(magic, PACK_MAGIC)) fail(file, "not a cloudlet packed overlay (bad magic)");
+  if (b.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `packed overlay is truncated (${b.length} of ${HEADER_BYTES} header bytes)`, file);
   if (!sameBytes(core.hash("blake3", b.subarray(0, 48)).subarray(0, 16), b.subarray(48, 64))) fail(file, "packed overlay header is corrupt (checksum mismatch)");
   const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
@@ -398,7 +400,7 @@ export function overlayLayoutOf(head: Uint8Array, name: string): OverlayLayout |
 export function requireOverlayLayout(head: Uint8Array, name: string): OverlayLayout {
   const layout = overlayLayoutOf(head, name);
   if (layout) return layout;
-  if (head.length < 8) throw new CloudletError("TRUNCATED", `not a cloudlet overlay: the file has only ${head.length} bytes, too few for an overlay's magic`, name);
+  if (head.length < 8) throw new CloudletError("TRUNCATED", `not a cloudlet overlay: the file has only ${head.length} byte${head.length === 1 ? "" : "s"}, too few for an overlay's magic`, name);
   fail(name, "not a cloudlet overlay: it starts with neither a packed overlay's magic (CLOVPACK) nor an overlay meta's (CLOVMETA)");
 }
 

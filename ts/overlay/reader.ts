@@ -35,7 +35,8 @@ async function readExact(src: ByteSource, offset: number, length: number, what: 
 
 /** Reads and validates a meta from the start of `src` (a meta file or meta bytes). */
 export async function readMeta(core: Core, src: ByteSource, offset = 0): Promise<{ meta: OverlayMeta; length: number; bytes: Uint8Array }> {
-  const head = await readExact(src, offset, HEADER_BYTES, "overlay meta");
+  // Short reads are named by the decoder, after the magic: a file that is no meta says so.
+  const head = await src.read(offset, HEADER_BYTES);
   const bodyLen = metaBodyLength(head, src.name);
   const all = await readExact(src, offset, HEADER_BYTES + bodyLen, "overlay meta");
   return { meta: decodeMeta(core, all, src.name), length: HEADER_BYTES + bodyLen, bytes: all };
@@ -43,7 +44,7 @@ export async function readMeta(core: Core, src: ByteSource, offset = 0): Promise
 
 /** Opens a packed overlay (`NAME.overlay`). */
 export async function openPacked(core: Core, src: ByteSource): Promise<OverlayReader> {
-  const head = await readExact(src, 0, HEADER_BYTES, "packed overlay");
+  const head = await src.read(0, HEADER_BYTES);
   // The header alone first: its checked meta length bounds what is read next.
   const { metaLength } = decodePackHeader(core, head, src.name);
   if (src.size < HEADER_BYTES + metaLength) throw new CloudletError("TRUNCATED", `packed overlay is truncated: ${src.size} bytes, but its header and meta alone take ${HEADER_BYTES + metaLength}`, src.name);

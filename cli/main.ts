@@ -296,7 +296,7 @@ cli
   .option("--verify", "Also decode every segment, check its hash, records and class counts, and (with the base) every rebuilt chunk")
   .option("--web", "Open the browser inspector: serve it on 127.0.0.1, print its URL, stop on Ctrl-C")
   .option("--base <base>", "The overlay's base from the registry (id, id prefix or name), for --verify or --web")
-  .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks, shows XOR against the base")
+  .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks (with --verify, another base is refused by its id, as synthesis does), shows XOR against the base")
   .option("--base-mem <file>", "The base memory image, with --base-disk")
   .option("--port <n>", "With --web: the port on 127.0.0.1 (default: any free port)")
   .example("cloudlet inspect --web --base-disk base.raw --base-mem base.mem app.overlay")

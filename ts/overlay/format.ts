@@ -53,6 +53,10 @@
  *   rebuilt_hash = BLAKE3( for each record, in order:
  *                          u8 kind || u64 LE chunk index || BLAKE3-256(rebuilt 4096 bytes) )
  *
+ * (built only by RebuiltHash below, for the writer and for synthesis alike).
+ * A packed file's head is decoded only by decodePackedHead below: the meta
+ * fills [64, D) exactly, and the segment table sums to the total length.
+ *
  * Chunks past the end of an image are padded with zeros; base reads past the
  * end of a base image read zeros. Enum values below are part of the format:
  * do not change or reuse numbers.

@@ -127,7 +127,7 @@ function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: Vm
     say: (l) => {
       if (!o.json) {
         p.done();
-        process.stderr.write(`cloudlet: ${l}\n`);
+        process.stderr.write(`cloudlet: ${printable(l)}\n`);
       }
     },
     signal: controller.signal,

@@ -4,17 +4,21 @@
  */
 import { cac } from "cac";
 import { isCloudletError, CloudletError, exitCodeOf } from "../ts/errors.ts";
+import { printable, printableJson } from "../ts/printable.ts";
 import { loadCoreFromDisk } from "../ts/host/core_file.ts";
 import { CLOUDLET_VERSION, createOverlayFiles, defaultMachine, synthesizeFiles } from "../ts/host/file_jobs.ts";
-import { cloudletHome } from "../ts/host/home.ts";
+import { cloudletHome, indexCacheDir } from "../ts/host/home.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts";
 import { collectPortForwards } from "../ts/overlay/launch.ts";
 import { verifyOverlay, type VerifyResult } from "../ts/inspect/verify.ts";
 import type { DiskStride } from "../ts/overlay/base_scan.ts";
+import type { Core } from "../ts/core/core.ts";
+import type { MachineConfig } from "../ts/overlay/format.ts";
+import type { ProgressFn } from "../ts/overlay/io.ts";
 import { FileSource } from "../ts/host/files.ts";
 import { WorkerCodec } from "../ts/host/codec_pool.ts";
-import { fileIdentity } from "../ts/host/base_cache.ts";
+import { cacheDirFor, fileIdentity, openBase } from "../ts/host/base_cache.ts";
 import { ProgressBar } from "./progress.ts";
 import { startInspectServer } from "../ts/host/inspect_server.ts";
 import { HomeBackend } from "../ts/host/server_backend.ts";
@@ -54,8 +58,9 @@ function bar(o: Common): ProgressBar {
   return new ProgressBar(!o.json && Boolean(process.stderr.isTTY));
 }
 
+/** Prints a result: JSON, or text whose lines hold no control character (names and strings may come from files). */
 function out(o: Common, json: unknown, text: string): void {
-  process.stdout.write(o.json ? JSON.stringify(json, null, 2) + "\n" : text + "\n");
+  process.stdout.write(o.json ? printableJson(json, 2) + "\n" : text.split("\n").map(printable).join("\n") + "\n");
 }
 
 /** Parses sizes like 1M, 512K, 4096. */
@@ -122,7 +127,7 @@ function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: Vm
     say: (l) => {
       if (!o.json) {
         p.done();
-        process.stderr.write(`cloudlet: ${l}\n`);
+        process.stderr.write(`cloudlet: ${printable(l)}\n`);
       }
     },
     signal: controller.signal,
@@ -291,7 +296,7 @@ cli
   .option("--verify", "Also decode every segment, check its hash, records and class counts, and (with the base) every rebuilt chunk")
   .option("--web", "Open the browser inspector: serve it on 127.0.0.1, print its URL, stop on Ctrl-C")
   .option("--base <base>", "The overlay's base from the registry (id, id prefix or name), for --verify or --web")
-  .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks, shows XOR against the base")
+  .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks (with --verify, another base is refused by its id, as synthesis does), shows XOR against the base")
   .option("--base-mem <file>", "The base memory image, with --base-disk")
   .option("--port <n>", "With --web: the port on 127.0.0.1 (default: any free port)")
   .example("cloudlet inspect --web --base-disk base.raw --base-mem base.mem app.overlay")
@@ -303,9 +308,11 @@ cli
     if (o.base && (o.baseDisk || o.baseMem)) throw new CloudletError("BAD_ARGUMENT", "give --base or --base-disk/--base-mem, not both");
     let baseDisk = o.baseDisk;
     let baseMem = o.baseMem;
+    let baseId: string | undefined;
     if (o.base) {
       const b = await new Registry(cloudletHome(o.home)).getBase(o.base);
       ({ disk: baseDisk, memory: baseMem } = baseFiles(b));
+      baseId = b.id;
     }
     if (o.web) {
       const port = o.port === undefined ? 0 : num(o.port, "--port", 0, 65535);
@@ -326,7 +333,9 @@ cli
         const codec = new WorkerCodec(o.threads ? num(o.threads, "--threads", 1, 256) : undefined);
         const p = bar(o);
         try {
-          verified = await verifyOverlay(core, ov, base, codec, p.update);
+          // A base of the right sizes but other bytes is named as the wrong base (ids), as synthesis does.
+          if (base && baseDisk && baseMem) baseId ??= await baseIdOfFiles(core, baseDisk, baseMem, ov.meta.base.machine, o.home, p.update);
+          verified = await verifyOverlay(core, ov, base && { ...base, id: baseId }, codec, p.update);
         } finally {
           p.done();
           await codec.close();
@@ -340,6 +349,14 @@ cli
       await ov.close();
     }
   });
+
+/** The base id of base image files, as file-mode synthesis computes it: prepared once per home, then cached. */
+async function baseIdOfFiles(core: Core, disk: string, memory: string, machine: MachineConfig, home: string | undefined, progress: ProgressFn): Promise<string> {
+  const dir = cacheDirFor(core, indexCacheDir(cloudletHome(home)), await fileIdentity(disk), await fileIdentity(memory), machine);
+  const base = await openBase(core, { disk, memory, machine, dir, needIndex: false, progress, signal: controller.signal });
+  await base.close();
+  return base.id;
+}
 
 /** Opens a base image for --verify; a size other than the overlay's base had is a wrong base. */
 async function openBaseImage(path: string, want: number, what: string, opened: FileSource[]): Promise<FileSource> {
@@ -502,7 +519,7 @@ cli
       detachedMs: num(o.detachedTimeout, "--detached-timeout", 0, 365 * 86400, false) * 1000,
       name: o.name as string,
       version: CLOUDLET_VERSION,
-      log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
+      log: (l) => process.stderr.write(`${new Date().toISOString()} ${printable(l)}\n`),
     });
     await server.start();
     const addr = server.address();
@@ -602,11 +619,11 @@ async function main(): Promise<void> {
   } catch (e) {
     const err = controller.signal.aborted && !isCloudletError(e) ? controller.signal.reason : e;
     if (isCloudletError(err)) {
-      if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, file: err.file ?? null } }) + "\n");
+      if (json) process.stdout.write(printableJson({ error: { code: err.code, message: err.message, file: err.file ?? null } }) + "\n");
       process.stderr.write(`cloudlet: ${err.userMessage}\n`);
       process.exitCode = exitCodeOf(err.code);
     } else if (e instanceof Error && /Unknown option|missing required args|value is missing/i.test(e.message)) {
-      process.stderr.write(`cloudlet: ${e.message} (see cloudlet --help)\n`);
+      process.stderr.write(`cloudlet: ${printable(e.message)} (see cloudlet --help)\n`);
       process.exitCode = 2;
     } else {
       process.stderr.write(`cloudlet: internal error (please report): ${(e as Error)?.stack ?? e}\n`);

@@ -3,6 +3,7 @@
  * (when there is one) and a message a user can act on; the CLI prints them
  * without a stack trace. Anything else that escapes is a bug.
  */
+import { printable } from "./printable.ts";
 
 /** Stable error codes. Never change or reuse a value: scripts match on them. */
 export type ErrorCode =
@@ -78,9 +79,9 @@ export class CloudletError extends Error {
     super(message, options);
   }
 
-  /** The one-line message a user sees. */
+  /** The one-line message a user sees; control characters from a file or a peer are shown as escapes. */
   get userMessage(): string {
-    return this.file ? `${this.file}: ${this.message}` : this.message;
+    return printable(this.file ? `${this.file}: ${this.message}` : this.message);
   }
 }
 

@@ -12,16 +12,13 @@ import { promises as fsp } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { encodePackHeader, HEADER_BYTES, segmentFileName } from "../overlay/format.ts";
+import { encodePackHeader, HEADER_BYTES, META_SUFFIX, PACKED_SUFFIX, requireOverlayLayout, segmentFileName } from "../overlay/format.ts";
 import { openPacked, openSplit, type OverlayReader } from "../overlay/reader.ts";
 import type { OverlayOutput } from "../overlay/writer.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { AtomicFile, FileSource } from "./files.ts";
 
-/** Suffix of a packed overlay. */
-export const PACKED_SUFFIX = ".overlay";
-/** Suffix of a seed-layout meta file. */
-export const META_SUFFIX = ".overlay-meta";
+export { META_SUFFIX, PACKED_SUFFIX } from "../overlay/format.ts";
 
 /** Which layout an output path asks for, and the file names it implies. */
 export function outputLayout(path: string, layout?: "packed" | "split"): { layout: "packed" | "split"; path: string; stem: string } {
@@ -39,7 +36,7 @@ export interface OpenedOverlay extends OverlayReader {
   close(): Promise<void>;
 }
 
-/** Opens an overlay in either layout, telling them apart by their magic. */
+/** Opens an overlay in either layout, telling them apart by their magic (else by their name). */
 export async function openOverlay(core: Core, path: string): Promise<OpenedOverlay> {
   const src = await FileSource.open(path);
   const opened: FileSource[] = [src];
@@ -47,8 +44,7 @@ export async function openOverlay(core: Core, path: string): Promise<OpenedOverl
     for (const f of opened) await f.close();
   };
   try {
-    const magic = new TextDecoder().decode(await src.read(0, 8));
-    if (magic === "CLOVMETA") {
+    if (requireOverlayLayout(await src.read(0, 8), path) === "split") {
       const stem = path.endsWith(META_SUFFIX) ? path.slice(0, -META_SUFFIX.length) : path;
       const dir = dirname(stem);
       const reader = await openSplit(

@@ -5,14 +5,15 @@
  * Runtime-neutral; the files are {@link ByteSource}s.
  *
  *   NAME.overlay                          packed: one file, told by its magic
- *   NAME.overlay-meta + NAME-1.xz ...     seed layout: the meta by its magic,
- *                                         the segments by name
+ *                                         (or, when that is damaged, its name)
+ *   NAME.overlay-meta + NAME-1.xz ...     seed layout: the meta by its magic
+ *                                         (or name), the segments by name
  *   anything else                         a base image when its size equals
  *                                         the base disk or memory size in the meta
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import type { OverlayMeta } from "../overlay/format.ts";
+import { META_SUFFIX, type OverlayMeta, overlayLayoutOf } from "../overlay/format.ts";
 import type { ByteSource } from "../overlay/io.ts";
 import { openPacked, openSplit, type OverlayReader } from "../overlay/reader.ts";
 
@@ -34,8 +35,6 @@ export interface BaseFiles {
   memory: ByteSource | null;
 }
 
-const META_SUFFIX = ".overlay-meta";
-
 /** The last path component of a name. */
 export function baseName(name: string): string {
   return name.slice(Math.max(name.lastIndexOf("/"), name.lastIndexOf("\\")) + 1);
@@ -46,10 +45,11 @@ export async function sortOverlayFiles(files: ByteSource[]): Promise<OverlayFile
   const found: Array<{ src: ByteSource; layout: "packed" | "split" }> = [];
   const others = new Map<string, ByteSource>();
   for (const f of files) {
-    const magic = f.size >= 8 ? new TextDecoder().decode(await f.read(0, 8)) : "";
-    // A CLOVPART file is a packed overlay whose writer never finished: openPacked says so.
-    if (magic === "CLOVPACK" || magic === "CLOVPART") found.push({ src: f, layout: "packed" });
-    else if (magic === "CLOVMETA") found.push({ src: f, layout: "split" });
+    // By magic, else by name: a damaged NAME.overlay-meta is opened as a
+    // meta, so the reader names what is wrong with it. A CLOVPART file is a
+    // packed overlay whose writer never finished: openPacked says so.
+    const layout = overlayLayoutOf(await f.read(0, Math.min(8, f.size)), baseName(f.name));
+    if (layout) found.push({ src: f, layout });
     else others.set(baseName(f.name), f);
   }
   if (found.length === 0) {

@@ -3,6 +3,7 @@
  * Runtime-neutral; the CLI prints it and the browser page draws it.
  */
 import { CHUNK, CLASS_COUNT, CLASS_NAMES, KIND_NAMES, type OverlayMeta } from "../overlay/format.ts";
+import { printable } from "../printable.ts";
 
 /** Counts and logical bytes of one (kind, class) cell. */
 export interface ClassCell {
@@ -118,10 +119,11 @@ export function renderReport(r: InspectReport): string {
   const lines: string[] = [];
   const pad = (s: string, n: number) => s.padEnd(n);
   const rpad = (s: string, n: number) => s.padStart(n);
-  lines.push(`overlay      ${r.file}`);
-  lines.push(`format       v${r.formatVersion}, made by ${r.creator.tool} ${r.creator.version} at ${r.creator.created}`);
-  lines.push(`base id      ${r.base.id}`);
-  lines.push(`base         disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.base.machine.machine} / ${r.base.machine.cpu} / ${r.base.machine.ramMiB} MiB`);
+  // Every string below comes from the file (or its name): shown through printable(), never raw.
+  lines.push(`overlay      ${printable(r.file)}`);
+  lines.push(`format       v${r.formatVersion}, made by ${printable(r.creator.tool)} ${printable(r.creator.version)} at ${printable(r.creator.created)}`);
+  lines.push(`base id      ${printable(r.base.id)}`);
+  lines.push(`base         disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${printable(r.base.machine.machine)} / ${printable(r.base.machine.cpu)} / ${r.base.machine.ramMiB} MiB`);
   lines.push(`rebuilt      ${Object.entries(r.imageSizes).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${formatBytes(v)}`).join(", ")}`);
   lines.push(`sizes        overlay ${formatBytes(r.sizes.overlay)}, segments ${formatBytes(r.sizes.compressed)} compressed / ${formatBytes(r.sizes.raw)} raw, rewrites ${formatBytes(r.sizes.rebuilt)} (${r.sizes.ratio.toFixed(1)}x)`);
   const fwd = r.launch.portForwards.map((p) => `${p.proto}:${p.hostPort || "auto"}->${p.guestPort}`).join(", ") || "none";

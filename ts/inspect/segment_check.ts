@@ -23,6 +23,8 @@ export interface BaseSources {
   disk: ByteSource | null;
   /** Base memory. */
   memory: ByteSource | null;
+  /** The base id of these images, when known: verification then refuses another base by name, up front. */
+  id?: string;
 }
 
 /** A user-facing error, as plain data (it crosses a worker boundary). */

@@ -11,6 +11,7 @@ import type { SegmentCodec } from "../overlay/codec.ts";
 import { CLASS_COUNT, CLASS_NAMES, KIND_NAMES } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
+import { checkBase } from "../overlay/synthesis.ts";
 import { type BaseSources, checkSegment } from "./segment_check.ts";
 
 /** What {@link verifyOverlay} found (it throws on the first failure). */
@@ -26,6 +27,7 @@ export interface VerifyResult {
 /** Verifies `reader` segment by segment; throws the first failure as a CloudletError naming its file. */
 export async function verifyOverlay(core: Core, reader: OverlayReader, base: BaseSources | null, codec: SegmentCodec, progress?: ProgressFn): Promise<VerifyResult> {
   const meta = reader.meta;
+  if (base?.id) checkBase(meta, base.id, reader.name);
   const counts = KIND_NAMES.map(() => new Array<number>(CLASS_COUNT).fill(0));
   const total = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
   let done = 0;

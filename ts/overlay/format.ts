@@ -53,6 +53,10 @@
  *   rebuilt_hash = BLAKE3( for each record, in order:
  *                          u8 kind || u64 LE chunk index || BLAKE3-256(rebuilt 4096 bytes) )
  *
+ * (built only by RebuiltHash below, for the writer and for synthesis alike).
+ * A packed file's head is decoded only by decodePackedHead below: the meta
+ * fills [64, D) exactly, and the segment table sums to the total length.
+ *
  * Chunks past the end of an image are padded with zeros; base reads past the
  * end of a base image read zeros. Enum values below are part of the format:
  * do not change or reuse numbers.
@@ -261,8 +265,9 @@ export function encodeMeta(core: Core, meta: OverlayMeta): Uint8Array {
  * before anything large is allocated when the header is wrong or hostile.
  */
 export function metaBodyLength(header: Uint8Array, file: string): number {
+  // The magic first: a file that is no meta at all is named so, however short.
+  if (header.length >= 8 && !sameBytes(header.subarray(0, 8), META_MAGIC)) fail(file, "not a cloudlet overlay meta (bad magic)");
   if (header.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `overlay meta is truncated (${header.length} of ${HEADER_BYTES} header bytes)`, file);
-  if (!sameBytes(header.subarray(0, 8), META_MAGIC)) fail(file, "not a cloudlet overlay meta (bad magic)");
   const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
   if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
@@ -314,10 +319,11 @@ export function encodePackHeader(core: Core, h: PackHeader, partial: boolean): U
 
 /** Decodes a packed header; refuses a partial (still being written) file. */
 export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackHeader {
-  if (b.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", "packed overlay is truncated (no complete header)", file);
+  // The magic first: a file that is no packed overlay at all is named so, however short.
   const magic = b.subarray(0, 8);
-  if (sameBytes(magic, PART_MAGIC)) fail(file, "this overlay was never completed (its writer was interrupted); create it again");
-  if (!sameBytes(magic, PACK_MAGIC)) fail(file, "not a cloudlet packed overlay (bad magic)");
+  if (b.length >= 8 && sameBytes(magic, PART_MAGIC)) fail(file, "this overlay was never completed (its writer was interrupted); create it again");
+  if (b.length >= 8 && !sameBytes(magic, PACK_MAGIC)) fail(file, "not a cloudlet packed overlay (bad magic)");
+  if (b.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `packed overlay is truncated (${b.length} of ${HEADER_BYTES} header bytes)`, file);
   if (!sameBytes(core.hash("blake3", b.subarray(0, 48)).subarray(0, 16), b.subarray(48, 64))) fail(file, "packed overlay header is corrupt (checksum mismatch)");
   const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
@@ -341,6 +347,105 @@ export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackH
 export function checkPackTotal(h: PackHeader, meta: OverlayMeta, file: string): void {
   const sum = h.dataOffset + meta.segments.reduce((t, s) => t + s.compressedSize, 0);
   if (sum !== h.totalLength) fail(file, `segment table sums to ${sum} bytes but the header says ${h.totalLength}`);
+}
+
+/** The decoded head of a packed overlay: its header and its meta. */
+export interface PackedHead {
+  /** The packed header. */
+  header: PackHeader;
+  /** The validated meta. */
+  meta: OverlayMeta;
+}
+
+/**
+ * Decodes the head of a packed overlay: the 64-byte header, then the meta
+ * bytes the header says follow it (`metaBytes`, exactly `header.metaLength`
+ * of them). The one rule every reader and the server apply: the meta fills
+ * [64, dataOffset) exactly, with nothing between it and segment 1, and the
+ * segment table agrees with the declared total.
+ */
+export function decodePackedHead(core: Core, headerBytes: Uint8Array, metaBytes: Uint8Array, file: string): PackedHead {
+  const header = decodePackHeader(core, headerBytes, file);
+  if (metaBytes.length < header.metaLength) throw new CloudletError("TRUNCATED", `packed overlay is truncated: its meta has ${metaBytes.length} of ${header.metaLength} bytes`, file);
+  if (metaBytes.length > header.metaLength) fail(file, `the packed header says the meta is ${header.metaLength} bytes, but ${metaBytes.length} were given`);
+  // Checked before the body is hashed: a meta whose own length disagrees
+  // with the packed header leaves bytes between the meta and segment 1 (or
+  // cuts the meta short), which no reader may skip over.
+  const own = HEADER_BYTES + metaBodyLength(metaBytes, file);
+  if (own !== header.metaLength) fail(file, `the meta is ${own} bytes but the packed header gives it ${header.metaLength} (${own < header.metaLength ? "bytes between the meta and segment 1" : "the meta runs into segment 1"})`);
+  const meta = decodeMeta(core, metaBytes, file);
+  checkPackTotal(header, meta, file);
+  return { header, meta };
+}
+
+/** Which layout an overlay file is in. */
+export type OverlayLayout = "packed" | "split";
+
+/** Suffix of a packed overlay file. */
+export const PACKED_SUFFIX = ".overlay";
+/** Suffix of a seed-layout meta file. */
+export const META_SUFFIX = ".overlay-meta";
+
+/**
+ * The layout of an overlay file, from its first bytes (`head`, up to 8), or
+ * when those are no overlay magic, from its name; null when neither says.
+ * A damaged or cut `.overlay-meta` is a meta, and is named as one.
+ */
+export function overlayLayoutOf(head: Uint8Array, name: string): OverlayLayout | null {
+  const magic = head.subarray(0, 8);
+  if (sameBytes(magic, META_MAGIC)) return "split";
+  if (sameBytes(magic, PACK_MAGIC) || sameBytes(magic, PART_MAGIC)) return "packed";
+  if (name.endsWith(META_SUFFIX)) return "split";
+  if (name.endsWith(PACKED_SUFFIX)) return "packed";
+  return null;
+}
+
+/** As {@link overlayLayoutOf}, but a file that neither magic nor name marks as an overlay is refused. */
+export function requireOverlayLayout(head: Uint8Array, name: string): OverlayLayout {
+  const layout = overlayLayoutOf(head, name);
+  if (layout) return layout;
+  if (head.length < 8) throw new CloudletError("TRUNCATED", `not a cloudlet overlay: the file has only ${head.length} byte${head.length === 1 ? "" : "s"}, too few for an overlay's magic`, name);
+  fail(name, "not a cloudlet overlay: it starts with neither a packed overlay's magic (CLOVPACK) nor an overlay meta's (CLOVMETA)");
+}
+
+/** Bytes of one entry of the rebuilt-hash preimage: u8 kind, u64 LE chunk index, BLAKE3-256 digest. */
+export const REBUILT_ENTRY_BYTES = 41;
+
+/**
+ * Builds a segment's rebuilt hash (see the module docs) from its records in
+ * order: the writer feeds it every record at once, synthesis in batches as
+ * it rebuilds them. The only encoder of its preimage.
+ */
+export class RebuiltHash {
+  private readonly hasher: ReturnType<Core["hasher"]>;
+  /** @param core the loaded core (for BLAKE3) */
+  constructor(core: Core) {
+    this.hasher = core.hasher("blake3");
+  }
+
+  /**
+   * Adds records `from` .. `from + count - 1` of `kinds` and `indexes`, whose
+   * rebuilt chunks' digests are `digests` (32 bytes each, in the same order).
+   */
+  update(kinds: ArrayLike<number>, indexes: ArrayLike<number>, digests: Uint8Array, from = 0, count = kinds.length - from): void {
+    const pre = new Uint8Array(count * REBUILT_ENTRY_BYTES);
+    const v = new DataView(pre.buffer);
+    for (let i = 0; i < count; i++) {
+      const o = i * REBUILT_ENTRY_BYTES;
+      const index = indexes[from + i];
+      v.setUint8(o, kinds[from + i]);
+      // u64 LE as two u32s: chunk indexes are safe integers, and this avoids a BigInt per record.
+      v.setUint32(o + 1, index % 2 ** 32, true);
+      v.setUint32(o + 5, Math.floor(index / 2 ** 32), true);
+      pre.set(digests.subarray(i * 32, i * 32 + 32), o + 9);
+    }
+    this.hasher.update(pre);
+  }
+
+  /** The hash, hex, as the meta records it. */
+  hex(): string {
+    return toHex(this.hasher.digest());
+  }
 }
 
 // ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES, LIMITS, metaBodyLength, type OverlayMeta, segmentFileName } from "./format.ts";
+import { decodeMeta, decodePackedHead, decodePackHeader, HEADER_BYTES, LIMITS, metaBodyLength, type OverlayMeta, segmentFileName } from "./format.ts";
 import type { ByteSource } from "./io.ts";
 
 /** Opens files by name relative to the overlay; null when missing. */
@@ -34,26 +34,28 @@ async function readExact(src: ByteSource, offset: number, length: number, what: 
 }
 
 /** Reads and validates a meta from the start of `src` (a meta file or meta bytes). */
-export async function readMeta(core: Core, src: ByteSource, offset = 0, limit?: number): Promise<{ meta: OverlayMeta; length: number; bytes: Uint8Array }> {
-  const head = await readExact(src, offset, HEADER_BYTES, "overlay meta");
+export async function readMeta(core: Core, src: ByteSource, offset = 0): Promise<{ meta: OverlayMeta; length: number; bytes: Uint8Array }> {
+  // Short reads are named by the decoder, after the magic: a file that is no meta says so.
+  const head = await src.read(offset, HEADER_BYTES);
   const bodyLen = metaBodyLength(head, src.name);
-  if (limit !== undefined && HEADER_BYTES + bodyLen > limit) throw new CloudletError("BAD_META", "meta length disagrees with the packed header", src.name);
   const all = await readExact(src, offset, HEADER_BYTES + bodyLen, "overlay meta");
   return { meta: decodeMeta(core, all, src.name), length: HEADER_BYTES + bodyLen, bytes: all };
 }
 
 /** Opens a packed overlay (`NAME.overlay`). */
 export async function openPacked(core: Core, src: ByteSource): Promise<OverlayReader> {
-  const head = await readExact(src, 0, HEADER_BYTES, "packed overlay");
-  const h = decodePackHeader(core, head, src.name);
-  const { meta, bytes: metaBytes } = await readMeta(core, src, HEADER_BYTES, h.metaLength);
+  const head = await src.read(0, HEADER_BYTES);
+  // The header alone first: its checked meta length bounds what is read next.
+  const { metaLength } = decodePackHeader(core, head, src.name);
+  if (src.size < HEADER_BYTES + metaLength) throw new CloudletError("TRUNCATED", `packed overlay is truncated: ${src.size} bytes, but its header and meta alone take ${HEADER_BYTES + metaLength}`, src.name);
+  const metaBytes = await readExact(src, HEADER_BYTES, metaLength, "overlay meta");
+  const { header: h, meta } = decodePackedHead(core, head, metaBytes, src.name);
   const offsets: number[] = [];
   let off = h.dataOffset;
   for (const s of meta.segments) {
     offsets.push(off);
     off += s.compressedSize;
   }
-  checkPackTotal(h, meta, src.name);
   if (src.size < h.totalLength) throw new CloudletError("TRUNCATED", `packed overlay is truncated: ${src.size} of ${h.totalLength} bytes present`, src.name);
   if (src.size > h.totalLength) throw new CloudletError("BAD_META", `packed overlay has ${src.size - h.totalLength} unexpected trailing bytes`, src.name);
   return {

@@ -10,7 +10,7 @@
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES } from "./format.ts";
+import { decodePackedHead, decodePackHeader, HEADER_BYTES } from "./format.ts";
 import type { OverlayReader } from "./reader.ts";
 
 /** Pulls exact byte counts from a ReadableStream. */
@@ -80,9 +80,9 @@ export async function openPackedStream(core: Core, stream: ReadableStream<Uint8A
   const bytes = new StreamBytes(stream, name);
   try {
     const head = await bytes.take(HEADER_BYTES, "packed overlay header");
-    const h = decodePackHeader(core, head, name);
-    const meta = decodeMeta(core, await bytes.take(h.metaLength, "overlay meta"), name);
-    checkPackTotal(h, meta, name);
+    // The header alone first: its checked meta length bounds what is taken next.
+    const { metaLength } = decodePackHeader(core, head, name);
+    const { header: h, meta } = decodePackedHead(core, head, await bytes.take(metaLength, "overlay meta"), name);
     let next = 0;
     let chain: Promise<unknown> = Promise.resolve();
     return {

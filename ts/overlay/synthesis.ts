@@ -9,9 +9,8 @@
  * complete survives.
  */
 import type { Core } from "../core/core.ts";
-import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
-import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, type SegmentRecords } from "./format.ts";
+import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, RebuiltHash, type SegmentRecords } from "./format.ts";
 import type { ByteSource, ImageSink, ProgressFn } from "./io.ts";
 import { CodecFailure, type SegmentCodec } from "./codec.ts";
 import type { OverlayReader } from "./reader.ts";
@@ -157,7 +156,7 @@ export async function applySegment(
   counts: number[],
 ): Promise<{ written: Promise<void> }> {
   const n = r.kinds.length;
-  const hasher = core.hasher("blake3");
+  const rebuiltHash = new RebuiltHash(core);
   // Rebuild every stored chunk at once: XOR slots against their same-offset
   // base chunks (one coalesced read per image, one XOR call), RAW slots as is.
   const slotOf = new Int32Array(n).fill(-1);
@@ -213,18 +212,7 @@ export async function applySegment(
       const got = await readBaseChunks(baseSrc[k === 1 ? ImageKind.Memory : ImageKind.Disk], baseAt[k]);
       basePos[k].forEach((at, j) => buf.set(got.subarray(j * CHUNK, j * CHUNK + CHUNK), at));
     }
-    const digests = core.hashChunks("blake3", buf);
-    // kind || u64 index || digest per record, fed to the hasher in one call.
-    const check = new Uint8Array((e - s) * 41);
-    const cv = new DataView(check.buffer);
-    for (let i = s; i < e; i++) {
-      const o = (i - s) * 41;
-      cv.setUint8(o, r.kinds[i]);
-      cv.setUint32(o + 1, r.indexes[i] % 2 ** 32, true);
-      cv.setUint32(o + 5, Math.floor(r.indexes[i] / 2 ** 32), true);
-      check.set(digests.subarray((i - s) * 32, (i - s) * 32 + 32), o + 9);
-    }
-    hasher.update(check);
+    rebuiltHash.update(r.kinds, r.indexes, core.hashChunks("blake3", buf), s, e - s);
     // Write runs of consecutive chunks of one kind in one call; zero runs as
     // zero. The writes of this batch are issued in order and waited for only
     // after the next batch is built, so the file I/O overlaps the CPU work;
@@ -245,7 +233,7 @@ export async function applySegment(
     await inFlight;
     inFlight = batch;
   }
-  const got = toHex(hasher.digest());
+  const got = rebuiltHash.hex();
   if (got !== meta.segments[segNo].rebuiltHash) {
     await inFlight.catch(() => {});
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);

@@ -26,7 +26,7 @@ import { type Core, Source } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
 import {
   CHUNK, CLASS_COUNT, ChunkClass, encodeMeta, encodeSegment, FORMAT_VERSION, hashHex, ImageKind, KIND_COUNT,
-  type LaunchConfig, type OverlayMeta, RECORD_BYTES, type SegmentInfo,
+  type LaunchConfig, type OverlayMeta, RebuiltHash, RECORD_BYTES, type SegmentInfo,
 } from "./format.ts";
 import { type BaseView, padDigests, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
 import type { ByteSource, ChangedExtent, ProgressFn } from "./io.ts";
@@ -435,7 +435,7 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
       }
       i = j;
     }
-    const rebuilt = new Uint8Array(count * 41);
+    const digests = new Uint8Array(count * 32);
     let slot = 0;
     const ranges: Array<[number, number, number]> = [];
     members.forEach((e, r) => {
@@ -457,15 +457,14 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
       const last = ranges[ranges.length - 1];
       if (last && last[0] === kind && last[1] + last[2] === idx) last[2]++;
       else ranges.push([kind, idx, 1]);
-      const v = new DataView(rebuilt.buffer, r * 41, 41);
-      v.setUint8(0, kind);
-      v.setBigUint64(1, BigInt(idx), true);
-      rebuilt.set(entries.digest(e), r * 41 + 9);
+      digests.set(entries.digest(e), r * 32);
     });
     const payload = encodeSegment({ kinds, classes, indexes, args }, count, data, leaders.length);
+    const rebuiltHash = new RebuiltHash(core);
+    rebuiltHash.update(kinds, indexes, digests, 0, count);
     return {
       payload,
-      info: { rawSize: payload.length, rebuiltHash: hashHex(core, rebuilt), records: count, dataChunks: leaders.length, ranges },
+      info: { rawSize: payload.length, rebuiltHash: rebuiltHash.hex(), records: count, dataChunks: leaders.length, ranges },
     };
   }
 

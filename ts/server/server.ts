@@ -18,7 +18,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError, isCloudletError } from "../errors.ts";
-import { checkPackTotal, decodeMeta, decodePackHeader, HEADER_BYTES, metaBodyLength, type OverlayMeta } from "../overlay/format.ts";
+import { decodePackedHead, HEADER_BYTES, type OverlayMeta } from "../overlay/format.ts";
 import { checkBase } from "../overlay/synthesis.ts";
 import { synthesizeReader, type SynthesizedFiles } from "../host/file_jobs.ts";
 import { acquirePidLock } from "../host/pid_lock.ts";
@@ -420,12 +420,9 @@ export class SynthesisServer {
   private async acceptMeta(s: Session, bytes: Uint8Array): Promise<Session> {
     if (s.state !== "created" || s.meta) throw new HttpError(409, "STATE", `session is ${s.state}; the meta was already sent`);
     const name = `session ${s.id}`;
-    const h = decodePackHeader(this.o.core, bytes.subarray(0, HEADER_BYTES), name);
-    if (bytes.length !== HEADER_BYTES + h.metaLength) throw new CloudletError("BAD_META", `the meta step must carry exactly the header and meta (${HEADER_BYTES + h.metaLength} bytes), got ${bytes.length}`, name);
-    metaBodyLength(bytes.subarray(HEADER_BYTES), name);
-    const meta = decodeMeta(this.o.core, bytes.subarray(HEADER_BYTES), name);
-    // The limit below is on the declared total; the segment table must agree with it.
-    checkPackTotal(h, meta, name);
+    // The one packed-head rule (format.ts): the meta fills the header's meta
+    // length exactly, and the segment table agrees with the declared total, which the limit below is on.
+    const { header: h, meta } = decodePackedHead(this.o.core, bytes.subarray(0, HEADER_BYTES), bytes.subarray(HEADER_BYTES), name);
     if (h.totalLength > this.o.maxOverlayBytes) throw new HttpError(413, "TOO_LARGE", `overlay of ${h.totalLength} bytes exceeds the limit of ${this.o.maxOverlayBytes}`);
     const base = (await this.o.backend.bases()).find((b) => b.id === meta.base.id);
     if (!base) throw new CloudletError("WRONG_BASE", `this cloudlet has no base ${meta.base.id} (the overlay's base); it has: ${(await this.o.backend.bases()).map((b) => `${b.name} ${b.id.slice(0, 12)}`).join(", ") || "none"}`, name);

@@ -8,6 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { existsSync, promises as fsp } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -210,4 +212,27 @@ test("deno publish --dry-run accepts the JSR package (deno.json: name, version, 
   assert.match(all, /ts\/core\/_wasm\/cloudlet_core_bg\.wasm/, "the .wasm is published although it is gitignored");
   assert.match(all, /ts\/mod\.ts/);
   assert.doesNotMatch(all, /\btest\//, "tests are not published");
+});
+
+test("loaded over the network as JSR serves it (https: module URLs), the core loader fetches the .wasm beside it", async () => {
+  // JSR hands Deno remote modules, so import.meta.url is not a file: URL. Serve the
+  // tree read-only over HTTP and import the loader from there, with no file access.
+  const types: Record<string, string> = { ".ts": "application/typescript", ".js": "text/javascript", ".wasm": "application/wasm" };
+  const server = createServer((req, res) => {
+    const path = new URL(req.url ?? "/", "http://x").pathname;
+    const type = types[path.slice(path.lastIndexOf("."))];
+    if (!type || path.includes("..") || !/^\/ts\//.test(path)) return void res.writeHead(404).end();
+    fsp.readFile(join(ROOT, path)).then((b) => res.writeHead(200, { "content-type": type }).end(b), () => res.writeHead(404).end());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  try {
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ts/`;
+    const script = `import { loadCoreFromDisk, WASM_PATH } from "${base}host/core_file.ts";
+      const core = await loadCoreFromDisk();
+      console.log(JSON.stringify({ path: WASM_PATH, zero: core.zeroChunks(new Uint8Array(8192), 4096).length }));`;
+    const out = await ok(DENO, ["eval", "--quiet", "--no-check", "--reload=" + base, script], ROOT);
+    assert.deepEqual(JSON.parse(out), { path: `${base}core/_wasm/cloudlet_core_bg.wasm`, zero: 2 });
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
 });

@@ -23,7 +23,7 @@ for f in ts/core/_wasm/cloudlet_core_bg.wasm ts/core/_wasm/cloudlet_core.js; do
   [ -f "$f" ] || die "$f missing: the WASM core is not built: run scripts/setup.sh (or scripts/build-wasm.sh)"
 done
 [ -x node_modules/.bin/tsc ] || die "node_modules/.bin/tsc missing: run scripts/setup.sh (npm packages)"
-node --import tsx web/build.ts --if-stale 2>/dev/null || die "building the inspector page failed: run node --import tsx web/build.ts"
+node --import tsx web/build.ts --if-stale || die "building the inspector page failed: run node --import tsx web/build.ts"
 
 # Everything the output depends on; the component build (ts/component/_gen) is not shipped.
 stamp=$( { find ts cli web/dist -path ts/component -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum

@@ -230,7 +230,8 @@ test("loaded over the network as JSR serves it (https: module URLs), the core lo
     const script = `import { loadCoreFromDisk, WASM_PATH } from "${base}host/core_file.ts";
       const core = await loadCoreFromDisk();
       console.log(JSON.stringify({ path: WASM_PATH, zero: core.zeroChunks(new Uint8Array(8192), 4096).length }));`;
-    const out = await ok(DENO, ["eval", "--quiet", "--no-check", "--reload=" + base, script], ROOT);
+    // --no-lock: the served URLs change with the port; they must not land in a deno.lock.
+    const out = await ok(DENO, ["eval", "--quiet", "--no-check", "--no-config", "--no-lock", "--reload=" + base, script], tmpdir());
     assert.deepEqual(JSON.parse(out), { path: `${base}core/_wasm/cloudlet_core_bg.wasm`, zero: 2 });
   } finally {
     await new Promise((r) => server.close(r));

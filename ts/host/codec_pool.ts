@@ -44,7 +44,7 @@ export class WorkerCodec implements SegmentCodec {
   private broken: Error | null = null;
 
   /** @param threads worker count (default: available cores) @param preset xz preset @param dictCap dictionary cap */
-  constructor(threads = availableParallelism(), preset = DEFAULT_PRESET, dictCap = SEGMENT_DICT_CAP) {
+  constructor(threads: number = availableParallelism(), preset: number = DEFAULT_PRESET, dictCap: number = SEGMENT_DICT_CAP) {
     this.parallelism = Math.max(1, threads);
     const readies: Promise<void>[] = [];
     for (let i = 0; i < this.parallelism; i++) {

@@ -38,7 +38,7 @@ export class InlineCodec implements SegmentCodec {
   /** @param core the loaded core @param preset xz preset 0-9 */
   constructor(
     private readonly core: Core,
-    private readonly preset = DEFAULT_PRESET,
+    private readonly preset: number = DEFAULT_PRESET,
   ) {}
   compress(raw: Uint8Array): Promise<Uint8Array> {
     return Promise.resolve(this.core.xzCompress(raw, this.preset));

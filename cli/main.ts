@@ -333,7 +333,8 @@ cli
         }
       }
       const said = !verified ? "" : `\n\nverified: all ${verified.segments} segments decode and match their hashes, records and class counts; ` +
-        (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches");
+        (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches") +
+        (verified.baseChecked ? ", and the base files hash to its base id" : "");
       out(o, { ...report, ...(verified ? { verified: true, verification: verified } : {}) }, renderReport(report) + said);
     } finally {
       for (const f of opened) await f.close();

@@ -242,7 +242,7 @@ cli
   .option("--disk-format <fmt>", "qcow2 (over the base disk, default) or raw", { default: "qcow2" })
   .option("--machine <type>", "File mode: QEMU machine type of the base (part of the base id; default as for overlay)")
   .option("--cpu <model>", "File mode: QEMU CPU model of the base (part of the base id; default as for overlay)")
-  .option("--force", "Replace a non-empty output directory")
+  .option("--force", "Replace a non-empty output directory (never one that is, holds or lies inside an input)")
   .example("cloudlet synthesis --base-disk base.raw --base-mem base.mem app.overlay -o out/")
   .action(async (first: string | undefined, second: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();

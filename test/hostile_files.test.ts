@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
+import { Registry } from "../ts/host/registry.ts";
 
 let dir: string;
 let home: string;
@@ -105,6 +106,28 @@ test("item 1: a base file changed behind a warm index cache is refused by synthe
   await flipKeepingIdentity(s.baseDisk, chunk * 4096 + 99);
   failedCleanly(await synth(s, ov, join(dir, "damaged-disk")), s.baseDisk, new RegExp(`base disk chunk ${chunk} \\(byte offset ${chunk * 4096}\\) differs`));
   assert.equal(await exists(join(dir, "damaged-disk")), false);
+});
+
+test("item 1, VM mode: synthesis on a registered base checks its bytes the same way (--no-run, no VM needed)", async () => {
+  const s = await writeImageSet(join(dir, "vmbase"), 65, 4 << 20, 2 << 20, 20);
+  const ov = join(dir, "vmbase.overlay");
+  const made = await makeOverlay(s, ov, ["--json"]);
+  assert.equal(made.code, 0, made.stderr);
+  const vmHome = join(dir, "vm-home");
+  const baseDir = join(vmHome, "bases", "b");
+  await fsp.mkdir(baseDir, { recursive: true });
+  await fsp.copyFile(s.baseDisk, join(baseDir, "disk.raw"));
+  await fsp.copyFile(s.baseMem, join(baseDir, "memory.raw"));
+  const reg = new Registry(vmHome);
+  const machine = { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 2 };
+  await reg.addBase({ id: JSON.parse(made.stdout).baseId, name: "files", created: new Date().toISOString(), dir: baseDir, diskSize: 4 << 20, memorySize: 2 << 20, machine, vcpus: 1, boot: null, host: "qemu", source: "test" });
+  const ok = await cloudlet(["synthesis", "files", ov, "--home", vmHome, "--no-run"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /^verified/);
+  // The base's prepared data is now in its folder; change a page behind it.
+  const page = await untouchedPage(join(baseDir, "memory.raw"), s.mem);
+  await flipKeepingIdentity(join(baseDir, "memory.raw"), page * 4096 + 5);
+  failedCleanly(await cloudlet(["synthesis", "files", ov, "--home", vmHome, "--no-run"]), join(baseDir, "memory.raw"), new RegExp(`base memory page ${page} .*differs from the base this overlay was made for`));
 });
 
 test("item 2: a disk whose size is not a multiple of 512 is refused as qcow2, exact as raw", async () => {

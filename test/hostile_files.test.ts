@@ -3,7 +3,7 @@
 // the inputs, leftovers of killed runs, and the ENOSPC message.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -188,7 +188,9 @@ test("item 3: -o/--force never removes an input (output is, contains or lies ins
 
 test("item 13: the hidden part folders of dead runs are removed at the next run into the same folder", async () => {
   const host = hostname().replace(/[^A-Za-z0-9.]/g, "_");
-  const gone = spawnSync("true").pid!; // a process that has exited
+  const child = spawn("true");
+  const gone = child.pid!;
+  await new Promise((r) => child.on("exit", r)); // a process that has exited
   const parts = join(dir, "parts");
   await fsp.mkdir(parts);
   const dead = [`.out.part-${host}@${gone}-AbC123`, `.out.part-${host}@${gone}-xyZ789.old`];

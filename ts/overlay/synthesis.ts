@@ -5,8 +5,9 @@
  * Segments are fetched and decoded ahead (in parallel, by the codec) while
  * earlier ones are applied. Each segment is checked twice: the BLAKE3 of its
  * compressed bytes before decoding, and the hash over its rebuilt chunks
- * after applying. Any failure aborts every sink, so no output that looks
- * complete survives.
+ * after applying. Every base chunk is hashed meanwhile and must give the
+ * overlay's base id: the chunks an overlay does not store are the base's.
+ * Any failure aborts every sink, so no output that looks complete survives.
  */
 import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";

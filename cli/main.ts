@@ -239,7 +239,7 @@ cli
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
   .option("-o, --output <dir>", "Output directory (disk.qcow2 or disk.raw, memory.raw, state.bin, launch.json)")
-  .option("--disk-format <fmt>", "qcow2 (over the base disk, default) or raw", { default: "qcow2" })
+  .option("--disk-format <fmt>", "qcow2 (over the base disk, default; needs a disk size that is a multiple of 512) or raw", { default: "qcow2" })
   .option("--machine <type>", "File mode: QEMU machine type of the base (part of the base id; default as for overlay)")
   .option("--cpu <model>", "File mode: QEMU CPU model of the base (part of the base id; default as for overlay)")
   .option("--force", "Replace a non-empty output directory (never one that is, holds or lies inside an input)")

@@ -101,6 +101,19 @@ test("item 1: a base file changed behind a warm index cache is refused by synthe
   assert.equal(good.code, 0, good.stderr);
   assert.match(good.stdout, /the base files hash to its base id/);
 
+  // A page the overlay reads (an XOR against the same base page): the rebuilt-chunk check fails first, and the message still names the base file.
+  const [bm, cm] = [await fsp.readFile(s.baseMem), await fsp.readFile(s.mem)];
+  let xorPage = -1;
+  for (let p = 0; p < bm.length / 4096 && xorPage < 0; p++) {
+    let diff = 0;
+    for (let i = p * 4096; i < (p + 1) * 4096; i++) if (bm[i] !== cm[i]) diff++;
+    if (diff > 0 && diff <= 8) xorPage = p;
+  }
+  assert.ok(xorPage >= 0, "the images have a lightly edited page");
+  await flipKeepingIdentity(s.baseMem, xorPage * 4096 + 3);
+  failedCleanly(await synth(s, ov, join(dir, "damaged-read")), s.baseMem, new RegExp(`base memory page ${xorPage} .*differs`));
+  await flipKeepingIdentity(s.baseMem, xorPage * 4096 + 3);
+
   // A base disk chunk: the qcow2 output would read it through its backing file.
   const chunk = await untouchedPage(s.baseDisk, s.disk);
   await flipKeepingIdentity(s.baseDisk, chunk * 4096 + 99);

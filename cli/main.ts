@@ -244,10 +244,10 @@ cli
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
   .option("-o, --output <dir>", "Output directory (disk.qcow2 or disk.raw, memory.raw, state.bin, launch.json)")
-  .option("--disk-format <fmt>", "qcow2 (over the base disk, default) or raw", { default: "qcow2" })
+  .option("--disk-format <fmt>", "qcow2 (over the base disk, default; needs a disk size that is a multiple of 512) or raw", { default: "qcow2" })
   .option("--machine <type>", "File mode: QEMU machine type of the base (part of the base id; default as for overlay)")
   .option("--cpu <model>", "File mode: QEMU CPU model of the base (part of the base id; default as for overlay)")
-  .option("--force", "Replace a non-empty output directory")
+  .option("--force", "Replace a non-empty output directory (never one that is, holds or lies inside an input)")
   .example("cloudlet synthesis --base-disk base.raw --base-mem base.mem app.overlay -o out/")
   .action(async (first: string | undefined, second: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
@@ -342,7 +342,8 @@ cli
         }
       }
       const said = !verified ? "" : `\n\nverified: all ${verified.segments} segments decode and match their hashes, records and class counts; ` +
-        (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches");
+        (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches") +
+        (verified.baseChecked ? ", and the base files hash to its base id" : "");
       out(o, { ...report, ...(verified ? { verified: true, verification: verified } : {}) }, renderReport(report) + said);
     } finally {
       for (const f of opened) await f.close();

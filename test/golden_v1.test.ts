@@ -81,7 +81,7 @@ for (const [layout, file] of LAYOUTS) {
     assert.equal(r.code, 0, r.stderr);
     const v = JSON.parse(r.stdout);
     assert.equal(v.verified, true);
-    assert.deepEqual(v.verification, { segments: 2, rebuilt: 2, rebuiltSkipped: 0 });
+    assert.deepEqual(v.verification, { segments: 2, rebuilt: 2, rebuiltSkipped: 0, baseChecked: true });
   });
 
   test(`${layout}: synthesis rebuilds the recorded images, byte for byte`, async () => {

@@ -2,8 +2,10 @@
  * Base preparation on disk: the base digests and index are built once per
  * base and stored in a directory beside it, keyed by the base id. In file
  * mode (`--base-disk/--base-mem`) the directory lives in the cloudlet home's
- * index cache, keyed by the files' identity (path, size, mtime, inode), so a
- * changed base file is never matched to a stale index.
+ * index cache, keyed by the files' identity (path, size, mtime, inode). That
+ * identity is only a hint (a file changed in place can keep it): synthesis
+ * hashes the base bytes again and checks them against the overlay's base id
+ * (verifyBaseBytes in ts/overlay/synthesis.ts, docs/decisions.md).
  *
  * ```text
  *   DIR/base.json       {version, id, machine, disk/memory sizes, file identities}
@@ -60,7 +62,7 @@ export async function fileIdentity(path: string): Promise<FileIdentity> {
   }
 }
 
-/** Same file, unchanged: inode and device (not the path, so a base directory can be renamed), size and mtime. */
+/** Same file, probably unchanged: inode and device (not the path, so a base directory can be renamed), size and mtime. */
 function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ino === b.ino && a.dev === b.dev;
 }

@@ -3,19 +3,20 @@
  * CLI and the server run them. They wire the runtime-neutral engine to
  * files, worker threads and qemu-img.
  */
-import { promises as fsp } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { existsSync, promises as fsp } from "node:fs";
+import { hostname } from "node:os";
+import { basename, dirname, join, resolve, sep } from "node:path";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
 import { DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
-import { ImageKind, type LaunchConfig, type MachineConfig, type OverlayMeta, validMachine } from "../overlay/format.ts";
+import { CHUNK, ImageKind, type LaunchConfig, type MachineConfig, type OverlayMeta, validMachine } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import { checkBase, synthesize } from "../overlay/synthesis.ts";
 import { writeOverlay } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "./base_cache.ts";
 import { dictCapFor, WorkerCodec } from "./codec_pool.ts";
 import type { DiskStride } from "../overlay/base_scan.ts";
-import { openCustomDisk } from "./disk_image.ts";
+import { holeChunkRuns, openCustomDisk } from "./disk_image.ts";
 import { FileSource, outputError, RawImageSink } from "./files.ts";
 import { indexCacheDir } from "./home.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
@@ -103,7 +104,9 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   const where = outputLayout(resolve(o.out), o.layout);
   try {
     await fsp.access(dirname(where.path));
+    await refuseOverlayOverInputs(where, [o.baseDisk, o.baseMem, o.disk, o.mem, ...(o.state ? [o.state] : [])]);
   } catch (e) {
+    await Promise.all([base.close(), disk.close(), mem.close(), state?.close()]);
     throw outputError(e, where.path);
   }
   const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core, o.progress) : new SplitOverlayOutput(where.stem);
@@ -134,6 +137,20 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   } finally {
     await codec.close();
     await Promise.all([base.close(), disk.close(), mem.close(), state?.close()]);
+  }
+}
+
+/** Refuses an overlay output that would replace (or, for the seed layout, remove as a stale segment) one of `inputs`. */
+async function refuseOverlayOverInputs(where: { layout: "packed" | "split"; path: string; stem: string }, inputs: string[]): Promise<void> {
+  const outDir = await plannedRealPath(dirname(where.path));
+  const segment = new RegExp(`^${basename(where.stem).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}-\\d+\\.xz$`);
+  for (const input of inputs) {
+    for (const p of [resolve(input), await fsp.realpath(input).catch(() => resolve(input))]) {
+      const inOutDir = (await plannedRealPath(dirname(p))) === outDir;
+      if (inOutDir && (basename(p) === basename(where.path) || (where.layout === "split" && segment.test(basename(p))))) {
+        throw new CloudletError("BAD_ARGUMENT", `the output would replace the input ${input}; choose another -o`, where.path);
+      }
+    }
   }
 }
 
@@ -217,13 +234,20 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
     // The base id covers the machine config, so this is a wrong base; say which part differs.
     throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB (file mode: --machine and --cpu name the base's machine)`, o.overlay);
   }
+  const diskFormat = o.diskFormat ?? "qcow2";
+  const diskSize = meta.imageSizes[ImageKind.Disk];
+  if (diskFormat === "qcow2" && diskSize % QCOW2_SECTOR) {
+    // QEMU counts a qcow2's virtual size in 512-byte sectors and would drop the tail: never write a short disk.
+    throw new CloudletError("BAD_INPUT", `the custom disk is ${diskSize} bytes, not a multiple of ${QCOW2_SECTOR}: a qcow2 image cannot hold its last ${diskSize % QCOW2_SECTOR} bytes; synthesize with --disk-format raw`, o.overlay);
+  }
+  const outDir = resolve(o.outDir);
+  const inputs = [o.baseDisk, o.baseMem, o.overlay, ...meta.segments.map((_, i) => overlay.segmentFile(i))];
+  await refuseOutputOverInputs(outDir, inputs, [o.home, ...(o.baseDir ? [o.baseDir] : [])]);
   const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
   const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
   try {
     checkBase(meta, base.id, o.overlay);
-    const outDir = resolve(o.outDir);
     const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
-    const diskFormat = o.diskFormat ?? "qcow2";
     const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     // A caller that synthesizes often (the server) passes a warm codec and keeps it.
     const codec = o.codec ?? new WorkerCodec(o.threads);
@@ -246,6 +270,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         overlay,
         codec,
         sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
+        baseCheck: { digests: base.digests, knownZero: { disk: await holeChunkRuns(o.baseDisk, CHUNK), memory: await holeChunkRuns(o.baseMem, CHUNK) } },
         progress: o.progress,
         signal: o.signal,
       });
@@ -265,14 +290,96 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
     } catch (e) {
       await Promise.allSettled(sinks.map((s) => s.abort()));
       await fsp.rm(tmpDir, { recursive: true, force: true });
-      // Name the output the user asked for, not our temporary directory.
-      if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, outDir + e.file.slice(tmpDir.length), { cause: e });
+      // Name the output the user asked for, not our temporary directory or part file.
+      if (e instanceof CloudletError && e.file?.startsWith(tmpDir)) throw new CloudletError(e.code, e.message, finalName(outDir + e.file.slice(tmpDir.length)), { cause: e });
       throw e;
     } finally {
       if (!o.codec) await codec.close();
     }
   } finally {
     await base.close();
+  }
+}
+
+/** QEMU's unit of a disk's virtual size. */
+const QCOW2_SECTOR = 512;
+
+/** The final name of a temporary part file (`DIR/.NAME.part-PID-HEX` -> `DIR/NAME`); other paths as they are. */
+function finalName(path: string): string {
+  const m = /^\.(.+)\.part-\d+-[0-9a-f]+$/.exec(basename(path));
+  return m ? join(dirname(path), m[1]) : path;
+}
+
+/** `child` is `parent` or lies inside it (both real, absolute paths). */
+function insideOrSame(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent.endsWith(sep) ? parent : parent + sep);
+}
+
+/** The real path of `path`, following symlinks; for a path that does not exist yet, that of its nearest existing ancestor joined with the rest. */
+async function plannedRealPath(path: string): Promise<string> {
+  const rest: string[] = [];
+  for (let head = resolve(path); ; ) {
+    try {
+      return join(await fsp.realpath(head), ...rest);
+    } catch {
+      const up = dirname(head);
+      if (up === head) return resolve(path);
+      rest.unshift(basename(head));
+      head = up;
+    }
+  }
+}
+
+/**
+ * Refuses an output directory that is, contains or lies inside an input
+ * file, or that is or contains one of `homes` (the cloudlet home, a prepared
+ * base): --force replaces the whole directory, and must never delete an
+ * input. Real paths are compared, so symlinks do not hide an input.
+ */
+export async function refuseOutputOverInputs(outDir: string, inputs: string[], homes: string[] = []): Promise<void> {
+  const out = await plannedRealPath(outDir);
+  const real = async (p: string) => fsp.realpath(p).catch(() => null); // a label (a network overlay) or a missing file is no file to lose
+  for (const [list, alsoInside] of [[inputs, true], [homes, false]] as const) {
+    for (const input of new Set(list)) {
+      const r = await real(input);
+      if (!r) continue;
+      if (insideOrSame(r, out) || (alsoInside && insideOrSame(out, r))) {
+        throw new CloudletError("BAD_ARGUMENT", `the output directory ${r === out ? "is" : insideOrSame(r, out) ? "contains" : "lies inside"} the input ${input}: writing it would replace that input; choose another -o`, outDir);
+      }
+    }
+  }
+}
+
+/** Whether process `pid` on this machine still runs (an EPERM answer means it does, under another user). */
+function processAlive(pid: number): boolean {
+  if (existsSync("/proc/self")) return existsSync(`/proc/${pid}`);
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** The temporary-directory prefix of a run into `outDir`: it records this host and process, so a later run can tell a dead run's leftovers. */
+function partPrefix(outDir: string): string {
+  return `.${basename(outDir)}.part-${hostname().replace(/[^A-Za-z0-9.]/g, "_")}@${process.pid}-`;
+}
+
+/**
+ * Removes the temporary directories that killed runs into `outDir` left
+ * beside it: only those made on this host by a process that no longer
+ * runs (see docs/decisions.md). Best effort: a failure leaves them.
+ */
+async function removeDeadParts(outDir: string): Promise<void> {
+  const name = basename(outDir);
+  const host = hostname().replace(/[^A-Za-z0-9.]/g, "_");
+  const escaped = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const re = new RegExp(`^\\.${escaped(name)}\\.part-${escaped(host)}@(\\d+)-[A-Za-z0-9]{6}(\\.old)?$`);
+  const entries = await fsp.readdir(dirname(outDir)).catch(() => [] as string[]);
+  for (const e of entries) {
+    const m = re.exec(e);
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) await fsp.rm(join(dirname(outDir), e), { recursive: true, force: true }).catch(() => {});
   }
 }
 
@@ -285,7 +392,8 @@ async function prepareOutputDir(outDir: string, force: boolean): Promise<string>
     });
     if (entries.length && !force) throw new CloudletError("OUTPUT_FAILED", "output directory is not empty (use --force to replace it)", outDir);
     await fsp.mkdir(dirname(outDir), { recursive: true });
-    const tmp = await fsp.mkdtemp(join(dirname(outDir), `.${basename(outDir)}.part-`));
+    await removeDeadParts(outDir);
+    const tmp = await fsp.mkdtemp(join(dirname(outDir), partPrefix(outDir)));
     // The directory becomes the output: give it normal permissions (mkdtemp makes 0700).
     await fsp.chmod(tmp, 0o755);
     return tmp;

@@ -11,7 +11,7 @@ import type { SegmentCodec } from "../overlay/codec.ts";
 import { CLASS_COUNT, CLASS_NAMES, KIND_NAMES } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
-import { checkBase } from "../overlay/synthesis.ts";
+import { checkBase, verifyBaseBytes } from "../overlay/synthesis.ts";
 import { type BaseSources, checkSegment } from "./segment_check.ts";
 
 /** What {@link verifyOverlay} found (it throws on the first failure). */
@@ -22,6 +22,8 @@ export interface VerifyResult {
   rebuilt: number;
   /** Segments whose rebuilt check needs the base, which was not given. */
   rebuiltSkipped: number;
+  /** The given base files hash to the overlay's base id (false when no base was given). */
+  baseChecked: boolean;
 }
 
 /** Verifies `reader` segment by segment; throws the first failure as a CloudletError naming its file. */
@@ -33,9 +35,16 @@ export async function verifyOverlay(core: Core, reader: OverlayReader, base: Bas
   let done = 0;
   let rebuilt = 0;
   let rebuiltSkipped = 0;
+  // The rebuilt chunks cover only what the overlay references; the base id covers every base byte a VM would build on.
+  const baseChecked = base?.disk && base.memory ? verifyBaseBytes(core, meta, base.disk, base.memory) : null;
+  baseChecked?.catch(() => {}); // awaited below
   for (let i = 0; i < meta.segments.length; i++) {
     const c = await checkSegment(core, reader, i, base, codec);
-    if (c.error) throw new CloudletError(c.error.code as CloudletError["code"], c.error.message, c.error.file ?? reader.segmentFile(i));
+    if (c.error) {
+      // A rebuilt chunk that fails on a changed or wrong base: name the base, not the segment.
+      if (c.error.code === "VERIFY_FAILED" && baseChecked) await baseChecked;
+      throw new CloudletError(c.error.code as CloudletError["code"], c.error.message, c.error.file ?? reader.segmentFile(i));
+    }
     const r = c.records!;
     for (let k = 0; k < r.kinds.length; k++) counts[r.kinds[k]][r.classes[k]]++;
     if (c.rebuilt === "ok") rebuilt++;
@@ -50,5 +59,6 @@ export async function verifyOverlay(core: Core, reader: OverlayReader, base: Bas
       }
     }
   }
-  return { segments: meta.segments.length, rebuilt, rebuiltSkipped };
+  await baseChecked;
+  return { segments: meta.segments.length, rebuilt, rebuiltSkipped, baseChecked: baseChecked !== null };
 }

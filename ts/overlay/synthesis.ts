@@ -5,13 +5,15 @@
  * Segments are fetched and decoded ahead (in parallel, by the codec) while
  * earlier ones are applied. Each segment is checked twice: the BLAKE3 of its
  * compressed bytes before decoding, and the hash over its rebuilt chunks
- * after applying. Any failure aborts every sink, so no output that looks
- * complete survives.
+ * after applying. Every base chunk is hashed meanwhile and must give the
+ * overlay's base id: the chunks an overlay does not store are the base's.
+ * Any failure aborts every sink, so no output that looks complete survives.
  */
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import { CHUNK, ChunkClass, decodeSegment, hashHex, ImageKind, type OverlayMeta, RebuiltHash, type SegmentRecords } from "./format.ts";
-import type { ByteSource, ImageSink, ProgressFn } from "./io.ts";
+import { CHUNK, ChunkClass, computeBaseId, decodeSegment, hashHex, ImageKind, type OverlayMeta, RebuiltHash, type SegmentRecords } from "./format.ts";
+import { type ByteSource, type ImageSink, type ProgressFn, readChunks } from "./io.ts";
+import { type DigestSource, type KnownZero, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
 import { CodecFailure, type SegmentCodec } from "./codec.ts";
 import type { OverlayReader } from "./reader.ts";
 
@@ -37,6 +39,8 @@ export interface SynthesisOptions {
   progress?: ProgressFn;
   /** Cancellation. */
   signal?: AbortSignal;
+  /** What helps the base check (see {@link verifyBaseBytes}): stored digests name a changed chunk; known holes are not read. */
+  baseCheck?: BaseCheckHints;
 }
 
 /** Counts of what synthesis did. */
@@ -81,6 +85,12 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
   let done = total - meta.segments.reduce((t, s) => t + s.compressedSize, 0);
   const pending: Array<Promise<SegmentRecords>> = [];
   let next = 0;
+  // Every base byte the outputs build on (copied or backing chunks as much as
+  // referenced ones) is checked against the overlay's base id, alongside the
+  // segments; nothing is finished before it passed. See docs/decisions.md.
+  const stopBaseCheck = new AbortController();
+  const baseChecked = verifyBaseBytes(core, meta, o.baseDisk, o.baseMemory, { ...o.baseCheck, signal: signal ? AbortSignal.any([signal, stopBaseCheck.signal]) : stopBaseCheck.signal });
+  baseChecked.catch(() => {}); // awaited below
   const launch = () => {
     while (next < meta.segments.length && pending.length < readAhead) {
       const p = fetchSegment(core, overlay, o.codec, next++);
@@ -103,9 +113,14 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
       o.progress?.({ phase: "synthesize", done, total });
     }
     await written;
+    await baseChecked;
     await Promise.all(o.sinks.map((s) => s.finish()));
   } catch (e) {
     await written.catch(() => {});
+    // A rebuilt chunk that fails its check on a changed base: name the base file, not the segment.
+    if (e instanceof CloudletError && e.code === "VERIFY_FAILED") await baseChecked.catch((b) => (e = b));
+    stopBaseCheck.abort();
+    await baseChecked.catch(() => {});
     await Promise.allSettled(pending);
     await Promise.allSettled(o.sinks.map((s) => s.abort()));
     throw e;
@@ -239,4 +254,57 @@ export async function applySegment(
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }
   return { written: inFlight };
+}
+
+/** Hints for {@link verifyBaseBytes}. */
+export interface BaseCheckHints {
+  /** The digests stored when the base was prepared: a mismatch then names the chunk that changed. */
+  digests?: DigestSource;
+  /** Chunk runs known to read as zero (file holes): not read, as at preparation. */
+  knownZero?: KnownZero;
+  /** Cancellation. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Hashes every chunk of the base images and checks the result against the
+ * overlay's base id, so no output builds on base bytes that differ from the
+ * base the overlay was made for (a cache keyed by file identity cannot tell).
+ * Throws WRONG_BASE naming the base file (and the chunk, when `digests` are given).
+ */
+export async function verifyBaseBytes(core: Core, meta: OverlayMeta, disk: ByteSource, memory: ByteSource, hints: BaseCheckHints = {}): Promise<void> {
+  const zeroDigest = zeroChunkDigest(core);
+  const listHashes: Uint8Array[] = [];
+  // Memory first, as the id is computed (see scanBase).
+  for (const [src, kind, holes, what] of [[memory, 1, hints.knownZero?.memory, "base memory page"], [disk, 0, hints.knownZero?.disk, "base disk chunk"]] as const) {
+    const n = Math.ceil(src.size / CHUNK);
+    const listHash = core.hasher("blake3");
+    for (let first = 0; first < n; first += SCAN_BATCH) {
+      hints.signal?.throwIfAborted();
+      const count = Math.min(SCAN_BATCH, n - first);
+      let digests: Uint8Array;
+      if (holes?.some(([a, b]) => a <= first && first + count <= b)) {
+        digests = new Uint8Array(count * 32);
+        for (let i = 0; i < count; i++) digests.set(zeroDigest, i * 32);
+      } else {
+        digests = core.hashChunks("blake3", await readChunks(src, first, count));
+      }
+      listHash.update(digests);
+      if (hints.digests) {
+        const want = await hints.digests.read(kind, first, count);
+        for (let i = 0; i < count; i++) {
+          for (let b = 0; b < SHORT_DIGEST; b++) {
+            if (digests[i * 32 + b] !== want[i * SHORT_DIGEST + b]) {
+              throw new CloudletError("WRONG_BASE", `${what} ${first + i} (byte offset ${(first + i) * CHUNK}) differs from the base this overlay was made for: the file was changed after it was prepared; restore it or use the overlay's own base`, src.name);
+            }
+          }
+        }
+      }
+    }
+    listHashes.push(listHash.digest());
+  }
+  const id = computeBaseId(core, meta.base.machine, disk.size, memory.size, listHashes[1], listHashes[0]);
+  if (id !== meta.base.id) {
+    throw new CloudletError("WRONG_BASE", `the base files do not hash to the overlay's base id (expected ${meta.base.id}, actual ${id}): a base file was changed, or this is not the overlay's base (base memory ${memory.name})`, disk.name);
+  }
 }

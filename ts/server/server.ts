@@ -604,9 +604,15 @@ export class SynthesisServer {
     await this.acceptMeta(s, src.headerAndMeta);
     s.firstByteAt = Date.now();
     // Bytes arriving from the URL renew the idle clock: the session waits on that server, not on its client.
+    // Progress goes out as bytes arrive too, so a client's event stream is not silent during a slow download.
+    let lastEmit = 0;
     const renewing = async function* (body: AsyncIterable<Uint8Array>) {
       for await (const c of body) {
         s.lastActivity = Date.now();
+        if (s.lastActivity - lastEmit > 500) {
+          lastEmit = s.lastActivity;
+          s.emit({ type: "progress", received: s.feed!.offset, applied: s.applied, expected: s.feed!.expected });
+        }
         yield c;
       }
     };

@@ -411,7 +411,7 @@ test("item 9: an empty or malformed Upload-Offset header gets 400", async () => 
     }
     assert.equal((await status(s.port, id)).received, 0, "nothing was taken");
     const ok = await request(s.port, "PATCH", `/v1/sessions/${id}/data`, seg0, { "upload-offset": "0" });
-    assert.equal(ok.status, 204, ok.body);
+    assert.equal(ok.status, 204, `${ok.status} ${ok.body}`);
     assert.equal(ok.headers["upload-offset"], String(seg0.length));
     await assertServing(s, "bad Upload-Offset");
   } finally {

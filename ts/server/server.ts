@@ -510,9 +510,11 @@ export class SynthesisServer {
     }
     s.firstByteAt ||= Date.now();
     const feed = s.feed;
+    let bytes = 0;
     const counted = (async function* (src: AsyncIterable<Buffer>) {
       for await (const c of src) {
         s.lastActivity = Date.now();
+        bytes += c.byteLength;
         yield new Uint8Array(c.buffer, c.byteOffset, c.byteLength);
       }
     })(req as AsyncIterable<Buffer>);
@@ -528,7 +530,9 @@ export class SynthesisServer {
       if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
       throw e;
     }
-    this.offsetHeaders(res, s, req.complete ? 204 : 200);
+    // Deno's node:http does not set req.complete; a body that reached its declared length is complete too.
+    const declared = Number(req.headers["content-length"] ?? NaN);
+    this.offsetHeaders(res, s, req.complete || bytes === declared ? 204 : 200);
   }
 
   private events(s: Session, res: http.ServerResponse): void {

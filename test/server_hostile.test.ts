@@ -451,6 +451,9 @@ test("item 10: silent sockets from three addresses neither shut out other client
     for (let i = 0; i < 130 && silent.some((x) => !x.closedAt); i++) await sleep(100);
     const late = silent.filter((x) => !x.closedAt || x.closedAt > 12_000);
     assert.equal(late.length, 0, `silent sockets still open after 12 s: ${late.length} of ${silent.length}`);
+    // The newest ones (not evicted by later arrivals) were closed by the timer, not before 10 s.
+    const timed = silent.filter((x) => x.closedAt >= 9_500);
+    assert.ok(timed.length >= 8, `closed by the 10 s timer: ${timed.length} of ${silent.length}`);
     await assertServing(s, "silent sockets");
   } finally {
     await s.stop();

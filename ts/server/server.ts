@@ -239,7 +239,12 @@ export class SynthesisServer {
       if (n > perAddressMax) return sock.destroy();
       perAddress.set(from, n);
       const key = `${from}|${sock.remotePort}`;
-      if (this.awaitingHeaders.size >= silentMax) this.awaitingHeaders.values().next().value?.sock.destroy();
+      if (this.awaitingHeaders.size >= silentMax) {
+        const [oldest, w] = this.awaitingHeaders.entries().next().value!;
+        clearTimeout(w.timer);
+        this.awaitingHeaders.delete(oldest);
+        w.sock.destroy();
+      }
       // Node's headersTimeout is checked only on connections that sent something; this bound holds for silent ones too.
       const timer = setTimeout(() => sock.destroy(), HEADERS_MS);
       timer.unref();
@@ -250,7 +255,6 @@ export class SynthesisServer {
         else perAddress.delete(from);
         this.headersArrived(sock);
       });
-      sock.on("error", () => {});
       sock.setTimeout(this.o.idleMs, () => sock.destroy());
     });
     this.server = srv;

@@ -625,9 +625,13 @@ export class SynthesisServer {
       }
     };
     for (let attempt = 0; !s.feed!.complete && !s.terminal; attempt++) {
+      let body: AsyncGenerator<Uint8Array> | null = null;
       try {
-        await s.feed!.ingest(renewing(await src.body(s.feed!.offset)), s.feed!.offset);
+        body = renewing(await src.body(s.feed!.offset));
+        await s.feed!.ingest(body, s.feed!.offset);
       } catch (e) {
+        // The feed stops reading on an error without closing its source: cancel this download.
+        void body?.return(undefined).catch(() => {});
         // A corrupt segment is final; only transfer errors are retried.
         if (s.terminal || s.feed!.failed || attempt >= 5) throw e;
         this.o.log(`session ${s.id}: fetch interrupted at ${s.feed!.offset} (${(e as Error).message}); resuming`);

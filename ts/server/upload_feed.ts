@@ -33,9 +33,8 @@ export class UploadFeed implements OverlayReader {
   private committed = 0;
   private failure: unknown = null;
   private space: (() => void) | null = null;
-  /** Rejects when the feed fails: an upload waiting for bytes stops at once. */
-  private readonly failedSignal: Promise<never>;
-  private rejectFailed: (e: unknown) => void = () => {};
+  /** Wakes an upload waiting for bytes when the feed fails, so it stops at once. */
+  private wake: ((e: unknown) => void) | null = null;
   private ingesting = false;
   readonly totalBytes: number;
   private readonly dataBytes: number;
@@ -49,8 +48,6 @@ export class UploadFeed implements OverlayReader {
   ) {
     this.dataBytes = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
     this.totalBytes = this.dataBytes;
-    this.failedSignal = new Promise<never>((_, reject) => (this.rejectFailed = reject));
-    this.failedSignal.catch(() => {});
   }
 
   /** True once the feed has failed (a corrupt segment, or the session ended). */
@@ -91,7 +88,7 @@ export class UploadFeed implements OverlayReader {
   /** Fails every waiting and future segment request. */
   fail(e: unknown): void {
     this.failure ??= e;
-    this.rejectFailed(this.failure);
+    this.wake?.(this.failure);
     for (const w of this.waiters.values()) w.reject(e);
     this.waiters.clear();
     this.space?.();
@@ -112,9 +109,13 @@ export class UploadFeed implements OverlayReader {
     try {
       for (;;) {
         // Waits for bytes or for the feed to fail (DELETE, a corrupt segment), whichever comes first.
+        // (One promise per read, not a race against one long-lived promise, which would keep a reaction per read.)
         const next = it.next();
-        next.catch(() => {});
-        const r = await Promise.race([next, this.failedSignal]);
+        const r = await new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+          this.wake = reject;
+          next.then(resolve, reject);
+        });
+        this.wake = null;
         if (r.done) break;
         let p = r.value;
         while (p.length) {
@@ -141,6 +142,7 @@ export class UploadFeed implements OverlayReader {
         if (this.failure) throw this.failure;
       }
     } finally {
+      this.wake = null;
       this.ingesting = false;
     }
   }

@@ -209,7 +209,8 @@ test("item 4: a chunked POST /v1/sessions over the body limit gets 413 and the s
   const f = await setup();
   const s = await serve(f);
   try {
-    assert.match(await oversizedCreate(s.port), /^HTTP\/1\.1 413 .*TOO_LARGE/s);
+    const reply = await oversizedCreate(s.port);
+    assert.match(reply, /^HTTP\/1\.1 413 .*TOO_LARGE/s, `reply: ${JSON.stringify(reply.slice(0, 300))}`);
     await assertServing(s, "oversized chunked create");
   } finally {
     await s.stop();

@@ -404,10 +404,12 @@ export class SynthesisServer {
     if (declared > max) throw new HttpError(413, "TOO_LARGE", `body of ${declared} bytes exceeds the limit of ${max}`);
     const parts: Buffer[] = [];
     let n = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      n += c.length;
+    // Not `for await`: leaving that loop destroys the request, and with it the socket the 413 must go out on.
+    const it = (req as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      n += r.value.length;
       if (n > max) throw new HttpError(413, "TOO_LARGE", `body exceeds the limit of ${max} bytes`);
-      parts.push(c);
+      parts.push(r.value);
     }
     return new Uint8Array(Buffer.concat(parts));
   }

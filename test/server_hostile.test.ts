@@ -460,3 +460,9 @@ test("item 10: silent sockets from three addresses neither shut out other client
     await s.stop();
   }
 });
+
+test("cleanup: the scratch folder is removed", async () => {
+  const f = await setup();
+  await fsp.rm(f.dir, { recursive: true, force: true });
+  await assert.rejects(fsp.access(f.dir));
+});

@@ -94,6 +94,10 @@ export interface ServerOptions {
 }
 
 const ID_RE = /^[0-9a-f]{32}$/;
+/** Time a connection has to send its first request's headers, ms (docs/protocol.md, Limits). */
+const HEADERS_MS = 10_000;
+/** An Upload-Offset value: decimal digits only (no sign, exponent, hex or blanks). */
+const OFFSET_RE = /^[0-9]{1,16}$/;
 
 class HttpError extends Error {
   constructor(
@@ -122,6 +126,8 @@ class Session {
   firstByteAt = 0;
   work: Promise<void> | null = null;
   detachedAt = 0;
+  /** For `{url}` sessions: the overlay's URL (the server, not the client, moves the bytes). */
+  url: string | null = null;
 
   /** @param id session id @param dir its temp dir @param host the address its client reaches this server at */
   constructor(
@@ -169,6 +175,10 @@ export class SynthesisServer {
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private unlock: (() => Promise<void>) | null = null;
   private codec: WorkerCodec | null = null;
+  /** Session slots taken by create requests still reading their body (counted against --max-sessions). */
+  private reserved = 0;
+  /** Connections that have not yet sent a request's headers, oldest first, by remote address:port. */
+  private readonly awaitingHeaders = new Map<string, { sock: Socket; timer: ReturnType<typeof setTimeout> }>();
   private readonly o: Required<Omit<ServerOptions, "tls">> & { tls?: ServerOptions["tls"] };
 
   /** @param opts settings */
@@ -203,13 +213,14 @@ export class SynthesisServer {
     await fsp.rm(join(this.o.home, "sessions"), { recursive: true, force: true });
     await fsp.mkdir(join(this.o.home, "sessions"), { recursive: true });
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      this.headersArrived(req.socket);
       this.handle(req, res).catch((e) => this.o.log(`request failed: ${(e as Error).stack ?? e}`));
     };
     // Check header/request deadlines every second (Node's default is every 30 s).
     const base = { connectionsCheckingInterval: 1000 };
     const srv = this.o.tls ? https.createServer({ ...base, key: this.o.tls.key, cert: this.o.tls.cert }, handler) : http.createServer(base, handler);
     // Slowloris: headers must arrive promptly; bodies are policed per session (idle timer).
-    srv.headersTimeout = 10_000;
+    srv.headersTimeout = HEADERS_MS;
     srv.requestTimeout = 0;
     srv.keepAliveTimeout = 5_000;
     srv.maxHeadersCount = 64;
@@ -218,15 +229,31 @@ export class SynthesisServer {
     // without a token cannot take every slot by reconnecting.
     const perAddress = new Map<string, number>();
     const perAddressMax = Math.max(8, this.o.maxSessions * 3);
+    // Connections that have sent no headers yet hold at most half of all slots, from any
+    // number of addresses: a new one evicts the oldest silent one, so silent sockets
+    // cannot fill maxConnections and shut out clients that do send a request.
+    const silentMax = Math.max(8, Math.floor(srv.maxConnections / 2));
     srv.on("connection", (sock: Socket) => {
       const from = sock.remoteAddress ?? "?";
       const n = (perAddress.get(from) ?? 0) + 1;
       if (n > perAddressMax) return sock.destroy();
       perAddress.set(from, n);
+      const key = `${from}|${sock.remotePort}`;
+      if (this.awaitingHeaders.size >= silentMax) {
+        const [oldest, w] = this.awaitingHeaders.entries().next().value!;
+        clearTimeout(w.timer);
+        this.awaitingHeaders.delete(oldest);
+        w.sock.destroy();
+      }
+      // Node's headersTimeout is checked only on connections that sent something; this bound holds for silent ones too.
+      const timer = setTimeout(() => sock.destroy(), HEADERS_MS);
+      timer.unref();
+      this.awaitingHeaders.set(key, { sock, timer });
       sock.once("close", () => {
         const left = (perAddress.get(from) ?? 1) - 1;
         if (left > 0) perAddress.set(from, left);
         else perAddress.delete(from);
+        this.headersArrived(sock);
       });
       sock.setTimeout(this.o.idleMs, () => sock.destroy());
     });
@@ -241,6 +268,16 @@ export class SynthesisServer {
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
     this.warmCodec();
+  }
+
+  /** A request's headers arrived on this connection (or it closed): it is no longer silent. Keyed by address:port, which a TLS socket shares with its TCP socket. */
+  private headersArrived(sock: Socket | null | undefined): void {
+    if (!sock) return;
+    const key = `${sock.remoteAddress ?? "?"}|${sock.remotePort}`;
+    const w = this.awaitingHeaders.get(key);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.awaitingHeaders.delete(key);
   }
 
   /** Stops listening and ends every session. */
@@ -270,7 +307,10 @@ export class SynthesisServer {
     for (const s of this.sessions.values()) {
       if (s.terminal) continue;
       if (s.waitingOnClient && now - s.lastActivity > this.o.idleMs) {
-        const why = s.state === "running" ? `the client sent no keep-alive for ${this.o.idleMs / 1000} s (session idle); VM stopped` : `session idle for more than ${this.o.idleMs / 1000} s`;
+        const why =
+          s.state === "running" ? `the client sent no keep-alive for ${this.o.idleMs / 1000} s (session idle); VM stopped`
+          : s.url ? `${s.url} sent nothing for more than ${this.o.idleMs / 1000} s`
+          : `session idle for more than ${this.o.idleMs / 1000} s`;
         this.failSession(s, new CloudletError("REMOTE", why));
       } else if (s.state !== "running" && now - s.created > this.o.sessionMs) {
         this.failSession(s, new CloudletError("REMOTE", `session not running within ${this.o.sessionMs / 1000} s`));
@@ -290,6 +330,8 @@ export class SynthesisServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    // Node detaches req.socket once the response finishes; the error path below closes it after that.
+    const sock = req.socket as Socket | null;
     try {
       if (!this.authorized(req)) {
         // No keep-alive for a client without a token.
@@ -326,7 +368,7 @@ export class SynthesisServer {
       if (sub === "events" && req.method === "GET") return this.events(s, res);
       throw new HttpError(405, "METHOD", "method not allowed here");
     } catch (e) {
-      if (res.headersSent) {
+      if (res.headersSent || res.destroyed) {
         res.destroy();
         return;
       }
@@ -335,9 +377,13 @@ export class SynthesisServer {
         : isCloudletError(e) ? new HttpError(e.code === "WRONG_BASE" ? 409 : e.code === "BAD_META" || e.code === "TRUNCATED" ? 400 : 422, e.code, e.message)
         : new HttpError(500, "INTERNAL", (e as Error).message);
       if (he.status === 500) this.o.log(`internal error: ${(e as Error).stack}`);
+      // Do not read an unwanted body: close the connection once the answer is out.
+      if (!req.complete) {
+        res.setHeader("connection", "close");
+        res.once("finish", () => sock?.destroy());
+        res.once("close", () => sock?.destroy());
+      }
       this.json(res, he.status, { error: { code: he.code, message: he.message } });
-      // Do not read an unwanted body: close the connection instead.
-      if (!req.complete) res.once("finish", () => req.socket.destroy());
     }
   }
 
@@ -358,10 +404,12 @@ export class SynthesisServer {
     if (declared > max) throw new HttpError(413, "TOO_LARGE", `body of ${declared} bytes exceeds the limit of ${max}`);
     const parts: Buffer[] = [];
     let n = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      n += c.length;
+    // Not `for await`: leaving that loop destroys the request, and with it the socket the 413 must go out on.
+    const it = (req as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      n += r.value.length;
       if (n > max) throw new HttpError(413, "TOO_LARGE", `body exceeds the limit of ${max} bytes`);
-      parts.push(c);
+      parts.push(r.value);
     }
     return new Uint8Array(Buffer.concat(parts));
   }
@@ -377,33 +425,44 @@ export class SynthesisServer {
   }
 
   private async create(req: http.IncomingMessage): Promise<Session> {
-    const active = [...this.sessions.values()].filter((s) => !s.terminal).length;
+    // The slot is taken before the body is read (a slow body must not let more sessions in than --max-sessions).
+    const active = [...this.sessions.values()].filter((s) => !s.terminal).length + this.reserved;
     if (active >= this.o.maxSessions) throw new HttpError(503, "BUSY", `the cloudlet is busy (${active} of ${this.o.maxSessions} sessions); try again later`);
-    const raw = await this.body(req, 4096);
-    let url: string | null = null;
-    if (raw.length) {
-      let j: unknown;
-      try {
-        j = JSON.parse(new TextDecoder().decode(raw));
-      } catch {
-        throw new HttpError(400, "BAD_REQUEST", "session request must be JSON");
+    this.reserved++;
+    try {
+      const url = this.sessionRequest(await this.body(req, 4096));
+      const id = randomBytes(16).toString("hex");
+      const s = new Session(id, join(this.o.home, "sessions", id), this.reachableHost(req), this.o.idleMs);
+      await fsp.mkdir(s.dir, { recursive: true });
+      this.sessions.set(id, s);
+      this.o.log(`session ${id}: created${url ? ` (fetching ${url})` : ""}`);
+      if (url) {
+        s.url = url;
+        s.work = this.fromUrl(s, url).catch((e) => this.failSession(s, e));
       }
-      const u = (j as { url?: unknown }).url;
-      if (u !== undefined) {
-        if (!this.o.allowUrl) throw new HttpError(403, "URL_DISABLED", "this cloudlet does not fetch overlays by URL (started with --no-url); upload the overlay instead");
-        if (typeof u !== "string" || !/^https?:\/\//.test(u) || u.length > 2048) throw new HttpError(400, "BAD_REQUEST", "url must be an http(s) URL");
-        url = u;
-      }
+      return s;
+    } finally {
+      this.reserved--;
     }
-    const id = randomBytes(16).toString("hex");
-    const s = new Session(id, join(this.o.home, "sessions", id), this.reachableHost(req), this.o.idleMs);
-    await fsp.mkdir(s.dir, { recursive: true });
-    this.sessions.set(id, s);
-    this.o.log(`session ${id}: created${url ? ` (fetching ${url})` : ""}`);
-    if (url) {
-      s.work = this.fromUrl(s, url).catch((e) => this.failSession(s, e));
+  }
+
+  /** Checks a create request's body: empty, `{}` or `{"url": "http(s)://..."}`. Returns the URL, if any. */
+  private sessionRequest(raw: Uint8Array): string | null {
+    if (!raw.length) return null;
+    let j: unknown;
+    try {
+      j = JSON.parse(new TextDecoder().decode(raw));
+    } catch {
+      throw new HttpError(400, "BAD_REQUEST", "session request must be JSON");
     }
-    return s;
+    if (j === null || typeof j !== "object" || Array.isArray(j)) throw new HttpError(400, "BAD_REQUEST", `session request must be a JSON object ({} or {"url": "..."}), not ${j === null ? "null" : Array.isArray(j) ? "an array" : `a ${typeof j}`}`);
+    const extra = Object.keys(j).filter((k) => k !== "url");
+    if (extra.length) throw new HttpError(400, "BAD_REQUEST", `session request has unknown field ${JSON.stringify(extra[0])} (only "url" is accepted)`);
+    const u = (j as { url?: unknown }).url;
+    if (u === undefined) return null;
+    if (!this.o.allowUrl) throw new HttpError(403, "URL_DISABLED", "this cloudlet does not fetch overlays by URL (started with --no-url); upload the overlay instead");
+    if (typeof u !== "string" || !/^https?:\/\//.test(u) || u.length > 2048) throw new HttpError(400, "BAD_REQUEST", "url must be an http(s) URL");
+    return u;
   }
 
   /**
@@ -431,7 +490,7 @@ export class SynthesisServer {
     if (s.state !== "created" || s.meta) throw new HttpError(409, "STATE", `session is ${s.state}; the meta was already sent or the session ended`);
     s.meta = meta;
     s.base = base;
-    s.feed = new UploadFeed(meta, name);
+    s.feed = new UploadFeed(this.o.core, meta, name);
     s.state = "receiving";
     s.emit({ type: "status", status: s.status() });
     s.work = this.synthesizeAndLaunch(s).catch((e) => this.failSession(s, e));
@@ -440,29 +499,43 @@ export class SynthesisServer {
 
   private async upload(s: Session, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (s.state !== "receiving" || !s.feed) throw new HttpError(409, "STATE", `session is ${s.state}; segments are accepted only after the meta and before launch`);
-    const offset = Number(req.headers[OFFSET_HEADER]);
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new HttpError(400, "BAD_REQUEST", `${OFFSET_HEADER} header is required`);
+    const rawOffset = req.headers[OFFSET_HEADER];
+    if (typeof rawOffset !== "string" || !OFFSET_RE.test(rawOffset) || !Number.isSafeInteger(Number(rawOffset))) {
+      throw new HttpError(400, "BAD_REQUEST", `${OFFSET_HEADER} header must be a byte offset (decimal digits), got ${rawOffset === undefined ? "none" : JSON.stringify(String(rawOffset).slice(0, 40))}`);
+    }
+    const offset = Number(rawOffset);
     if (offset !== s.feed.offset) {
-      res.writeHead(409, { [OFFSET_HEADER]: String(s.feed.offset), "content-type": "application/json" });
+      const sock = req.socket;
+      res.writeHead(409, { [OFFSET_HEADER]: String(s.feed.offset), "content-type": "application/json", connection: "close" });
       res.end(JSON.stringify({ error: { code: "OFFSET", message: `resume at offset ${s.feed.offset}` } }));
-      req.socket.destroy();
+      res.once("finish", () => sock?.destroy());
       return;
     }
     s.firstByteAt ||= Date.now();
     const feed = s.feed;
+    let bytes = 0;
     const counted = (async function* (src: AsyncIterable<Buffer>) {
       for await (const c of src) {
         s.lastActivity = Date.now();
+        bytes += c.byteLength;
         yield new Uint8Array(c.buffer, c.byteOffset, c.byteLength);
       }
     })(req as AsyncIterable<Buffer>);
     try {
       await feed.ingest(counted, offset);
     } catch (e) {
+      // A corrupt segment ends the session now, with its cause, whatever the client does next.
+      if (isCloudletError(e) && e.code === "CORRUPT_SEGMENT") {
+        this.failSession(s, e);
+        throw e;
+      }
+      if (s.terminal) throw new HttpError(409, "STATE", `session is ${s.state}${s.error ? `: ${s.error.message}` : ""}`);
       if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
       throw e;
     }
-    this.offsetHeaders(res, s, req.complete ? 204 : 200);
+    // Deno's node:http does not set req.complete; a body that reached its declared length is complete too.
+    const declared = Number(req.headers["content-length"] ?? NaN);
+    this.offsetHeaders(res, s, req.complete || bytes === declared ? 204 : 200);
   }
 
   private events(s: Session, res: http.ServerResponse): void {
@@ -537,11 +610,29 @@ export class SynthesisServer {
     if (src.totalLength > this.o.maxOverlayBytes) throw new HttpError(413, "TOO_LARGE", `overlay of ${src.totalLength} bytes exceeds the limit of ${this.o.maxOverlayBytes}`);
     await this.acceptMeta(s, src.headerAndMeta);
     s.firstByteAt = Date.now();
+    // Bytes arriving from the URL renew the idle clock: the session waits on that server, not on its client.
+    // Progress goes out as bytes arrive too, so a client's event stream is not silent during a slow download.
+    let lastEmit = 0;
+    const renewing = async function* (body: AsyncIterable<Uint8Array>) {
+      for await (const c of body) {
+        s.lastActivity = Date.now();
+        if (s.lastActivity - lastEmit > 500) {
+          lastEmit = s.lastActivity;
+          s.emit({ type: "progress", received: s.feed!.offset, applied: s.applied, expected: s.feed!.expected });
+        }
+        yield c;
+      }
+    };
     for (let attempt = 0; !s.feed!.complete && !s.terminal; attempt++) {
+      let body: AsyncGenerator<Uint8Array> | null = null;
       try {
-        await s.feed!.ingest(await src.body(s.feed!.offset), s.feed!.offset);
+        body = renewing(await src.body(s.feed!.offset));
+        await s.feed!.ingest(body, s.feed!.offset);
       } catch (e) {
-        if (s.terminal || attempt >= 5) throw e;
+        // The feed stops reading on an error without closing its source: cancel this download.
+        void body?.return(undefined).catch(() => {});
+        // A corrupt segment is final; only transfer errors are retried.
+        if (s.terminal || s.feed!.failed || attempt >= 5) throw e;
         this.o.log(`session ${s.id}: fetch interrupted at ${s.feed!.offset} (${(e as Error).message}); resuming`);
         await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
       }

@@ -7,9 +7,14 @@
  *
  * Memory stays bounded: an upload waits (backpressure on the socket) while
  * `maxAhead` complete segments are waiting to be decoded.
+ *
+ * Each segment's compressed hash is checked as it completes, so a corrupt
+ * segment fails the upload at once, whatever the client sends (or stops
+ * sending) next; synthesis checks it again before decoding.
  */
+import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
-import type { OverlayMeta } from "../overlay/format.ts";
+import { hashHex, type OverlayMeta } from "../overlay/format.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
 
 interface Waiter {
@@ -28,18 +33,26 @@ export class UploadFeed implements OverlayReader {
   private committed = 0;
   private failure: unknown = null;
   private space: (() => void) | null = null;
+  /** Wakes an upload waiting for bytes when the feed fails, so it stops at once. */
+  private wake: ((e: unknown) => void) | null = null;
   private ingesting = false;
   readonly totalBytes: number;
   private readonly dataBytes: number;
 
-  /** @param meta the accepted meta @param name label for messages @param maxAhead complete segments held before uploads wait */
+  /** @param core for segment hashes @param meta the accepted meta @param name label for messages @param maxAhead complete segments held before uploads wait */
   constructor(
+    private readonly core: Core,
     readonly meta: OverlayMeta,
     readonly name: string,
     private readonly maxAhead = 4,
   ) {
     this.dataBytes = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
     this.totalBytes = this.dataBytes;
+  }
+
+  /** True once the feed has failed (a corrupt segment, or the session ended). */
+  get failed(): boolean {
+    return this.failure !== null;
   }
 
   /** Bytes of segment data received in complete segments: where an upload (re)starts. */
@@ -75,6 +88,7 @@ export class UploadFeed implements OverlayReader {
   /** Fails every waiting and future segment request. */
   fail(e: unknown): void {
     this.failure ??= e;
+    this.wake?.(this.failure);
     for (const w of this.waiters.values()) w.reject(e);
     this.waiters.clear();
     this.space?.();
@@ -91,9 +105,19 @@ export class UploadFeed implements OverlayReader {
     this.ingesting = true;
     let buf: Uint8Array | null = null;
     let have = 0;
+    const it = body[Symbol.asyncIterator]();
     try {
-      for await (const piece of body) {
-        let p = piece;
+      for (;;) {
+        // Waits for bytes or for the feed to fail (DELETE, a corrupt segment), whichever comes first.
+        // (One promise per read, not a race against one long-lived promise, which would keep a reaction per read.)
+        const next = it.next();
+        const r = await new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+          this.wake = reject;
+          next.then(resolve, reject);
+        });
+        this.wake = null;
+        if (r.done) break;
+        let p = r.value;
         while (p.length) {
           if (this.complete) throw new CloudletError("REMOTE", "the upload is longer than the overlay's segments");
           const want = this.meta.segments[this.receiving].compressedSize;
@@ -103,6 +127,11 @@ export class UploadFeed implements OverlayReader {
           have += k;
           p = p.subarray(k);
           if (have === want) {
+            if (hashHex(this.core, buf) !== this.meta.segments[this.receiving].hash) {
+              const e = new CloudletError("CORRUPT_SEGMENT", `segment ${this.receiving + 1} is corrupt: its hash does not match the meta`, this.name);
+              this.fail(e);
+              throw e;
+            }
             await this.deliver(this.receiving, buf);
             this.receiving++;
             this.committed += want;
@@ -113,6 +142,7 @@ export class UploadFeed implements OverlayReader {
         if (this.failure) throw this.failure;
       }
     } finally {
+      this.wake = null;
       this.ingesting = false;
     }
   }

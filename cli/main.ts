@@ -7,7 +7,7 @@ import { isCloudletError, CloudletError, exitCodeOf } from "../ts/errors.ts";
 import { printable, printableJson } from "../ts/printable.ts";
 import { loadCoreFromDisk } from "../ts/host/core_file.ts";
 import { CLOUDLET_VERSION, createOverlayFiles, defaultMachine, synthesizeFiles } from "../ts/host/file_jobs.ts";
-import { cloudletHome, indexCacheDir } from "../ts/host/home.ts";
+import { cloudletHome, homePaths, indexCacheDir } from "../ts/host/home.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts";
 import { collectPortForwards } from "../ts/overlay/launch.ts";
@@ -27,7 +27,6 @@ import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
 import { DEFAULT_PORT } from "../ts/server/protocol.ts";
 import { announce, discover } from "../ts/server/discovery.ts";
 import { hostname } from "node:os";
-import { join as pathJoin } from "node:path";
 import { baseFiles, createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, vmsOnBase, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
 import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
@@ -498,7 +497,7 @@ cli
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
     const { host, port } = parseListen(o.listen as string);
-    const tokenFile = (o.tokenFile as string | undefined) ?? pathJoin(home, "server", "token");
+    const tokenFile = (o.tokenFile as string | undefined) ?? homePaths(home).serverToken;
     const { token, created } = await loadOrCreateToken(tokenFile);
     if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) throw new CloudletError("BAD_ARGUMENT", "--tls-cert and --tls-key go together");
     const tls = o.tlsCert ? { cert: await readFileArg(o.tlsCert as string, "TLS certificate"), key: await readFileArg(o.tlsKey as string, "TLS key") } : undefined;
@@ -506,7 +505,6 @@ cli
     const server = new SynthesisServer({
       core,
       backend: new HomeBackend(core, home, hc),
-      home,
       host,
       port,
       token,
@@ -551,7 +549,7 @@ cli
   .action(async (o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
-    const tokenFile = last(o.tokenFile as string | string[] | undefined) ?? pathJoin(home, "server", "token");
+    const tokenFile = last(o.tokenFile as string | string[] | undefined) ?? homePaths(home).serverToken;
     const token = (await readFileArg(tokenFile, "token file (--token-file)")).toString("utf8").trim();
     const client = new CloudletClient({ server: o.server as string, token, tls: Boolean(o.tls) || Boolean(o.ca), ca: o.ca ? await readFileArg(o.ca as string, "CA certificate") : undefined });
     const p = bar(o);

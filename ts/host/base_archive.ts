@@ -7,6 +7,7 @@
  */
 import { promises as fsp } from "node:fs";
 import { basename, join } from "node:path";
+import { homePaths } from "./home.ts";
 import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
@@ -131,7 +132,7 @@ export async function importBase(core: Core, home: string, file: string, progres
   const verbose = await runTool("tar", ["-tvf", file]);
   const notFile = verbose.stdout.split("\n").filter(Boolean).find((l) => l[0] !== "-");
   if (verbose.code !== 0 || notFile) throw new CloudletError("BAD_INPUT", `not a cloudlet base export (a member is not a regular file: ${JSON.stringify(notFile ?? "")})`, file);
-  const bases = join(home, "bases");
+  const bases = homePaths(home).bases;
   await fsp.mkdir(bases, { recursive: true });
   const stage = await fsp.mkdtemp(join(bases, ".import-"));
   try {

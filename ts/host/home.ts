@@ -4,10 +4,15 @@
  *
  * ```text
  *   registry.sqlite      bases (sql.js)            bases/<id>/   a base VM
- *   guest/               built-in guest cache      runs/         VMs being customised
- *   vms/<id>/            synthesized VMs           sessions/     server sessions
- *   index-cache/         file-mode base indexes    server/token  the server's token
+ *   registry.lock        the registry's writer     guest/        built-in guest cache
+ *   runs/                VMs being customised      vms/<id>/     synthesized VMs
+ *   sessions/<id>/       server sessions           index-cache/  file-mode base indexes
+ *   server/token         the server's token        server/serve.lock  one server per home
+ *   logs/                serial logs of failed runs
  * ```
+ *
+ * This file is the one owner of these names: everything else asks
+ * {@link homePaths}.
  */
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
@@ -22,7 +27,27 @@ export function cloudletHome(override?: string): string {
   return resolve(override ?? process.env.CLOUDLET_HOME ?? fallback);
 }
 
+/** Every path in the cloudlet home. */
+export function homePaths(home: string) {
+  return {
+    home,
+    registry: join(home, "registry.sqlite"),
+    registryLock: join(home, "registry.lock"),
+    bases: join(home, "bases"),
+    guest: join(home, "guest"),
+    runs: join(home, "runs"),
+    vms: join(home, "vms"),
+    sessions: join(home, "sessions"),
+    /** The folder of server session `id` (an id the server made). */
+    session: (id: string) => join(home, "sessions", id),
+    indexCache: join(home, "index-cache"),
+    logs: join(home, "logs"),
+    serverToken: join(home, "server", "token"),
+    serverLock: join(home, "server", "serve.lock"),
+  };
+}
+
 /** Where file-mode base indexes are cached. */
 export function indexCacheDir(home: string): string {
-  return join(home, "index-cache");
+  return homePaths(home).indexCache;
 }

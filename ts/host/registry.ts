@@ -10,7 +10,7 @@
  */
 import { promises as fsp, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { join } from "node:path";
+import { homePaths } from "./home.ts";
 import initSqlJs, { type Database, type SqlJsStatic } from "sql.js";
 import { CloudletError } from "../errors.ts";
 import type { MachineConfig } from "../overlay/format.ts";
@@ -82,8 +82,7 @@ export class Registry {
   readonly lockFile: string;
   /** @param home the cloudlet home */
   constructor(readonly home: string) {
-    this.file = join(home, "registry.sqlite");
-    this.lockFile = join(home, "registry.lock");
+    ({ registry: this.file, registryLock: this.lockFile } = homePaths(home));
   }
 
   private async load(): Promise<Database> {

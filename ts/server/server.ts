@@ -20,9 +20,8 @@ import type { Core } from "../core/core.ts";
 import { CloudletError, isCloudletError } from "../errors.ts";
 import { decodePackedHead, HEADER_BYTES, type OverlayMeta } from "../overlay/format.ts";
 import { checkBase } from "../overlay/synthesis.ts";
-import { synthesizeReader, type SynthesizedFiles } from "../host/file_jobs.ts";
-import { acquirePidLock } from "../host/pid_lock.ts";
-import { WorkerCodec } from "../host/codec_pool.ts";
+import type { ProgressFn } from "../overlay/io.ts";
+import type { OverlayReader } from "../overlay/reader.ts";
 import { API, type Endpoint, LENGTH_HEADER, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionState, type SessionStatus } from "./protocol.ts";
 import { UploadFeed } from "./upload_feed.ts";
 import { openUrlOverlay } from "./url_source.ts";
@@ -48,22 +47,42 @@ export interface LaunchedVm {
   stop(): Promise<void>;
 }
 
-/** What the server needs from the host: bases and VM launches. */
+/** A session's rebuilt VM files, as the backend made them (the server only passes them back to {@link ServerBackend.launch}). */
+export interface SessionFiles {
+  /** The folder that holds them. */
+  readonly dir: string;
+}
+
+/**
+ * What the server needs from the host: the home (its lock and the sessions'
+ * folders), bases, synthesis and VM launches. The server reaches the engine
+ * only through this port.
+ */
 export interface ServerBackend {
-  /** Bases served. */
-  bases(): Promise<ServedBase[]>;
-  /** Launches the synthesized files as a VM (port forwards on `bindAddress`, fresh host ports). */
-  launch(base: ServedBase, files: SynthesizedFiles, sessionId: string, bindAddress: string, signal: AbortSignal): Promise<LaunchedVm>;
+  /** Takes the home for this server (one server per home: a second one would take the first one's VMs for orphans); resolves to the release. */
+  lockHome(): Promise<() => Promise<void>>;
   /** Kills VMs and removes files that a crashed server left behind. */
   cleanupOrphans(): Promise<string[]>;
+  /** Empties the folder that holds the sessions' files. */
+  resetSessions(): Promise<void>;
+  /** The folder of session `id` (an id the server made, never one from the wire). */
+  sessionDir(id: string): string;
+  /** Bases served. */
+  bases(): Promise<ServedBase[]>;
+  /** Starts what synthesis needs (codec workers) so the first session does not wait for it. */
+  warm(): void;
+  /** Rebuilds a session's VM files from its base and the overlay as it arrives (pipelined), verifying everything. */
+  synthesize(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; progress: ProgressFn }): Promise<SessionFiles>;
+  /** Launches the synthesized files as a VM (port forwards on `bindAddress`, fresh host ports). */
+  launch(base: ServedBase, files: SessionFiles, sessionId: string, bindAddress: string, signal: AbortSignal): Promise<LaunchedVm>;
+  /** Releases what the backend holds (codec workers). */
+  close(): Promise<void>;
 }
 
 /** Server settings. */
 export interface ServerOptions {
   core: Core;
   backend: ServerBackend;
-  /** The cloudlet home (sessions live in <home>/sessions). */
-  home: string;
   /** Listen host and port. */
   host: string;
   port: number;
@@ -174,7 +193,6 @@ export class SynthesisServer {
   private server: http.Server | https.Server | null = null;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private unlock: (() => Promise<void>) | null = null;
-  private codec: WorkerCodec | null = null;
   /** Session slots taken by create requests still reading their body (counted against --max-sessions). */
   private reserved = 0;
   /** Connections that have not yet sent a request's headers, oldest first, by remote address:port. */
@@ -205,13 +223,10 @@ export class SynthesisServer {
 
   /** Cleans up after a crashed run, then listens. */
   async start(): Promise<void> {
-    // One server per home: a second one would take the first one's VMs for orphans.
-    const lockFile = join(this.o.home, "server", "serve.lock");
-    this.unlock = await acquirePidLock(lockFile, 0, (pid) => new CloudletError("BAD_ARGUMENT", `another cloudlet serve (process ${pid}) uses this home; stop it or give another --home`, lockFile));
+    this.unlock = await this.o.backend.lockHome();
     const orphans = await this.o.backend.cleanupOrphans();
     if (orphans.length) this.o.log(`cleaned up after an earlier run: ${orphans.join(", ")}`);
-    await fsp.rm(join(this.o.home, "sessions"), { recursive: true, force: true });
-    await fsp.mkdir(join(this.o.home, "sessions"), { recursive: true });
+    await this.o.backend.resetSessions();
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.headersArrived(req.socket);
       this.handle(req, res).catch((e) => this.o.log(`request failed: ${(e as Error).stack ?? e}`));
@@ -267,7 +282,7 @@ export class SynthesisServer {
     });
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
-    this.warmCodec();
+    this.o.backend.warm();
   }
 
   /** A request's headers arrived on this connection (or it closed): it is no longer silent. Keyed by address:port, which a TLS socket shares with its TCP socket. */
@@ -286,20 +301,9 @@ export class SynthesisServer {
     await Promise.allSettled([...this.sessions.values()].map((s) => this.close(s, "closed")));
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server?.closeAllConnections?.();
-    await this.codec?.close();
-    this.codec = null;
+    await this.o.backend.close();
     await this.unlock?.();
     this.unlock = null;
-  }
-
-  /**
-   * The codec workers all sessions share, started once: a session does not
-   * wait for threads and WASM instances (0.15-0.3 s here), and concurrent
-   * sessions cannot oversubscribe the cores. Replaced if a worker died.
-   */
-  private warmCodec(): WorkerCodec {
-    if (!this.codec || this.codec.failed) this.codec = new WorkerCodec();
-    return this.codec;
   }
 
   private sweep(): void {
@@ -432,7 +436,7 @@ export class SynthesisServer {
     try {
       const url = this.sessionRequest(await this.body(req, 4096));
       const id = randomBytes(16).toString("hex");
-      const s = new Session(id, join(this.o.home, "sessions", id), this.reachableHost(req), this.o.idleMs);
+      const s = new Session(id, this.o.backend.sessionDir(id), this.reachableHost(req), this.o.idleMs);
       await fsp.mkdir(s.dir, { recursive: true });
       this.sessions.set(id, s);
       this.o.log(`session ${id}: created${url ? ` (fetching ${url})` : ""}`);
@@ -565,17 +569,7 @@ export class SynthesisServer {
     const base = s.base!;
     const t0 = Date.now();
     let lastEmit = 0;
-    const files = await synthesizeReader(this.o.core, s.feed!, {
-      baseDisk: base.disk,
-      baseMem: base.memory,
-      baseDir: base.dir,
-      overlay: `session ${s.id}`,
-      outDir: join(s.dir, "vm"),
-      diskFormat: "qcow2",
-      // A session's files die with it (and with the server): no fsync on the critical path.
-      durable: false,
-      codec: this.warmCodec(),
-      home: this.o.home,
+    const files = await this.o.backend.synthesize(base, s.id, s.feed!, {
       signal: s.abort.signal,
       progress: (p) => {
         s.applied = p.done;

@@ -48,12 +48,11 @@ export const KEPT_LOGS = 20;
 /**
  * Copies the serial log of a failed run to `<home>/logs/<time>-<what>-serial.log`
  * before its run directory is removed, keeps only the {@link KEPT_LOGS} newest,
- * and returns the copy's path (null when the VM printed nothing).
+ * and returns the copy's path (null when there is no log).
  */
 export async function keepFailedLog(home: string, runDir: string, what: string): Promise<string | null> {
   const src = join(runDir, "serial.log");
-  const st = await fsp.stat(src).catch(() => null);
-  if (!st?.size) return null;
+  if (!(await fsp.stat(src).catch(() => null))?.isFile()) return null;
   const dir = homeDirs(home).logs;
   await fsp.mkdir(dir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
@@ -71,7 +70,8 @@ export async function keepFailedLog(home: string, runDir: string, what: string):
 async function withKeptLog(e: unknown, home: string, runDir: string, what: string): Promise<unknown> {
   if (!(e instanceof CloudletError) || e.code === "CANCELLED") return e;
   const kept = await keepFailedLog(home, runDir, what).catch(() => null);
-  if (!kept) return e;
+  // Never name a file that is about to be removed.
+  if (!kept) return e.file?.startsWith(runDir) ? new CloudletError(e.code, e.message, undefined, { cause: e }) : e;
   if (e.file === undefined || e.file.startsWith(runDir)) return new CloudletError(e.code, e.message, kept, { cause: e });
   return new CloudletError(e.code, `${e.message} (serial log kept at ${kept})`, e.file, { cause: e });
 }

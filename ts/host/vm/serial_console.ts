@@ -203,6 +203,12 @@ export class SerialConsole {
 
   /** The last lines of the serial log, control characters removed. */
   async tail(maxLines = 15): Promise<string> {
+    const clean = await this.rawTail();
+    return clean.split("\n").filter((l) => l.trim()).slice(-maxLines).join("\n");
+  }
+
+  /** The last 4 KiB of the serial log, control characters removed, up to its very end (an unfinished line, a prompt). */
+  private async rawTail(): Promise<string> {
     let text = "";
     try {
       const fh = await fsp.open(this.logPath, "r");
@@ -219,8 +225,7 @@ export class SerialConsole {
       return "";
     }
     // Escape sequences and lone control bytes would garble a terminal that prints the error.
-    const clean = cleanSerial(text);
-    return clean.split("\n").filter((l) => l.trim()).slice(-maxLines).join("\n");
+    return cleanSerial(text);
   }
 
   /** Runs a shell script in the guest as root and returns its output and exit code. */
@@ -316,7 +321,7 @@ export class SerialConsole {
     let nextReport = t0 + 1000;
     let userSent = false;
     // What the console printed before we connected: a prompt that is already up.
-    let seen = await this.tail(1);
+    let seen = await this.rawTail();
     if (!loginPromptIn(seen)) {
       // An empty line makes a shell or a getty print its prompt again; wait for it briefly, so that our
       // first sync line is not taken for a user name.

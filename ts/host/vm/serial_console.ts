@@ -132,7 +132,7 @@ export class SerialConsole {
       pattern.lastIndex = 0;
       return pattern.exec(cleanSerial(line))?.[0] ?? null;
     };
-    const shown = typeof pattern === "string" ? `"${pattern}" at the start of a line` : String(pattern);
+    const shown = typeof pattern === "string" ? `"${pattern}"` : String(pattern);
     const t0 = Date.now();
     const deadline = t0 + timeoutMs;
     let offset = opts.fromOffset ?? 0;

@@ -360,7 +360,9 @@ export class SerialConsole {
       seen = line.peek();
       if (opts.onWait && Date.now() >= nextReport) {
         nextReport = Date.now() + 1000;
-        opts.onWait(Date.now() - t0, (await this.tail(1)).trim());
+        // The tty echoes our sync lines while nothing reads: show what the guest printed itself.
+        const own = (await this.tail(15)).split("\n").filter((l) => !l.includes('CL""SYNC'));
+        opts.onWait(Date.now() - t0, (own.pop() ?? "").trim());
       }
     }
   }

@@ -320,6 +320,7 @@ export class SerialConsole {
     const t0 = Date.now();
     let nextReport = t0 + 1000;
     let userSent = false;
+    let answers = 0;
     // What the console printed before we connected: a prompt that is already up.
     let seen = await this.rawTail();
     if (!loginPromptIn(seen)) {
@@ -336,6 +337,7 @@ export class SerialConsole {
           const shownPrompt = cleanSerial(seen).split("\n").pop()!.trim();
           throw new CloudletError("GUEST", `the serial console asks for a login ("${shownPrompt}"), so no script can run there: give --login USER[:PASSWORD-FILE], or let the guest log root in on ttyS0 automatically (see docs/vm-hosts.md, "A guest that asks for a login")`, this.logPath);
         }
+        if (++answers > 6 || Date.now() > deadline) throw await this.fail(`logging in as "${opts.login.user}" on the serial console failed (it keeps asking)`);
         // Only what the guest prints after our answer counts from here on (never answer one prompt twice).
         line.drain();
         if (prompt === "login") {

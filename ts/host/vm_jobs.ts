@@ -68,7 +68,8 @@ export async function keepFailedLog(home: string, runDir: string, what: string):
  * file in the run directory (removed next) names the kept log instead.
  */
 async function withKeptLog(e: unknown, home: string, runDir: string, what: string): Promise<unknown> {
-  if (!(e instanceof CloudletError) || e.code === "CANCELLED") return e;
+  // Only the guest's failures are explained by its console (not a full disk while encoding, say).
+  if (!(e instanceof CloudletError) || (e.code !== "GUEST" && !e.file?.startsWith(runDir))) return e;
   const kept = await keepFailedLog(home, runDir, what).catch(() => null);
   // Never name a file that is about to be removed.
   if (!kept) return e.file?.startsWith(runDir) ? new CloudletError(e.code, e.message, undefined, { cause: e }) : e;

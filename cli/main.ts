@@ -32,6 +32,7 @@ import { exportBase, importBase } from "../ts/host/base_archive.ts";
 import { Registry } from "../ts/host/registry.ts";
 import { buildGuestImage } from "../ts/host/vm/guest_image.ts";
 import { requireLocalUri } from "../ts/host/vm/virsh_host.ts";
+import { parseAccel } from "../ts/host/vm/command.ts";
 import { homeDirs } from "../ts/host/vm_jobs.ts";
 import { promises as fsp } from "node:fs";
 
@@ -114,8 +115,11 @@ function hostChoice(o: Record<string, unknown>): HostChoice {
   const h = (o.host as string | undefined) ?? "qemu";
   if (h !== "qemu" && h !== "virsh") throw new CloudletError("BAD_ARGUMENT", `--host must be qemu or virsh, not "${h}"`);
   if (h === "virsh" && o.connect) requireLocalUri(o.connect as string);
-  return { host: h, connect: o.connect as string | undefined };
+  return { host: h, connect: o.connect as string | undefined, accel: o.accel === undefined ? undefined : parseAccel(String(last(o.accel))) };
 }
+
+/** --help text of --accel, which every VM command takes. */
+const ACCEL_HELP = "kvm, tcg or auto (KVM when KVM guests run here, else TCG); default $CLOUDLET_ACCEL, else tcg";
 
 function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: VmJobContext["core"]): VmJobContext {
   return {
@@ -128,6 +132,11 @@ function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: Vm
         p.done();
         process.stderr.write(`cloudlet: ${printable(l)}\n`);
       }
+    },
+    // A live line on a terminal only: a log or --json gets the result, not a redrawn line.
+    status: o.json || !process.stderr.isTTY ? undefined : (l) => {
+      const width = Math.max(20, (process.stderr.columns || 80) - 1);
+      process.stderr.write(l === null ? "\r\x1b[2K" : `\r\x1b[2K${l.length > width ? l.slice(0, width - 1) + "…" : l}`);
     },
     signal: controller.signal,
   };
@@ -144,7 +153,21 @@ async function interaction(o: Record<string, unknown>, scriptFlag: string, marke
     }
   }
   const timeout = o.timeout ? num(o.timeout, "--timeout", 0.1, 86400, false) * 1000 : undefined;
-  return { script, readyMarker: markerFlag ? (o[markerFlag] as string | undefined) : undefined, console: Boolean(o.console), vnc: Boolean(o.vnc), timeoutMs: timeout };
+  let readyRegex: RegExp | undefined;
+  if (markerFlag && o.readyRegex !== undefined) {
+    try {
+      readyRegex = new RegExp(String(o.readyRegex));
+    } catch (e) {
+      throw new CloudletError("BAD_ARGUMENT", `--ready-regex is not a valid regular expression: ${(e as Error).message}`);
+    }
+  }
+  let login: Interaction["login"];
+  if (o.login !== undefined) {
+    const [user, pwFile] = String(o.login).split(/:(.*)/s);
+    if (!user) throw new CloudletError("BAD_ARGUMENT", `--login takes USER or USER:PASSWORD-FILE, not "${o.login}"`);
+    login = { user, password: pwFile ? (await readFileArg(pwFile, "password file")).toString("utf8").split(/\r?\n/)[0] : undefined };
+  }
+  return { script, readyMarker: markerFlag ? (o[markerFlag] as string | undefined) : undefined, readyRegex, login, console: Boolean(o.console), vnc: Boolean(o.vnc), timeoutMs: timeout };
 }
 
 cli.option("--json", "Print results (and errors) as JSON on stdout, no progress bar");
@@ -156,9 +179,11 @@ cli
   .option("--script <file>", "VM mode: customise by running this shell script in the guest over the serial console")
   .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
   .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
-  .option("--timeout <s>", "VM mode: time limit for the script, seconds")
+  .option("--timeout <s>", "VM mode: time limit for the script, including the wait for the guest's shell, seconds")
+  .option("--login <user[:file]>", "VM mode: log in as USER (password: first line of FILE) when the serial console asks for a login")
   .option("--host <host>", "VM mode: qemu (default) or virsh")
   .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
+  .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
   .option("--disk <file>", "Custom disk: raw, or a qcow2 top layer over the base disk")
@@ -239,6 +264,7 @@ cli
   .option("--auto-ports", "VM mode: use free host ports instead of the overlay's")
   .option("--host <host>", "VM mode: qemu (default) or virsh")
   .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
+  .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
   .alias("synthesize")
   .option("--base-disk <file>", "Base disk image (raw)")
   .option("--base-mem <file>", "Base memory image")
@@ -369,11 +395,13 @@ async function openBaseImage(path: string, want: number, what: string, opened: F
 cli
   .command("base [disk]", "Create a base VM: boot DISK (raw; default: the built-in tiny guest), wait until ready, snapshot and register it")
   .option("--name <name>", "Name in the registry")
-  .option("--ready-marker <text>", "Ready when the guest prints this on its serial console")
+  .option("--ready-marker <text>", "Ready when a line of the serial console starts with TEXT (not when TEXT is inside a line: systemd echoes unit descriptions)")
+  .option("--ready-regex <re>", "Ready when a line of the serial console matches this JavaScript regular expression")
   .option("--ready-script <file>", "Ready when this script, run in the guest over the serial console, exits 0")
+  .option("--login <user[:file]>", "For --ready-script: log in as USER (password: first line of FILE) when the serial console asks for a login")
   .option("--console", "Interactive serial console; press Ctrl-] when the guest is ready")
   .option("--vnc", "Give the VM a VNC display; press Enter when the guest is ready")
-  .option("--timeout <s>", "Time limit for the marker or script, seconds", { default: 180 })
+  .option("--timeout <s>", "Time limit for the marker, or for the script including the wait for the guest's shell, seconds", { default: 180 })
   .option("--ram <mib>", "Guest RAM in MiB", { default: 256 })
   .option("--vcpus <n>", "Virtual CPUs", { default: 1 })
   .option("--machine <type>", "QEMU machine type", { default: "pc-i440fx-7.2" })
@@ -381,12 +409,13 @@ cli
   .option("--disk-stride <bytes>", "Index base-disk blocks every 4096 (default) or every 512 bytes (see cloudlet overlay --help)", { default: 4096 })
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
+  .option("--accel <accel>", ACCEL_HELP)
   .action(async (disk: string | undefined, o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const p = bar(o);
     const ctx = vmContext(o, p, core);
     const ready = await interaction(o, "readyScript", "readyMarker");
-    if (disk && !ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-script FILE, --console or --vnc");
+    if (disk && !ready.readyMarker && !ready.readyRegex && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-regex RE, --ready-script FILE, --console or --vnc");
     const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride) });
     p.done();
     out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
@@ -493,6 +522,7 @@ cli
   .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL (clients must upload it)")
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
+  .option("--accel <accel>", ACCEL_HELP)
   .action(async (o: Common & Record<string, unknown>) => {
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);

@@ -32,12 +32,49 @@ import { buildGuestImage, type GuestImage } from "./vm/guest_image.ts";
 import { createQcow2Layer } from "./vm/qcow2_layer.ts";
 import { QemuHost } from "./vm/qemu_host.ts";
 import { VirshHost } from "./vm/virsh_host.ts";
-import type { RunningVm, VmHost, VmSpec } from "./vm/vm_host.ts";
+import type { RunningVm, VmSpec } from "./vm/vm_host.ts";
+import type { AccelChoice } from "./vm/command.ts";
+import type { SerialLogin } from "./vm/serial_console.ts";
 import { readVmRecord, recordAlive, stopVm } from "./vm/vm_records.ts";
 
 /** Where things live in the home. */
 export function homeDirs(home: string) {
-  return { bases: join(home, "bases"), runs: join(home, "runs"), vms: join(home, "vms"), guest: join(home, "guest") };
+  return { bases: join(home, "bases"), runs: join(home, "runs"), vms: join(home, "vms"), guest: join(home, "guest"), logs: join(home, "logs") };
+}
+
+/** How many serial logs of failed runs `<home>/logs` keeps (the newest). */
+export const KEPT_LOGS = 20;
+
+/**
+ * Copies the serial log of a failed run to `<home>/logs/<time>-<what>-serial.log`
+ * before its run directory is removed, keeps only the {@link KEPT_LOGS} newest,
+ * and returns the copy's path (null when there is no log).
+ */
+export async function keepFailedLog(home: string, runDir: string, what: string): Promise<string | null> {
+  const src = join(runDir, "serial.log");
+  if (!(await fsp.stat(src).catch(() => null))?.isFile()) return null;
+  const dir = homeDirs(home).logs;
+  await fsp.mkdir(dir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  const dest = join(dir, `${stamp}-${what}-${randomBytes(2).toString("hex")}-serial.log`);
+  await fsp.copyFile(src, dest);
+  const kept = (await fsp.readdir(dir)).filter((f) => f.endsWith("-serial.log")).sort();
+  for (const old of kept.slice(0, Math.max(0, kept.length - KEPT_LOGS))) await fsp.rm(join(dir, old), { force: true });
+  return dest;
+}
+
+/**
+ * The error of a failed run, pointing at the kept serial log: an error about a
+ * file in the run directory (removed next) names the kept log instead.
+ */
+async function withKeptLog(e: unknown, home: string, runDir: string, what: string): Promise<unknown> {
+  // Only the guest's failures are explained by its console (not a full disk while encoding, say).
+  if (!(e instanceof CloudletError) || (e.code !== "GUEST" && !e.file?.startsWith(runDir))) return e;
+  const kept = await keepFailedLog(home, runDir, what).catch(() => null);
+  // Never name a file that is about to be removed.
+  if (!kept) return e.file?.startsWith(runDir) ? new CloudletError(e.code, e.message, undefined, { cause: e }) : e;
+  if (e.file === undefined || e.file.startsWith(runDir)) return new CloudletError(e.code, e.message, kept, { cause: e });
+  return new CloudletError(e.code, `${e.message} (serial log kept at ${kept})`, e.file, { cause: e });
 }
 
 /**
@@ -55,17 +92,30 @@ export interface HostChoice {
   host: "qemu" | "virsh";
   /** virsh --connect URI. */
   connect?: string;
+  /** --accel; default `$CLOUDLET_ACCEL`, else TCG. */
+  accel?: AccelChoice;
 }
 
 /** The adapter for a choice. */
-export function makeHost(c: HostChoice): VmHost {
-  return c.host === "virsh" ? new VirshHost({ connect: c.connect }) : new QemuHost();
+export function makeHost(c: HostChoice): QemuHost | VirshHost {
+  return c.host === "virsh" ? new VirshHost({ connect: c.connect, accel: c.accel }) : new QemuHost({ accel: c.accel });
+}
+
+/** "tcg", "kvm", or "tcg (KVM ...: why)" for a status line; says the fallback once. */
+async function accelShown(ctx: VmJobContext, host: QemuHost | VirshHost): Promise<string> {
+  const d = await host.resolveAccel();
+  if (d.fallback) say(ctx, `--accel auto: using TCG, since ${d.fallback}`);
+  return d.accel;
 }
 
 /** How the user says "ready" (base) or "done customising" (overlay). */
 export interface Interaction {
-  /** Wait for this text on the serial console. */
+  /** Wait for a line that starts with this text on the serial console. */
   readyMarker?: string;
+  /** Wait for a line of the serial console that matches this. */
+  readyRegex?: RegExp;
+  /** Log in on the serial console with this when it asks (for `script`). */
+  login?: SerialLogin;
   /** Run this shell script in the guest over the serial console (its exit code must be 0). */
   script?: string;
   /** Attach the terminal to the serial console until Ctrl-]. */
@@ -84,6 +134,8 @@ export interface VmJobContext {
   progress?: ProgressFn;
   /** Status lines for the user (stderr). */
   say?: (line: string) => void;
+  /** A live status line while waiting on the guest (time waited, its last serial line); null clears it. */
+  status?: (line: string | null) => void;
   signal?: AbortSignal;
   /** For --console and --vnc: the terminal. */
   stdin?: NodeJS.ReadableStream;
@@ -106,10 +158,17 @@ async function interact(ctx: VmJobContext, vm: RunningVm, how: Interaction, what
     say(ctx, `serial console attached; press Ctrl-] when ${what}`);
     await vm.console.attach(ctx.stdin ?? process.stdin, ctx.stdout ?? process.stdout);
   }
-  if (how.readyMarker) await vm.waitReady(how.readyMarker, how.timeoutMs ?? 120_000, ctx.signal);
-  if (how.script !== undefined) {
-    const r = await vm.console.run(how.script, { timeoutMs: how.timeoutMs ?? 600_000, signal: ctx.signal });
-    if (r.exitCode !== 0) throw new CloudletError("GUEST", `the script exited with ${r.exitCode} in the guest: ${r.output.trim().split("\n").slice(-8).join(" / ")}`);
+  const waiting = (label: string) => (ms: number, last: string) => ctx.status?.(`${label} ${Math.floor(ms / 1000)} s${last ? ` | ${last}` : ""}`);
+  try {
+    for (const marker of [how.readyMarker, how.readyRegex]) {
+      if (marker !== undefined) await vm.waitReady(marker, how.timeoutMs ?? 120_000, ctx.signal, waiting(`waiting for ${typeof marker === "string" ? `"${marker}"` : marker}:`));
+    }
+    if (how.script !== undefined) {
+      const r = await vm.console.run(how.script, { timeoutMs: how.timeoutMs ?? 600_000, signal: ctx.signal, login: how.login, onWait: waiting("waiting for the guest shell:") });
+      if (r.exitCode !== 0) throw new CloudletError("GUEST", `the script exited with ${r.exitCode} in the guest: ${r.output.trim().split("\n").slice(-8).join(" / ")}`);
+    }
+  } finally {
+    ctx.status?.(null);
   }
 }
 
@@ -195,7 +254,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     diskSrc = g.rootfs;
     boot = { kernel: BASE_FILES.kernel, initrd: BASE_FILES.initrd, append: g.append };
     source = `built-in guest (Debian, kernel ${g.kernelVersion})`;
-    if (!ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) ready = { ...ready, readyMarker: g.readyMarker };
+    if (!ready.readyMarker && !ready.readyRegex && ready.script === undefined && !ready.console && !ready.vnc) ready = { ...ready, readyMarker: g.readyMarker };
   }
   const machine = machine0;
   const vcpus = o.vcpus ?? 1;
@@ -220,8 +279,9 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
       portForwards: [],
       vnc: ready.vnc ? { port: 0 } : undefined,
     };
-    say(ctx, `booting (${ctx.hostChoice.host}, ${machine.machine}, ${machine.cpu}, ${machine.ramMiB} MiB)`);
-    vm = await makeHost(ctx.hostChoice).start(spec, ctx.signal);
+    const host = makeHost(ctx.hostChoice);
+    say(ctx, `booting (${ctx.hostChoice.host}, ${await accelShown(ctx, host)}, ${machine.machine}, ${machine.cpu}, ${machine.ramMiB} MiB)`);
+    vm = await host.start(spec, ctx.signal);
     await interact(ctx, vm, ready, "the guest is ready to become the base");
     say(ctx, "snapshotting memory, device state and disk");
     await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal);
@@ -256,8 +316,9 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     return { base, seconds: (performance.now() - t0) / 1000, existed };
   } catch (e) {
     await vm?.stop().catch(() => {});
+    const err = await withKeptLog(e, ctx.home, join(tmp, "run"), "base");
     await fsp.rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw err;
   }
 }
 
@@ -302,7 +363,9 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     await createQcow2Layer(files.disk, join(run, "disk.qcow2"), ctx.signal);
     await sparseCopy(files.memory, join(run, "memory.raw"));
     const t0 = performance.now();
-    vm = await makeHost(ctx.hostChoice).start(
+    const host = makeHost(ctx.hostChoice);
+    say(ctx, `resuming base ${base.name} (${base.host}, ${await accelShown(ctx, host)})`);
+    vm = await host.start(
       {
         name: "custom",
         runDir: join(run, "vm"),
@@ -346,6 +409,10 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
       signal: ctx.signal,
     });
     return { ...made, customizeSeconds };
+  } catch (e) {
+    await vm?.stop().catch(() => {});
+    vm = null;
+    throw await withKeptLog(e, ctx.home, join(run, "vm"), "overlay");
   } finally {
     await vm?.stop().catch(() => {});
     await fsp.rm(run, { recursive: true, force: true });

@@ -5,7 +5,7 @@
  * an abort also ends the helpers it started (debootstrap runs dpkg, wget, ...).
  */
 import { spawn } from "node:child_process";
-import { accessSync, constants, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { CloudletError } from "../../errors.ts";
 
@@ -120,6 +120,91 @@ export function requireKvmAccess(opts: { device?: string; groupFile?: string; op
       throw new CloudletError("KVM_PERMISSION", `this user may not open it for a KVM guest: add the user to group kvm (usermod -aG kvm USER, then log in again), or use the default TCG (unset CLOUDLET_ACCEL)`, device);
     }
   }
+}
+
+/** What the user asks for: KVM, TCG, or KVM when it works here and TCG otherwise. */
+export type AccelChoice = "kvm" | "tcg" | "auto";
+
+/** The accelerator a VM runs with, and why it is not the one asked for (auto's fallback). */
+export interface AccelDecision {
+  accel: "kvm" | "tcg";
+  /** Set when `auto` fell back to TCG: what failed with KVM. */
+  fallback?: string;
+}
+
+/** Parses `--accel` or `$CLOUDLET_ACCEL`; the default is TCG (KVM may be present and still fail guests). BAD_ARGUMENT error otherwise. */
+export function parseAccel(v: string | undefined, what = "--accel"): AccelChoice {
+  if (v === undefined || v === "") return "tcg";
+  if (v === "kvm" || v === "tcg" || v === "auto") return v;
+  throw new CloudletError("BAD_ARGUMENT", `${what} must be kvm, tcg or auto, not "${v}"`);
+}
+
+/** The accelerator asked for by `--accel` when given, else `$CLOUDLET_ACCEL`, else TCG. */
+export function accelFromEnv(given?: AccelChoice): AccelChoice {
+  return given ?? parseAccel(process.env.CLOUDLET_ACCEL, "CLOUDLET_ACCEL");
+}
+
+/** How long the firmware may take under KVM in {@link kvmUsable} (it needs well under a second where KVM works). */
+const KVM_FIRMWARE_MS = 5000;
+
+const kvmVerdicts = new Map<string, Promise<string | null>>();
+
+/**
+ * Whether KVM guests run here: null when they do, else a sentence saying
+ * what failed. Checks the device's permissions, asks QEMU whether KVM can be
+ * enabled (`query-kvm`), then boots the firmware alone under KVM and waits
+ * for it to reach its boot menu: a /dev/kvm that opens can still fail every
+ * guest (a nested or emulated CPU stops SeaBIOS with an emulation failure or
+ * a hang). Under a working KVM the firmware gets there in well under a second.
+ * The answer is kept for the life of the process.
+ */
+export function kvmUsable(binary = "qemu-system-x86_64"): Promise<string | null> {
+  let v = kvmVerdicts.get(binary);
+  if (!v) kvmVerdicts.set(binary, (v = probeKvmGuest(binary)));
+  return v;
+}
+
+async function probeKvmGuest(binary: string): Promise<string | null> {
+  try {
+    requireKvmAccess({ open: true });
+  } catch (e) {
+    return (e as Error).message;
+  }
+  if (!existsSync(KVM_DEVICE)) return `${KVM_DEVICE} does not exist`;
+  const input = ['{"execute":"qmp_capabilities"}', '{"execute":"query-kvm"}', '{"execute":"quit"}'].join("\n") + "\n";
+  const q = await runCommand(binary, ["-accel", "kvm", "-machine", "none", "-display", "none", "-nodefaults", "-no-user-config", "-qmp", "stdio"], { input, timeoutMs: 20_000 }).catch((e: Error) => ({ stdout: "", stderr: e.message }));
+  if (!/"enabled":\s*true/.test(q.stdout)) return `QEMU cannot enable KVM (${lastLines(q.stderr, 2) || "query-kvm: disabled"})`;
+  // SeaBIOS writes its log to the debug port 0x402; "Booting from" follows once the firmware has run.
+  let log = "";
+  const ac = new AbortController();
+  await runCommand(
+    binary,
+    ["-accel", "kvm", "-machine", "pc", "-m", "32", "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot", "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x402,chardev=dbg"],
+    {
+      signal: ac.signal,
+      timeoutMs: KVM_FIRMWARE_MS,
+      onLine: (l) => {
+        log += l + "\n";
+        if (/Booting from|No bootable device/.test(l)) ac.abort();
+      },
+    },
+  ).catch(() => {});
+  if (/Booting from|No bootable device/.test(log)) return null;
+  return `a test guest did not get through its firmware within ${KVM_FIRMWARE_MS / 1000} s under KVM${/KVM internal error|emulation failure/i.test(log) ? " (KVM emulation failure)" : ""}`;
+}
+
+/**
+ * Decides the accelerator for `want`: TCG as asked; KVM when {@link kvmUsable}
+ * says guests run, else TCG with the reason (auto) or an error (kvm:
+ * KVM_PERMISSION for the device's permissions, HOST_TOOL otherwise).
+ */
+export async function decideAccel(want: AccelChoice, binary = "qemu-system-x86_64"): Promise<AccelDecision> {
+  if (want === "tcg") return { accel: "tcg" };
+  if (want === "kvm") requireKvmAccess({ open: true });
+  const why = await kvmUsable(binary);
+  if (why === null) return { accel: "kvm" };
+  if (want === "kvm") throw new CloudletError("HOST_TOOL", `KVM was asked for, but KVM guests do not run here: ${why}; use --accel tcg (the default) or --accel auto`, KVM_DEVICE);
+  return { accel: "tcg", fallback: why };
 }
 
 /** The id (third field) of `name` in an /etc/passwd- or /etc/group-style file; a numeric name is its own id; null when absent. */

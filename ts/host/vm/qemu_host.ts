@@ -14,7 +14,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { constants } from "node:os";
 import { basename, join } from "node:path";
 import { CloudletError } from "../../errors.ts";
-import { lastLines, requireExecutable, requireKvmAccess, runCommand } from "./command.ts";
+import { accelFromEnv, decideAccel, lastLines, requireExecutable, requireKvmAccess, runCommand, type AccelChoice, type AccelDecision } from "./command.ts";
 import { QmpClient } from "./qmp.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
 import type { VmRecord } from "./vm_records.ts";
@@ -25,10 +25,11 @@ export interface QemuHostOptions {
   /** QEMU binary (name in PATH or path); default qemu-system-x86_64. */
   binary?: string;
   /**
-   * Accelerator; default `$CLOUDLET_ACCEL` or "tcg". "kvm" is checked with a
-   * probe first. TCG is the safe default: /dev/kvm may exist and still fail guests.
+   * Accelerator; default `$CLOUDLET_ACCEL` or "tcg" (the safe default: /dev/kvm
+   * may exist and still fail guests). "kvm" and "auto" check that KVM guests
+   * run first (see {@link decideAccel}); "auto" falls back to TCG.
    */
-  accel?: "tcg" | "kvm";
+  accel?: AccelChoice;
 }
 
 /** The resolved launch parameters that {@link qemuArgs} turns into a command line. */
@@ -44,21 +45,32 @@ export interface QemuLaunch {
 export class QemuHost implements VmHost {
   readonly kind = "qemu" as const;
   readonly binary: string;
-  readonly accel: "tcg" | "kvm";
-  private kvmChecked: Promise<void> | null = null;
+  readonly accel: AccelChoice;
+  private decided: Promise<AccelDecision> | null = null;
 
   constructor(opts: QemuHostOptions = {}) {
     this.binary = opts.binary ?? "qemu-system-x86_64";
-    const env = process.env.CLOUDLET_ACCEL;
-    this.accel = opts.accel ?? (env === "kvm" ? "kvm" : "tcg");
+    this.accel = accelFromEnv(opts.accel);
+  }
+
+  /** The accelerator VMs of this host run with (decided once; see {@link decideAccel}). */
+  resolveAccel(): Promise<AccelDecision> {
+    return (this.decided ??= decideAccel(this.accel, requireExecutable(this.binary, "qemu-system-x86")));
   }
 
   /** Starts a VM (see {@link VmHost.start}). */
   async start(spec: VmSpec, signal?: AbortSignal): Promise<RunningVm> {
     await validateSpec(spec);
     const binary = requireExecutable(this.binary, "qemu-system-x86");
-    if (this.accel === "kvm") await (this.kvmChecked ??= probeKvm(binary));
-    return new QemuSession(spec, binary, this.accel).begin(signal);
+    const { accel } = await this.resolveAccel();
+    try {
+      return await new QemuSession(spec, binary, accel).begin(signal);
+    } catch (e) {
+      // auto: a guest that KVM cannot even start gets TCG (the failed start removed its files).
+      if (this.accel !== "auto" || accel !== "kvm" || !(e instanceof CloudletError && e.code === "HOST_TOOL")) throw e;
+      this.decided = Promise.resolve({ accel: "tcg", fallback: `QEMU failed to start the guest under KVM: ${e.message}` });
+      return new QemuSession(spec, binary, "tcg").begin(signal);
+    }
   }
 }
 

@@ -43,18 +43,61 @@ export interface SerialMatch {
   offset: number;
 }
 
+/** Called about once a second while waiting on the guest: time waited so far, and the last line it printed. */
+export type WaitProgressFn = (elapsedMs: number, lastLine: string) => void;
+
 /** Options for {@link SerialConsole.waitFor}. */
 export interface WaitForOptions {
   /** Byte offset in the log to start from; default 0 (the log starts empty at VM start). */
   fromOffset?: number;
   signal?: AbortSignal;
+  onWait?: WaitProgressFn;
+}
+
+/** A user to log in as when the serial console asks for a login (getty). */
+export interface SerialLogin {
+  user: string;
+  /** Sent when the guest asks for a password. */
+  password?: string;
 }
 
 /** Options for {@link SerialConsole.run}. */
 export interface RunOptions {
-  /** How long the script may run; default 60 s. */
+  /**
+   * Time limit for the whole run: waiting until the guest's shell answers
+   * (a guest may still be booting) and then the script; default 60 s.
+   */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Log in with this when the console shows a login prompt (otherwise a login prompt is a GUEST error). */
+  login?: SerialLogin;
+  onWait?: WaitProgressFn;
+}
+
+/**
+ * A getty's prompt at the end of what the console printed (`debian login: `,
+ * `Password: `). Only the last line counts: an earlier one may be text.
+ */
+export function loginPromptIn(text: string): "login" | "password" | null {
+  const last = cleanSerial(text).split("\n").pop() ?? "";
+  if (/(^|\s)\S*login: *$/i.test(last)) return "login";
+  if (/^\s*password: *$/i.test(last)) return "password";
+  return null;
+}
+
+/**
+ * Whether the serial line `line` shows a ready marker: the marker at the start
+ * of the line (after any escape sequences), never somewhere inside it, so that
+ * a unit description that mentions the marker ("Started x.service - prints
+ * READY") does not count.
+ */
+export function markerAtLineStart(line: string, marker: string): boolean {
+  return cleanSerial(line).replace(/^[\s]+/, "").startsWith(marker);
+}
+
+/** Serial text with escape sequences, carriage returns and other control bytes removed (newlines kept). */
+export function cleanSerial(text: string): string {
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/\r/g, "").replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
 }
 
 const CHUNK = 400;
@@ -77,17 +120,32 @@ export class SerialConsole {
     private readonly gone: Promise<string> = new Promise(() => {}),
   ) {}
 
-  /** Waits until `pattern` appears in the serial log; GUEST error with the log's tail on timeout or VM exit. */
+  /**
+   * Waits until a line of the serial log shows `pattern`: a string must start
+   * the line (see {@link markerAtLineStart}); a RegExp is tested against each
+   * line without its line end or escape sequences. GUEST error with the log's
+   * tail on timeout or VM exit.
+   */
   async waitFor(pattern: string | RegExp, timeoutMs: number, opts: WaitForOptions = {}): Promise<SerialMatch> {
-    const rx = typeof pattern === "string" ? new RegExp(escapeRegExp(pattern)) : pattern;
+    const test = (line: string): string | null => {
+      if (typeof pattern === "string") return markerAtLineStart(line, pattern) ? pattern : null;
+      pattern.lastIndex = 0;
+      return pattern.exec(cleanSerial(line))?.[0] ?? null;
+    };
     const shown = typeof pattern === "string" ? `"${pattern}"` : String(pattern);
-    const deadline = Date.now() + timeoutMs;
+    const t0 = Date.now();
+    const deadline = t0 + timeoutMs;
     let offset = opts.fromOffset ?? 0;
-    let window = "";
-    let windowStart = offset;
+    /** The line being read (not yet ended), and the log offset where it starts. */
+    let partial = "";
+    let partialStart = offset;
+    let lastLine = "";
+    let nextReport = t0 + 1000;
     let goneWhy: string | null = null;
     void this.gone.then((w) => (goneWhy = w));
     let fh: fsp.FileHandle | null = null;
+    // A match in an unfinished line: the READY line carries boot_id, so give the rest of it a moment.
+    let partialSince = 0;
     try {
       for (;;) {
         if (opts.signal?.aborted) throw new CloudletError("CANCELLED", `cancelled while waiting for ${shown} on the serial console`, this.logPath);
@@ -98,30 +156,38 @@ export class SerialConsole {
             const { bytesRead } = await fh.read(chunk, 0, chunk.length, offset);
             if (!bytesRead) break;
             offset += bytesRead;
-            window += chunk.subarray(0, bytesRead).toString("latin1");
-          }
-          const m = rx.exec(window);
-          if (m) {
-            const lineStart = window.lastIndexOf("\n", m.index) + 1;
-            const lineEnd = window.indexOf("\n", m.index + m[0].length);
-            // Return the whole line (the READY line carries boot_id); give the rest of it a moment to arrive.
-            if (lineEnd >= 0 || Date.now() > deadline || goneWhy) {
-              const end = lineEnd >= 0 ? lineEnd : window.length;
-              return {
-                match: m[0],
-                line: window.slice(lineStart, end).replace(/\r$/, ""),
-                offset: windowStart + Buffer.byteLength(window.slice(0, lineEnd >= 0 ? lineEnd + 1 : end), "latin1"),
-              };
+            const text = partial + chunk.subarray(0, bytesRead).toString("latin1");
+            const lines = text.split("\n");
+            partial = lines.pop()!;
+            let at = partialStart;
+            for (const l of lines) {
+              at += l.length + 1;
+              const m = test(l);
+              if (m !== null) return { match: m, line: l.replace(/\r$/, ""), offset: at };
+              if (cleanSerial(l).trim()) lastLine = cleanSerial(l).trim();
             }
-          } else if (window.length > WINDOW) {
-            const cut = window.length - WINDOW;
-            windowStart += cut;
-            window = window.slice(cut);
+            partialStart = at;
+            // A line that never ends (a progress spinner) must not grow without bound.
+            if (partial.length > WINDOW) {
+              partialStart += partial.length - WINDOW;
+              partial = partial.slice(-WINDOW);
+            }
+          }
+          const m = partial ? test(partial) : null;
+          if (m !== null) {
+            partialSince ||= Date.now();
+            if (Date.now() - partialSince > 2000 || Date.now() > deadline || goneWhy) {
+              return { match: m, line: partial.replace(/\r$/, ""), offset: partialStart + partial.length };
+            }
           }
         }
         if (goneWhy) throw new CloudletError("GUEST", `${goneWhy} before the guest printed ${shown}${await this.tailBlock()}`, this.logPath);
         if (Date.now() > deadline) {
           throw new CloudletError("GUEST", `the guest did not print ${shown} within ${fmtSeconds(timeoutMs)}${await this.tailBlock()}`, this.logPath);
+        }
+        if (opts.onWait && Date.now() >= nextReport) {
+          nextReport += 1000;
+          opts.onWait(Date.now() - t0, cleanSerial(partial).trim() || lastLine);
         }
         await sleep(POLL_MS);
       }
@@ -137,6 +203,12 @@ export class SerialConsole {
 
   /** The last lines of the serial log, control characters removed. */
   async tail(maxLines = 15): Promise<string> {
+    const clean = await this.rawTail();
+    return clean.split("\n").filter((l) => l.trim()).slice(-maxLines).join("\n");
+  }
+
+  /** The last 4 KiB of the serial log, control characters removed, up to its very end (an unfinished line, a prompt). */
+  private async rawTail(): Promise<string> {
     let text = "";
     try {
       const fh = await fsp.open(this.logPath, "r");
@@ -153,8 +225,7 @@ export class SerialConsole {
       return "";
     }
     // Escape sequences and lone control bytes would garble a terminal that prints the error.
-    const clean = text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/\r/g, "").replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
-    return clean.split("\n").filter((l) => l.trim()).slice(-maxLines).join("\n");
+    return cleanSerial(text);
   }
 
   /** Runs a shell script in the guest as root and returns its output and exit code. */
@@ -210,20 +281,14 @@ export class SerialConsole {
 
   private async runNow(script: string, opts: RunOptions): Promise<ScriptResult> {
     const timeoutMs = opts.timeoutMs ?? 60_000;
+    const t0 = Date.now();
+    const deadline = t0 + timeoutMs;
     const tag = randomBytes(4).toString("hex");
     const f = `/tmp/.cl${tag}`;
-    const line = await SerialLine.open(this.socketPath, 10_000, this.gone, opts.signal);
+    const line = await SerialLine.open(this.socketPath, Math.min(10_000, timeoutMs), this.gone, opts.signal);
     try {
       const step = async (rx: RegExp, ms: number, what: string) => (await line.expect(rx, ms, what, opts.signal)) ?? Promise.reject(await this.fail(`timed out waiting for ${what}`));
-      line.send("\x15\n");
-      // The shell may not be reading yet (it respawns right after READY, or after a restore); until it
-      // reads, the tty drops what we type.
-      let synced = false;
-      for (let i = 0; i < 20 && !synced; i++) {
-        line.send(`echo CL""SYNC${tag}\n`);
-        synced = (await line.expect(new RegExp(`CLSYNC${tag}\\r?\\n`), 1000, "the guest shell", opts.signal)) !== null;
-      }
-      if (!synced) throw await this.fail("the guest shell does not answer on the serial console (20 s)");
+      await this.waitForShell(line, tag, deadline, timeoutMs, opts);
       const body = Buffer.from(script, "utf8").toString("base64");
       const chunks = body.match(new RegExp(`.{1,${CHUNK}}`, "g")) ?? [""];
       for (const [k, c] of chunks.entries()) {
@@ -232,7 +297,7 @@ export class SerialConsole {
       }
       line.send(`base64 -d ${f}.b64 > ${f}.sh; rm -f ${f}.b64; echo CL""BEGIN${tag}; sh ${f}.sh < /dev/null; echo CL""END${tag} rc=$?; rm -f ${f}.sh\n`);
       await step(new RegExp(`CLBEGIN${tag}\\r?\\n`), 10_000, "the script to start");
-      const m = await line.expect(new RegExp(`CLEND${tag} rc=(\\d+)\\r?\\n`), timeoutMs, "the script to finish", opts.signal);
+      const m = await line.expect(new RegExp(`CLEND${tag} rc=(\\d+)\\r?\\n`), Math.max(1000, deadline - Date.now()), "the script to finish", opts.signal);
       if (!m) {
         line.send("\x03"); // interrupt it, so that the console is usable again
         throw await this.fail(`the script did not finish within ${fmtSeconds(timeoutMs)}`);
@@ -240,6 +305,67 @@ export class SerialConsole {
       return { output: m.before.replace(/\r\n/g, "\n").replace(/\r/g, ""), exitCode: Number(m.groups[1]) };
     } finally {
       line.close();
+    }
+  }
+
+  /**
+   * Returns once a shell reads the console: sends a sync line every second
+   * until it comes back (the guest may still be booting, or the shell
+   * respawning after READY or a restore; until a shell reads, the tty drops
+   * what we type), up to the run's deadline. A getty's login prompt is
+   * answered with `opts.login`, or is a GUEST error at once: typing the sync
+   * line into it would only produce "Login incorrect".
+   */
+  private async waitForShell(line: SerialLine, tag: string, deadline: number, timeoutMs: number, opts: RunOptions): Promise<void> {
+    const t0 = Date.now();
+    let nextReport = t0 + 1000;
+    let userSent = false;
+    let answers = 0;
+    // What the console printed before we connected: a prompt that is already up.
+    let seen = await this.rawTail();
+    if (!loginPromptIn(seen)) {
+      // An empty line makes a shell or a getty print its prompt again; wait for it briefly, so that our
+      // first sync line is not taken for a user name.
+      line.send("\x15\n");
+      await line.expect(/(?:login: *|[#$>] *)$/i, 1000, "a prompt", opts.signal).then((m) => m && line.unread(m.before + m.groups[0]));
+      seen = line.peek();
+    }
+    for (;;) {
+      const prompt = loginPromptIn(seen);
+      if (prompt) {
+        if (!opts.login) {
+          const shownPrompt = cleanSerial(seen).split("\n").pop()!.trim();
+          throw new CloudletError("GUEST", `the serial console asks for a login ("${shownPrompt}"), so no script can run there: give --login USER[:PASSWORD-FILE], or let the guest log root in on ttyS0 automatically (see docs/vm-hosts.md, "A guest that asks for a login")`, this.logPath);
+        }
+        if (++answers > 6 || Date.now() > deadline) throw await this.fail(`logging in as "${opts.login.user}" on the serial console failed (it keeps asking)`);
+        // Only what the guest prints after our answer counts from here on (never answer one prompt twice).
+        line.drain();
+        if (prompt === "login") {
+          line.send(`\x15${opts.login.user}\n`);
+          userSent = true;
+        } else if (!userSent) {
+          // Something else was taken for a user name (a sync line typed as getty started): fail that login.
+          line.send("\n");
+        } else {
+          if (opts.login.password === undefined) throw await this.fail(`the guest asks for a password for "${opts.login.user}": give --login ${opts.login.user}:PASSWORD-FILE`);
+          line.send(`${opts.login.password}\n`);
+        }
+        // Let getty and login answer before the next look.
+        const m = await line.expect(/(?:login: *|password: *|[#$>] *)$/i, prompt === "password" && userSent ? 15_000 : 5000, "the login prompt", opts.signal);
+        seen = m ? m.before + m.groups[0] : line.peek();
+        if (userSent && /login incorrect/i.test(seen)) throw await this.fail(`logging in as "${opts.login.user}" on the serial console failed (Login incorrect)`);
+        continue;
+      }
+      if (Date.now() > deadline) throw await this.fail(`the guest shell did not answer on the serial console within ${fmtSeconds(timeoutMs)}`);
+      line.send(`echo CL""SYNC${tag}\n`);
+      if ((await line.expect(new RegExp(`CLSYNC${tag}\\r?\\n`), Math.min(1000, Math.max(1, deadline - Date.now())), "the guest shell", opts.signal)) !== null) return;
+      seen = line.peek();
+      if (opts.onWait && Date.now() >= nextReport) {
+        nextReport = Date.now() + 1000;
+        // The tty echoes our sync lines while nothing reads: show what the guest printed itself.
+        const own = (await this.tail(15)).split("\n").filter((l) => !l.includes('CL""SYNC'));
+        opts.onWait(Date.now() - t0, (own.pop() ?? "").trim());
+      }
     }
   }
 
@@ -314,6 +440,21 @@ class SerialLine {
     if (!this.sock.destroyed) this.sock.write(data);
   }
 
+  /** What arrived and was not consumed yet. */
+  peek(): string {
+    return this.buf;
+  }
+
+  /** Drops what arrived so far. */
+  drain(): void {
+    this.buf = "";
+  }
+
+  /** Puts consumed text back in front of what arrived. */
+  unread(text: string): void {
+    this.buf = text + this.buf;
+  }
+
   /** Waits for `rx` in what arrived and consumes up to the end of the match; null on timeout. */
   async expect(rx: RegExp, timeoutMs: number, what: string, signal?: AbortSignal): Promise<{ before: string; groups: RegExpExecArray } | null> {
     const deadline = Date.now() + timeoutMs;
@@ -348,10 +489,6 @@ class SerialLine {
 /** Quotes `s` for a POSIX shell. */
 export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 function fmtSeconds(ms: number): string {

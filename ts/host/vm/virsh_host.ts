@@ -20,7 +20,7 @@
 import { promises as fsp, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { CloudletError } from "../../errors.ts";
-import { lastLines, lookupId, requireExecutable, requireKvmAccess, runCommand } from "./command.ts";
+import { accelFromEnv, decideAccel, lastLines, lookupId, requireExecutable, requireKvmAccess, runCommand, type AccelChoice, type AccelDecision } from "./command.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
 import { connectArgs, processAlive, type VmRecord } from "./vm_records.ts";
 import { sleep, validateSpec, VmSession, type StateChannel } from "./vm_session.ts";
@@ -31,8 +31,12 @@ export interface VirshHostOptions {
   connect?: string;
   /** virsh binary; default virsh. */
   binary?: string;
-  /** Accelerator: "tcg" gives `<domain type='qemu'>`, "kvm" `<domain type='kvm'>`; default `$CLOUDLET_ACCEL` or "tcg". */
-  accel?: "tcg" | "kvm";
+  /**
+   * Accelerator: "tcg" gives `<domain type='qemu'>`, "kvm" `<domain type='kvm'>`,
+   * "auto" KVM when KVM guests run here, else TCG (see {@link decideAccel});
+   * default `$CLOUDLET_ACCEL` or "tcg".
+   */
+  accel?: AccelChoice;
 }
 
 /** The resolved launch parameters that {@link domainXml} turns into a domain. */
@@ -49,12 +53,18 @@ export class VirshHost implements VmHost {
   readonly kind = "virsh" as const;
   readonly connect: string;
   readonly binary: string;
-  readonly accel: "tcg" | "kvm";
+  readonly accel: AccelChoice;
+  private decided: Promise<AccelDecision> | null = null;
 
   constructor(opts: VirshHostOptions = {}) {
     this.connect = opts.connect ?? process.env.LIBVIRT_DEFAULT_URI ?? "qemu:///system";
     this.binary = opts.binary ?? "virsh";
-    this.accel = opts.accel ?? (process.env.CLOUDLET_ACCEL === "kvm" ? "kvm" : "tcg");
+    this.accel = accelFromEnv(opts.accel);
+  }
+
+  /** The accelerator domains of this host get (decided once with the host's QEMU; see {@link decideAccel}). */
+  resolveAccel(): Promise<AccelDecision> {
+    return (this.decided ??= decideAccel(this.accel));
   }
 
   /** Starts a VM (see {@link VmHost.start}). */
@@ -64,7 +74,8 @@ export class VirshHost implements VmHost {
     const virsh = requireExecutable(this.binary, "libvirt-clients libvirt-daemon-system");
     requireKvmAccess();
     await checkLibvirtd(virsh, this.connect, signal);
-    return new VirshSession(spec, virsh, this.connect, this.accel).begin(signal);
+    const { accel } = await this.resolveAccel();
+    return new VirshSession(spec, virsh, this.connect, accel).begin(signal);
   }
 }
 

@@ -17,7 +17,7 @@
  * the host side of port forwards may change (docs/vm-hosts.md).
  */
 import type { MachineConfig, PortForward } from "../../overlay/format.ts";
-import type { SerialConsole } from "./serial_console.ts";
+import type { SerialConsole, WaitProgressFn } from "./serial_console.ts";
 
 export type { MachineConfig, PortForward };
 
@@ -97,8 +97,8 @@ export interface RunningVm {
   readonly serialLogPath: string;
   /** Resolves when the VM has ended, however it ended; never rejects. */
   readonly exited: Promise<VmExit>;
-  /** Waits for `marker` on the serial console; returns its line. GUEST error (with the serial tail) on timeout or exit. */
-  waitReady(marker: string, timeoutMs?: number, signal?: AbortSignal): Promise<string>;
+  /** Waits for a line that starts with `marker` (or matches the RegExp) on the serial console; returns that line. GUEST error (with the serial tail) on timeout or exit. */
+  waitReady(marker: string | RegExp, timeoutMs?: number, signal?: AbortSignal, onWait?: WaitProgressFn): Promise<string>;
   /** Saves device state to `statePath` and ends the VM; the memory file then holds the RAM. */
   snapshot(statePath: string, signal?: AbortSignal): Promise<SnapshotResult>;
   /** Restore only: loads the incoming device state and continues the guest. */

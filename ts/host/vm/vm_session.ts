@@ -23,7 +23,7 @@ import { randomBytes } from "node:crypto";
 import { CloudletError } from "../../errors.ts";
 import { partName } from "../files.ts";
 import { resolvePortForwards, resolveVncPort } from "./host_ports.ts";
-import { SerialConsole } from "./serial_console.ts";
+import { SerialConsole, type WaitProgressFn } from "./serial_console.ts";
 import type { PortForward, RunningVm, SnapshotResult, VmExit, VmSpec } from "./vm_host.ts";
 import { removeRuntimeFiles, selfOwner, VM_NAME_PREFIX, writeVmRecord, type VmRecord } from "./vm_records.ts";
 
@@ -222,9 +222,9 @@ export abstract class VmSession implements RunningVm {
 
   // ---- RunningVm ----------------------------------------------------------------
 
-  async waitReady(marker: string, timeoutMs = 120_000, signal?: AbortSignal): Promise<string> {
+  async waitReady(marker: string | RegExp, timeoutMs = 120_000, signal?: AbortSignal, onWait?: WaitProgressFn): Promise<string> {
     if (this.phase === "incoming") throw new CloudletError("BAD_ARGUMENT", "a restored VM does not boot: call resume() instead of waitReady()");
-    return this.guard(`wait for "${marker}"`, signal, async (s) => (await this.console.waitFor(marker, timeoutMs, { signal: s })).line);
+    return this.guard(`wait for ${typeof marker === "string" ? `"${marker}"` : marker}`, signal, async (s) => (await this.console.waitFor(marker, timeoutMs, { signal: s, onWait })).line);
   }
 
   async snapshot(statePath: string, signal?: AbortSignal): Promise<SnapshotResult> {

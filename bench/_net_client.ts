@@ -18,8 +18,8 @@
  */
 import { createReadStream, promises as fsp } from "node:fs";
 import * as http from "node:http";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
 import type { SessionEvent } from "../ts/server/protocol.ts";
 import { firstAnswer } from "./_net_http.ts";

@@ -18,10 +18,10 @@
 import { promises as fsp } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
-import { WorkerCodec } from "../ts/host/codec_pool.ts";
-import { sparseCopy } from "../ts/host/files.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
+import { WorkerCodec } from "../ts/node/codec_pool.ts";
+import { sparseCopy } from "../ts/node/files.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { decodeSegment, hashHex } from "../ts/overlay/format.ts";
 
 const args = process.argv.slice(2);

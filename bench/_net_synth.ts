@@ -14,8 +14,9 @@
  * removed. Prints "ready" once the core is loaded.
  */
 import { createInterface } from "node:readline";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
-import { stopSynthesized, synthesizeVm } from "../ts/host/vm_jobs.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
+import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
+import { synthesizeVm } from "../ts/jobs/vm_synthesis.ts";
 import { firstAnswer } from "./_net_http.ts";
 
 const [home, base, bind] = process.argv.slice(2);

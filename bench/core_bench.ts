@@ -23,7 +23,7 @@ import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { createBLAKE3, createSHA256, type IHasher } from "hash-wasm";
 import type { Core } from "../ts/core/core.ts";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
 import { type Corpus, ensureCorpus, ensureXz, REPO } from "./_corpus.ts";
 import { describeMachine, type Machine, machineLines } from "./_machine.ts";
 import { buildAll, median, runExec, runNative, type Sample } from "./_native.ts";

@@ -47,10 +47,10 @@ const CHUNK = 4096;
 // It does what `cloudlet overlay` does first: find the cache dir and build the base index.
 
 async function prepareBase(home: string, baseDisk: string, baseMem: string): Promise<void> {
-  const { loadCoreFromDisk } = await import("../ts/host/core_file.ts");
-  const { cacheDirFor, fileIdentity, openBase } = await import("../ts/host/base_cache.ts");
-  const { defaultMachine } = await import("../ts/host/file_jobs.ts");
-  const { indexCacheDir } = await import("../ts/host/home.ts");
+  const { loadCoreFromDisk } = await import("../ts/node/core_file.ts");
+  const { cacheDirFor, fileIdentity, openBase } = await import("../ts/home/base_cache.ts");
+  const { defaultMachine } = await import("../ts/home/machine_defaults.ts");
+  const { indexCacheDir } = await import("../ts/home/paths.ts");
   const core = await loadCoreFromDisk();
   const t0 = performance.now();
   const machine = defaultMachine((await fileIdentity(baseMem)).size);

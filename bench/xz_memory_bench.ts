@@ -12,7 +12,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
 import { DATA_DIR, ensureCorpus, REPO } from "./_corpus.ts";
 import { describeMachine, machineLines } from "./_machine.ts";
 import { buildAll, median } from "./_native.ts";

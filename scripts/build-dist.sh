@@ -4,7 +4,7 @@
 #   dist/ts/**.js + .d.ts     the library, compiled by tsc (ts/mod.ts is the entry)
 #   dist/cli/main.js          the `cloudlet` command (package.json "bin"), compiled
 #   dist/ts/core/_wasm/       the .wasm and its wasm-bindgen glue (scripts/build-wasm.sh)
-#   dist/ts/host/codec_worker.mjs
+#   dist/ts/node/codec_worker.mjs
 #   dist/web/dist/            the inspector page (web/build.ts)
 #   dist/web/build.js         stands in for web/build.ts: returns dist/web/dist, no esbuild
 #   dist/.stamp               SHA-256 of every input: an unchanged tree is not rebuilt
@@ -47,7 +47,7 @@ node_modules/.bin/tsc ts/mod.ts cli/main.ts --outDir "$tmp" --rootDir . --declar
 
 mkdir -p "$tmp/ts/core/_wasm" "$tmp/web"
 cp ts/core/_wasm/cloudlet_core.js ts/core/_wasm/cloudlet_core.d.ts ts/core/_wasm/cloudlet_core_bg.wasm "$tmp/ts/core/_wasm/"
-cp ts/host/codec_worker.mjs "$tmp/ts/host/"
+cp ts/node/codec_worker.mjs "$tmp/ts/node/"
 cp -r web/dist "$tmp/web/dist"
 rm -f "$tmp/web/dist/build-stamp.json" "$tmp/web/build.js" "$tmp/web/build.d.ts"
 

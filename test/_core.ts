@@ -1,3 +1,3 @@
 /** Shared test fixture: the WASM core, loaded once per test file. */
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
 export const core = await loadCoreFromDisk();

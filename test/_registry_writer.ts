@@ -1,5 +1,5 @@
 // Adds N bases to a registry: a separate process for the concurrency test.
-import { Registry } from "../ts/host/registry.ts";
+import { Registry } from "../ts/home/registry.ts";
 const [home, prefix, n] = process.argv.slice(2);
 const reg = new Registry(home);
 for (let i = 0; i < Number(n); i++) {

@@ -2,8 +2,8 @@
 // resumes at the offset the server reports. Run inside the client namespace
 // by net_server.test.ts; prints the endpoint and the offsets as JSON.
 import { readFileSync } from "node:fs";
-import { loadCoreFromDisk } from "../ts/host/core_file.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { CloudletClient, packedHead, segmentData } from "../ts/server/client.ts";
 import type { Endpoint } from "../ts/server/protocol.ts";
 

@@ -12,7 +12,7 @@ import { runTool } from "./_tools.ts";
 import { Source } from "../ts/core/core.ts";
 import { randomBytes, toHex, vectorInput } from "../ts/core/vectors.ts";
 import { ComponentCoreError } from "../ts/component/component_core.ts";
-import { COMPONENT_PATH, loadComponentCoreFromDisk } from "../ts/component/component_file.ts";
+import { COMPONENT_PATH, loadComponentCoreFromDisk } from "../ts/node/component_file.ts";
 
 const comp = await loadComponentCoreFromDisk();
 const vectors = JSON.parse(readFileSync(new URL("../core-rs/vectors/kernels.json", import.meta.url), "utf8"));

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
-import { AtomicFile, FileSource } from "../ts/host/files.ts";
+import { AtomicFile, FileSource } from "../ts/node/files.ts";
 import { scratchDir } from "./_images.ts";
 
 test("400 overlapping writes and reads on one handle hit their own offsets", async () => {

@@ -13,7 +13,7 @@ import { core } from "./_core.ts";
 import { cloudlet } from "./_cli.ts";
 import { scratchDir } from "./_images.ts";
 import { goldenImages } from "./golden/_images.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { decodeMeta, FORMAT_VERSION } from "../ts/overlay/format.ts";
 
 const DIR = fileURLToPath(new URL("./golden/v1/", import.meta.url)).replace(/\/$/, "");

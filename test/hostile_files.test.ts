@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
-import { Registry } from "../ts/host/registry.ts";
+import { Registry } from "../ts/home/registry.ts";
 
 let dir: string;
 let home: string;

@@ -13,11 +13,11 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NbdExport, NBD_CHUNK, lazyDiskArgs, switchBackingToLocal, type ChunkProvider } from "../ts/vm/nbd_export.ts";
-import { buildGuestImage, GUEST_APPEND } from "../ts/host/vm/guest_image.ts";
-import { QmpClient } from "../ts/host/vm/qmp.ts";
-import { SerialConsole } from "../ts/host/vm/serial_console.ts";
+import { buildGuestImage, GUEST_APPEND } from "../ts/vm/guest_image.ts";
+import { QmpClient } from "../ts/vm/qmp.ts";
+import { SerialConsole } from "../ts/vm/serial_console.ts";
 import { scratchDir } from "./_images.ts";
-import { FileSource } from "../ts/host/files.ts";
+import { FileSource } from "../ts/node/files.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 

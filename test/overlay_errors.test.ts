@@ -304,8 +304,8 @@ test("a killed overlay writer leaves nothing that looks complete", async () => {
 });
 
 test("a codec that fails is reported as such, never as a corrupt segment of a good overlay", async () => {
-  const { openOverlay } = await import("../ts/host/overlay_files.ts");
-  const { WorkerCodec } = await import("../ts/host/codec_pool.ts");
+  const { openOverlay } = await import("../ts/node/overlay_files.ts");
+  const { WorkerCodec } = await import("../ts/node/codec_pool.ts");
   const { fetchSegment } = await import("../ts/overlay/synthesis.ts");
   const { CodecFailure } = await import("../ts/overlay/codec.ts");
   const ov = await openOverlay(core, packed);

@@ -7,7 +7,8 @@ import { core } from "./_core.ts";
 import { assertBytes } from "./_bytes.ts";
 import { runTool } from "./_tools.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
-import { createOverlayFiles, synthesizeFiles } from "../ts/host/file_jobs.ts";
+import { createOverlayFiles } from "../ts/jobs/file_overlay.ts";
+import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
 import { ChunkClass, ImageKind } from "../ts/overlay/format.ts";
 
 const read = (p: string) => fsp.readFile(p).then((b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
@@ -108,7 +109,7 @@ test("qcow2 custom disk: changed, zero-filled and TRIMmed extents round-trip", a
 
 test("pipelined: synthesis from a stream that arrives in small pieces", async () => {
   const { openPackedStream } = await import("../ts/overlay/stream_reader.ts");
-  const { synthesizeReader } = await import("../ts/host/file_jobs.ts");
+  const { synthesizeReader } = await import("../ts/jobs/file_synthesis.ts");
   const dir = await scratchDir("stream");
   const set = await writeImageSet(dir, 61, 4 << 20, 4 << 20, 40);
   const home = join(dir, "home");
@@ -137,7 +138,7 @@ test("pipelined: synthesis from a stream that arrives in small pieces", async ()
 });
 
 test("sparse images: holes are skipped, yet the base id and the round trip are the same as for dense copies", async () => {
-  const { cacheDirFor, fileIdentity, openBase } = await import("../ts/host/base_cache.ts");
+  const { cacheDirFor, fileIdentity, openBase } = await import("../ts/home/base_cache.ts");
   const dir = await scratchDir("sparse");
   const mk = async (name: string, size: number, writes: Array<[number, Uint8Array]>) => {
     const p = join(dir, name);

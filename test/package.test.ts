@@ -106,7 +106,7 @@ function checkConsumer(json: string, version: string, baseDisk: string): { overl
   assert.equal(r.formatVersion, 1);
   assert.ok(r.segments >= 2 && r.raw > 0, `a real overlay: ${json}`);
   assert.equal(r.rendered, true);
-  assert.deepEqual(r.verified, { segments: r.segments, rebuilt: r.segments, rebuiltSkipped: 0 });
+  assert.deepEqual(r.verified, { segments: r.segments, rebuilt: r.segments, rebuiltSkipped: 0, baseChecked: true });
   assert.equal(r.metaAgain, true);
   assert.equal(r.diskEqual, true, "synthesized disk equals the custom disk");
   assert.equal(r.memEqual, true, "synthesized memory equals the custom memory");
@@ -125,7 +125,7 @@ test("npm pack, install into an empty project; the CLI and the library work unde
     // Pack: prepack builds dist/ (or finds it up to date).
     const packed = JSON.parse(await ok("npm", ["pack", "--json", "--loglevel=error", "--pack-destination", dir], ROOT))[0];
     const files = new Set<string>(packed.files.map((f: { path: string }) => f.path));
-    for (const f of ["dist/ts/mod.js", "dist/ts/mod.d.ts", "dist/cli/main.js", "dist/ts/core/_wasm/cloudlet_core_bg.wasm", "dist/ts/core/_wasm/cloudlet_core.js", "dist/ts/host/codec_worker.mjs", "dist/web/dist/index.html", "dist/web/dist/main.js", "dist/web/build.js", "package.json", "README.md"]) {
+    for (const f of ["dist/ts/mod.js", "dist/ts/mod.d.ts", "dist/cli/main.js", "dist/ts/core/_wasm/cloudlet_core_bg.wasm", "dist/ts/core/_wasm/cloudlet_core.js", "dist/ts/node/codec_worker.mjs", "dist/web/dist/index.html", "dist/web/dist/main.js", "dist/web/build.js", "package.json", "README.md"]) {
       assert.ok(files.has(f), `the tarball has ${f}`);
     }
     const stray = [...files].filter((f) => (f.endsWith(".ts") && !f.endsWith(".d.ts")) || f.startsWith("test/") || f.startsWith("core-rs/"));
@@ -227,7 +227,7 @@ test("loaded over the network as JSR serves it (https: module URLs), the core lo
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   try {
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ts/`;
-    const script = `import { loadCoreFromDisk, WASM_PATH } from "${base}host/core_file.ts";
+    const script = `import { loadCoreFromDisk, WASM_PATH } from "${base}node/core_file.ts";
       const core = await loadCoreFromDisk();
       console.log(JSON.stringify({ path: WASM_PATH, zero: core.zeroChunks(new Uint8Array(8192), 4096).length }));`;
     // --no-lock: the served URLs change with the port; they must not land in a deno.lock.

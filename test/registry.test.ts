@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Registry } from "../ts/host/registry.ts";
+import { Registry } from "../ts/home/registry.ts";
 import { scratchDir } from "./_images.ts";
 
 const writer = fileURLToPath(new URL("./_registry_writer.ts", import.meta.url));

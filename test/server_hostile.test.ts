@@ -17,7 +17,7 @@ import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
 import { core } from "./_core.ts";
 import { decodeMeta, decodePackHeader, HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
-import { Registry } from "../ts/host/registry.ts";
+import { Registry } from "../ts/home/registry.ts";
 
 const TOKEN = "hostile-token-0123456789abcdef";
 const AUTH = `Bearer ${TOKEN}`;

@@ -12,8 +12,8 @@ import { fileURLToPath } from "node:url";
 import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { scratchDir } from "./_images.ts";
 import { CloudletError, exitCodeOf } from "../ts/errors.ts";
-import { requireExecutable, requireKvmAccess, runCommand } from "../ts/host/vm/command.ts";
-import { runToolOk } from "../ts/host/process.ts";
+import { requireExecutable, requireKvmAccess, runCommand } from "../ts/node/command.ts";
+import { runToolOk } from "../ts/node/process.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const GOLDEN = join(ROOT, "test/golden/v1/golden.overlay");
@@ -70,7 +70,7 @@ test("no WASM build: --help still works; a command says to run scripts/setup.sh,
   assert.equal(j.code, 78);
   assert.deepEqual(JSON.parse(j.stdout), { error: { code: "NOT_BUILT", message: "the WASM core is not built: run scripts/setup.sh (or scripts/build-wasm.sh)", file: glue } });
   // The component's loader says the same of its build.
-  const { loadComponentCoreFromDisk } = await import(join(dir, "ts/component/component_file.ts"));
+  const { loadComponentCoreFromDisk } = await import(join(dir, "ts/node/component_file.ts"));
   await assert.rejects(loadComponentCoreFromDisk(), isCode("NOT_BUILT", /_gen\/cloudlet_core\.js: the core component is not built: run scripts\/setup\.sh/));
 });
 
@@ -127,7 +127,7 @@ test("/dev/kvm without the kvm group's read-write: KVM_PERMISSION saying what to
   requireKvmAccess({ device: join(dir, "plain"), groupFile: groups });
   // A user outside group kvm may not open a correct device, for a KVM guest.
   chmodSync(device, 0o660);
-  const probe = `import { requireKvmAccess } from ${JSON.stringify(join(ROOT, "ts/host/vm/command.ts"))};
+  const probe = `import { requireKvmAccess } from ${JSON.stringify(join(ROOT, "ts/node/command.ts"))};
 try { requireKvmAccess({ device: ${JSON.stringify(device)}, groupFile: ${JSON.stringify(groups)}, open: true }); console.log("opened"); } catch (e) { console.log(e.code + " " + e.message); }`;
   const runtime = "Deno" in globalThis ? [join(ROOT, "node_modules/@deno/linux-x64-glibc/deno"), "eval", "--quiet", probe] : [process.execPath, "--import", "tsx", "--input-type=module", "-e", probe];
   const r = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", ...runtime], { encoding: "utf8", cwd: ROOT, env: { ...process.env, HOME: dir, DENO_DIR: join(dir, "deno") } });

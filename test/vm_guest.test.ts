@@ -7,10 +7,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { randomBytes } from "node:crypto";
 import { PassThrough } from "node:stream";
-import { buildGuestImage, loadGuestImage, type GuestBuildProgress, type GuestImage } from "../ts/host/vm/guest_image.ts";
-import { QemuHost } from "../ts/host/vm/qemu_host.ts";
-import { createQcow2Layer } from "../ts/host/vm/qcow2_layer.ts";
-import type { VmSpec } from "../ts/host/vm/vm_host.ts";
+import { buildGuestImage, loadGuestImage, type GuestBuildProgress, type GuestImage } from "../ts/vm/guest_image.ts";
+import { QemuHost } from "../ts/vm/qemu_host.ts";
+import { createQcow2Layer } from "../ts/vm/qcow2_layer.ts";
+import type { VmSpec } from "../ts/vm/vm_host.ts";
 import { CloudletError } from "../ts/errors.ts";
 
 const TEST_HOME = process.env.CLOUDLET_TEST_HOME ?? fileURLToPath(new URL("../.build/test-home", import.meta.url));

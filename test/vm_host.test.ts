@@ -10,13 +10,14 @@ import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
 import { connect, createServer, type Server } from "node:net";
 import { get } from "node:http";
-import { buildGuestImage, type GuestImage } from "../ts/host/vm/guest_image.ts";
-import { QemuHost } from "../ts/host/vm/qemu_host.ts";
-import { VirshHost } from "../ts/host/vm/virsh_host.ts";
-import { createQcow2Layer } from "../ts/host/vm/qcow2_layer.ts";
-import { pickFreePorts } from "../ts/host/vm/host_ports.ts";
-import { cleanupOrphanVms, listVms, processAlive, readVmRecord, stopVm } from "../ts/host/vm/vm_records.ts";
-import type { RunningVm, VmHost, VmSpec } from "../ts/host/vm/vm_host.ts";
+import { buildGuestImage, type GuestImage } from "../ts/vm/guest_image.ts";
+import { QemuHost } from "../ts/vm/qemu_host.ts";
+import { VirshHost } from "../ts/vm/virsh_host.ts";
+import { createQcow2Layer } from "../ts/vm/qcow2_layer.ts";
+import { pickFreePorts } from "../ts/vm/host_ports.ts";
+import { cleanupOrphanVms, listVms, readVmRecord, stopVm } from "../ts/vm/vm_records.ts";
+import { processAlive } from "../ts/node/process.ts";
+import type { RunningVm, VmHost, VmSpec } from "../ts/vm/vm_host.ts";
 import { CloudletError } from "../ts/errors.ts";
 
 const TEST_HOME = process.env.CLOUDLET_TEST_HOME ?? fileURLToPath(new URL("../.build/test-home", import.meta.url));
@@ -438,8 +439,8 @@ test("orphan VMs (their owner process died without stopping them) are found and 
     // A separate process starts the VM and exits without stopping it, as a crashed server would.
     const hostExpr = kind === "qemu" ? "new QemuHost()" : `new VirshHost({ connect: ${JSON.stringify(SYSTEM)} })`;
     const code = `
-      import { QemuHost } from ${JSON.stringify(fileURLToPath(new URL("../ts/host/vm/qemu_host.ts", import.meta.url)))};
-      import { VirshHost } from ${JSON.stringify(fileURLToPath(new URL("../ts/host/vm/virsh_host.ts", import.meta.url)))};
+      import { QemuHost } from ${JSON.stringify(fileURLToPath(new URL("../ts/vm/qemu_host.ts", import.meta.url)))};
+      import { VirshHost } from ${JSON.stringify(fileURLToPath(new URL("../ts/vm/virsh_host.ts", import.meta.url)))};
       const vm = await ${hostExpr}.start(${JSON.stringify(spec)});
       ${detach ? "await vm.detach();" : ""}
       process.exit(0);`;

@@ -16,9 +16,9 @@ import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { formatBytes } from "../ts/inspect/report.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
 import { randomBytes } from "../ts/core/vectors.ts";
-import { createOverlayFiles } from "../ts/host/file_jobs.ts";
-import { startInspectServer } from "../ts/host/inspect_server.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { createOverlayFiles } from "../ts/jobs/file_overlay.ts";
+import { startInspectServer } from "../ts/server/inspect_server.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { checkSegment } from "../ts/inspect/segment_check.ts";
 import { checkKernelVectors } from "../ts/inspect/vector_check.ts";
 import { CHUNK, ChunkClass, ImageKind, type OverlayMeta } from "../ts/overlay/format.ts";
@@ -123,7 +123,7 @@ async function assertSameAsCli(page: Page, overlay: string): Promise<void> {
 }
 
 test("served page: the numbers shown equal `cloudlet inspect --json`, and every segment verifies against the base", async () => {
-  const srv = await startInspectServer({ core, overlay: packed, baseDisk: set.baseDisk, baseMem: set.baseMem });
+  const srv = await startInspectServer({ core, overlay: packed, baseDisk: set.baseDisk, baseMem: set.baseMem, webRoot: await ensureInspectorBuilt() });
   const { page, errors } = await newPage();
   try {
     await page.goto(srv.url);
@@ -163,7 +163,7 @@ test("click into a region: its chunks, a hex view, the XOR against the base; zoo
   const diff = core.xor(at(await read(set.mem)), at(await read(set.baseMem)));
   const changed = diff.filter((x) => x !== 0).length;
 
-  const srv = await startInspectServer({ core, overlay: packed, baseDisk: set.baseDisk, baseMem: set.baseMem });
+  const srv = await startInspectServer({ core, overlay: packed, baseDisk: set.baseDisk, baseMem: set.baseMem, webRoot: await ensureInspectorBuilt() });
   const { page, errors } = await newPage();
   try {
     await page.goto(srv.url);
@@ -278,7 +278,7 @@ test("corrupted overlays dropped on the page get an error panel that names the s
 test("the shared WASM kernel vectors pass in the browser, in the page and in its Web Worker", async () => {
   const vectors = JSON.parse(await fsp.readFile(new URL("../core-rs/vectors/kernels.json", import.meta.url), "utf8"));
   const perRealm = checkKernelVectors(core, vectors).length;
-  const srv = await startInspectServer({ core, overlay: packed });
+  const srv = await startInspectServer({ core, overlay: packed, webRoot: await ensureInspectorBuilt() });
   const { page, errors } = await newPage();
   try {
     await page.goto(srv.url);

@@ -19,8 +19,8 @@ import type { BrowserContext } from "playwright-core";
 import { core } from "./_core.ts";
 import { scratchDir } from "./_images.ts";
 import { randomBytes } from "../ts/core/vectors.ts";
-import { startInspectServer } from "../ts/host/inspect_server.ts";
-import { PackedOverlayOutput } from "../ts/host/overlay_files.ts";
+import { startInspectServer } from "../ts/server/inspect_server.ts";
+import { PackedOverlayOutput } from "../ts/node/overlay_files.ts";
 import { arrayDigests, scanBase } from "../ts/overlay/base_scan.ts";
 import type { SegmentCodec } from "../ts/overlay/codec.ts";
 import { CHUNK } from "../ts/overlay/format.ts";
@@ -182,7 +182,7 @@ if (!SKIP) await (async () => {
 test(`a ${MIB} MiB overlay streams through the page from a dropped file and from the server, in bounded memory`, { timeout: 600_000, skip: SKIP }, async () => {
   assert.ok(overlayBytes > MIB * 0.99 * (1 << 20), `overlay is ${overlayBytes} bytes`);
   const runs: Array<{ how: string; seconds: number; wasm: number }> = [];
-  const srv = await startInspectServer({ core, overlay });
+  const srv = await startInspectServer({ core, overlay, webRoot: await ensureInspectorBuilt() });
   try {
     for (const how of ["dropped file", "served by range"]) {
       const page = await context.newPage();

@@ -10,9 +10,10 @@ import { core } from "./_core.ts";
 import { assertBytes } from "./_bytes.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
 import { randomBytes } from "../ts/core/vectors.ts";
-import { createOverlayFiles } from "../ts/host/file_jobs.ts";
-import { startInspectServer } from "../ts/host/inspect_server.ts";
-import { openOverlay } from "../ts/host/overlay_files.ts";
+import { createOverlayFiles } from "../ts/jobs/file_overlay.ts";
+import { startInspectServer } from "../ts/server/inspect_server.ts";
+import { ensureInspectorBuilt } from "../web/build.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
 import { BlobSource } from "../ts/inspect/blob_source.ts";
 import { CachedSource } from "../ts/inspect/block_cache.ts";
 import { chunkDetail, findRecord } from "../ts/inspect/chunk_detail.ts";
@@ -217,7 +218,7 @@ test("byte sources: Blob slices and the block cache read exactly the underlying 
 });
 
 test("inspect server: lists the overlay and base, serves them by range only, refuses foreign hosts and unknown paths", async () => {
-  const srv = await startInspectServer({ core, overlay: splitMeta, baseDisk: set.baseDisk, baseMem: set.baseMem });
+  const srv = await startInspectServer({ core, overlay: splitMeta, baseDisk: set.baseDisk, baseMem: set.baseMem, webRoot: await ensureInspectorBuilt() });
   try {
     assert.match(srv.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     const s = (await (await fetch(srv.url + "api/session")).json()) as InspectSession;
@@ -260,8 +261,8 @@ test("inspect server: lists the overlay and base, serves them by range only, ref
     await srv.close();
   }
   // A base of the wrong size is refused before serving; so is a bad overlay.
-  await assert.rejects(startInspectServer({ core, overlay: packed, baseDisk: set.baseMem }), (e: Error & { code?: string }) => e.code === "WRONG_BASE" && /not the overlay's base/.test(e.message));
-  await assert.rejects(startInspectServer({ core, overlay: set.baseDisk }), (e: Error & { code?: string }) => e.code === "BAD_META");
+  await assert.rejects(startInspectServer({ core, overlay: packed, baseDisk: set.baseMem, webRoot: await ensureInspectorBuilt() }), (e: Error & { code?: string }) => e.code === "WRONG_BASE" && /not the overlay's base/.test(e.message));
+  await assert.rejects(startInspectServer({ core, overlay: set.baseDisk, webRoot: await ensureInspectorBuilt() }), (e: Error & { code?: string }) => e.code === "BAD_META");
 });
 
 test("the kernel-vector runner passes on this core and catches a wrong vector", async () => {

@@ -18,7 +18,7 @@
 
 // --- the core ------------------------------------------------------------------------------
 /** Reads and instantiates the WASM core shipped with the package (Node and Deno). */
-export { loadCoreFromDisk } from "./host/core_file.ts";
+export { loadCoreFromDisk } from "./node/core_file.ts";
 /** Instantiates the core from the bytes of `cloudlet_core_bg.wasm` (any runtime, browsers too). */
 export { loadCore } from "./core/core.ts";
 /** The loaded WASM core: hashing, xz, XOR and the base index. Every job takes one. */
@@ -26,23 +26,24 @@ export type { Core } from "./core/core.ts";
 
 // --- files: make, rebuild, open ----------------------------------------------------------------
 /** Creates an overlay (packed `.overlay` or split `.overlay-meta`) from a custom VM's image files against a base's. */
-export { createOverlayFiles, createOverlayFiles as createOverlay } from "./host/file_jobs.ts";
+export { createOverlayFiles, createOverlayFiles as createOverlay } from "./jobs/file_overlay.ts";
 /** Rebuilds a custom VM's files (disk, memory, device state) from a base and an overlay, atomically into a directory. */
-export { synthesizeFiles, synthesizeFiles as synthesize } from "./host/file_jobs.ts";
+export { synthesizeFiles, synthesizeFiles as synthesize } from "./jobs/file_synthesis.ts";
 /** Options and results of createOverlay and synthesize. */
-export type { CreateOverlayOptions, CreatedOverlay, SynthesizeOptions, SynthesizedFiles } from "./host/file_jobs.ts";
+export type { CreateOverlayOptions, CreatedOverlay } from "./jobs/file_overlay.ts";
+export type { SynthesizeOptions, SynthesizedFiles } from "./jobs/file_synthesis.ts";
 /** The QEMU machine recorded for image files when none is given: pc-i440fx-7.2, qemu64, RAM from the memory size. */
-export { defaultMachine } from "./host/file_jobs.ts";
+export { defaultMachine } from "./home/machine_defaults.ts";
 /** The file names synthesize writes into its output directory. */
-export { SYNTH_FILES } from "./host/file_jobs.ts";
+export { SYNTH_FILES } from "./jobs/file_synthesis.ts";
 /** The package version, recorded in every overlay as its creator. */
-export { CLOUDLET_VERSION } from "./host/file_jobs.ts";
+export { CLOUDLET_VERSION } from "./version.ts";
 /** Opens an overlay file of either layout; its meta is decoded and checked first. */
-export { openOverlay } from "./host/overlay_files.ts";
+export { openOverlay } from "./node/overlay_files.ts";
 /** An opened overlay: its meta, segment reads, and close(). */
-export type { OpenedOverlay } from "./host/overlay_files.ts";
+export type { OpenedOverlay } from "./node/overlay_files.ts";
 /** The cloudlet home directory: the override, else $CLOUDLET_HOME, else /var/lib/cloudlet (root) or ~/.cloudlet. */
-export { cloudletHome } from "./host/home.ts";
+export { cloudletHome } from "./home/paths.ts";
 
 // --- inspect and verify --------------------------------------------------------------------
 /** Summarises an overlay's meta: base, sizes, chunk classes per kind, segments. */
@@ -59,13 +60,13 @@ export { verifyOverlay } from "./inspect/verify.ts";
 export type { VerifyResult } from "./inspect/verify.ts";
 export type { BaseSources } from "./inspect/segment_check.ts";
 /** The segment codec on worker threads (one WASM instance each), for verifyOverlay; close() it when done. */
-export { WorkerCodec } from "./host/codec_pool.ts";
+export { WorkerCodec } from "./node/codec_pool.ts";
 /** The segment codec on the calling thread: any runtime, no workers. */
 export { InlineCodec } from "./overlay/codec.ts";
 /** What verifyOverlay decodes segments with. */
 export type { SegmentCodec } from "./overlay/codec.ts";
 /** A file read by position: what verifyOverlay reads base images through; close() it when done. */
-export { FileSource } from "./host/files.ts";
+export { FileSource } from "./node/files.ts";
 /** Random access to bytes (a file, a buffer, an HTTP range source); progress reports. */
 export type { ByteSource, ProgressFn, Progress } from "./overlay/io.ts";
 

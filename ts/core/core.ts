@@ -63,7 +63,7 @@ let loaded: Promise<Core> | undefined;
  * Instantiates the core from the bytes of `cloudlet_core_bg.wasm` (or a
  * compiled module). One instance per JS realm: later calls return it.
  * The glue is imported here, not at the top, so that a tree whose build
- * is missing still loads every module and can say so (`ts/host/core_file.ts`).
+ * is missing still loads every module and can say so (`ts/node/core_file.ts`).
  */
 export function loadCore(wasmBytes: BufferSource | WebAssembly.Module): Promise<Core> {
   loaded ??= import("./_wasm/cloudlet_core.js").then(async (glue) => new Core(bindgenBackend(glue, (await glue.default({ module_or_path: wasmBytes })).memory)));

@@ -1,7 +1,7 @@
 /**
  * Base-side preparation, done once per base: per-chunk digests of the base
  * disk and memory, the base index, and the base id. Runtime-neutral; hosts
- * persist the result next to the base (see ts/host/base_cache.ts).
+ * persist the result next to the base (see ts/home/base_cache.ts).
  */
 import { type BaseIndex, type Core, Source } from "../core/core.ts";
 import { CHUNK, computeBaseId, type MachineConfig } from "./format.ts";

@@ -7,7 +7,7 @@
 import { clearTimeout, setTimeout } from "node:timers";
 import { networkInterfaces, hostname } from "node:os";
 import makeMdns from "multicast-dns";
-import { mdnsOptions } from "./mdns_socket.ts";
+import { mdnsOptions } from "../node/mdns_socket.ts";
 
 /** The DNS-SD service type. */
 export const SERVICE = "_cloudlet._tcp.local";

@@ -1,0 +1,98 @@
+/** `cloudlet overlay`: create a VM overlay: resume BASE, customise it, and keep what changed (or compare image files with --base-disk ...). */
+import type { CAC } from "cac";
+import { CloudletError } from "../../ts/errors.ts";
+import { loadCoreFromDisk } from "../../ts/node/core_file.ts";
+import { createOverlayFiles } from "../../ts/jobs/file_overlay.ts";
+import { defaultMachine } from "../../ts/home/machine_defaults.ts";
+import { cloudletHome } from "../../ts/home/paths.ts";
+import { inspectMeta, formatBytes } from "../../ts/inspect/report.ts";
+import { collectPortForwards } from "../../ts/overlay/launch.ts";
+import { fileIdentity } from "../../ts/home/base_cache.ts";
+import { overlayFromVm } from "../../ts/jobs/vm_overlay.ts";
+import { controller, type Common, bar, out, parseSize, num, diskStride, need, ACCEL_HELP, vmContext, interaction } from "../options.ts";
+
+/** Adds the command to the CLI. */
+export function register(cli: CAC): void {
+  cli
+    .command("overlay [base]", "Create a VM overlay: resume BASE, customise it, and keep what changed (or compare image files with --base-disk ...)")
+    .option("--script <file>", "VM mode: customise by running this shell script in the guest over the serial console")
+    .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
+    .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
+    .option("--timeout <s>", "VM mode: time limit for the script, including the wait for the guest's shell, seconds")
+    .option("--login <user[:file]>", "VM mode: log in as USER (password: first line of FILE) when the serial console asks for a login")
+    .option("--host <host>", "VM mode: qemu (default) or virsh")
+    .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
+    .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
+    .option("--base-disk <file>", "Base disk image (raw)")
+    .option("--base-mem <file>", "Base memory image")
+    .option("--disk <file>", "Custom disk: raw, or a qcow2 top layer over the base disk")
+    .option("--mem <file>", "Custom memory image")
+    .option("--state <file>", "Custom device state (QEMU migration stream), stored in the overlay")
+    .option("-o, --output <path>", "Output: NAME.overlay (packed, default) or NAME.overlay-meta (seed layout)")
+    .option("--layout <layout>", "packed | split, when -o has no suffix", { default: "packed" })
+    .option("--forward <spec>", "Port forward to record, e.g. tcp:2222::22 (repeatable); also -- -redir SPEC")
+    .option("--segment-size <size>", "Payload bytes per segment", { default: "1M" })
+    .option("--preset <n>", "xz preset 0-9", { default: 6 })
+    .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
+    .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
+    .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
+    .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
+    .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
+      const core = await loadCoreFromDisk();
+      const home = cloudletHome(o.home as string | undefined);
+      const forwardSpecs = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
+      if (baseRef !== undefined) {
+        if (o.baseDisk || o.baseMem || o.disk || o.mem) throw new CloudletError("BAD_ARGUMENT", "give either BASE (VM mode) or --base-disk/--base-mem/--disk/--mem (file mode), not both");
+        const how = await interaction(o, "script");
+        if (how.script === undefined && !how.console && !how.vnc) throw new CloudletError("BAD_ARGUMENT", "VM mode needs --script FILE, --console or --vnc to customise the VM");
+        const p = bar(o);
+        const ctx = vmContext(o, p, core);
+        const r = await overlayFromVm(ctx, {
+          base: baseRef,
+          customize: how,
+          forwards: collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []),
+          out: need(o.output, "-o"),
+          layout: o.layout === "split" ? "split" : "packed",
+          segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
+          preset: num(o.preset, "--preset", 0, 9),
+          diskStride: diskStride(o.diskStride),
+          threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
+        });
+        p.done();
+        const report = inspectMeta(r.meta, r.path, r.bytes);
+        out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch },
+          `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rewrites ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
+        return;
+      }
+      const baseMem = need(o.baseMem, "--base-mem");
+      const machine = defaultMachine((await fileIdentity(baseMem)).size, o.machine as string | undefined, o.cpu as string | undefined);
+      const forwards = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
+      const layout = o.layout === "split" ? "split" : o.layout === "packed" ? "packed" : (() => {
+        throw new CloudletError("BAD_ARGUMENT", `--layout must be packed or split, not "${o.layout}"`);
+      })();
+      const p = bar(o);
+      const preset = num(o.preset, "--preset", 0, 9);
+      const r = await createOverlayFiles(core, {
+        baseDisk: need(o.baseDisk, "--base-disk"),
+        baseMem,
+        machine,
+        disk: need(o.disk, "--disk"),
+        mem: need(o.mem, "--mem"),
+        state: o.state as string | undefined,
+        out: need(o.output, "-o"),
+        layout,
+        launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
+        segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
+        preset,
+        diskStride: diskStride(o.diskStride),
+        threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
+        home,
+        progress: p.update,
+        signal: controller.signal,
+      });
+      p.done();
+      const report = inspectMeta(r.meta, r.path, r.bytes);
+      out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals },
+        `wrote ${r.path} (${r.layout}): ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s), rewrites ${formatBytes(report.sizes.rebuilt)}, ${r.seconds.toFixed(1)} s`);
+    });
+}

@@ -1,0 +1,78 @@
+/** `cloudlet serve`: run a synthesis server: accept overlays over HTTP and resume them as VMs. */
+import type { CAC } from "cac";
+import { CloudletError } from "../../ts/errors.ts";
+import { printable } from "../../ts/printable.ts";
+import { loadCoreFromDisk } from "../../ts/node/core_file.ts";
+import { CLOUDLET_VERSION } from "../../ts/version.ts";
+import { cloudletHome, homePaths } from "../../ts/home/paths.ts";
+import { HomeBackend } from "../../ts/jobs/server_backend.ts";
+import { loadOrCreateToken, SynthesisServer } from "../../ts/server/server.ts";
+import { DEFAULT_PORT } from "../../ts/server/protocol.ts";
+import { announce } from "../../ts/server/discovery.ts";
+import { hostname } from "node:os";
+import { type Common, parseSize, num, untilInterrupted, hostChoice, ACCEL_HELP, parseListen, readFileArg } from "../options.ts";
+
+/** Adds the command to the CLI. */
+export function register(cli: CAC): void {
+  cli
+    .command("serve", "Run a synthesis server: accept overlays over HTTP and resume them as VMs")
+    .alias("synthesis_server")
+    .option("--listen <addr>", "HOST:PORT to listen on", { default: `127.0.0.1:${DEFAULT_PORT}` })
+    .option("--token-file <file>", "Bearer token clients must present (default: <home>/server/token, created on first start)")
+    .option("--tls-cert <file>", "TLS certificate (PEM): serve HTTPS")
+    .option("--tls-key <file>", "TLS private key (PEM)")
+    .option("--max-sessions <n>", "Sessions at once", { default: 4 })
+    .option("--max-meta <size>", "Largest meta accepted", { default: "16M" })
+    .option("--max-overlay <size>", "Largest overlay accepted", { default: "64G" })
+    .option("--idle-timeout <s>", "Fail a session whose client is silent this long (no bytes; no keep-alive once running: the VM is stopped), seconds", { default: 60 })
+    .option("--session-timeout <s>", "Fail a session not running within this long, seconds", { default: 1800 })
+    .option("--detached-timeout <s>", "Stop a detached client's VM this long after it detached, seconds (0: never)", { default: 86400 })
+    .option("--name <name>", "Name announced on the network", { default: hostname() })
+    .option("--no-announce", "Do not announce over mDNS")
+    .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL (clients must upload it)")
+    .option("--host <host>", "qemu (default) or virsh")
+    .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
+    .option("--accel <accel>", ACCEL_HELP)
+    .action(async (o: Common & Record<string, unknown>) => {
+      const core = await loadCoreFromDisk();
+      const home = cloudletHome(o.home as string | undefined);
+      const { host, port } = parseListen(o.listen as string);
+      const tokenFile = (o.tokenFile as string | undefined) ?? homePaths(home).serverToken;
+      const { token, created } = await loadOrCreateToken(tokenFile);
+      if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) throw new CloudletError("BAD_ARGUMENT", "--tls-cert and --tls-key go together");
+      const tls = o.tlsCert ? { cert: await readFileArg(o.tlsCert as string, "TLS certificate"), key: await readFileArg(o.tlsKey as string, "TLS key") } : undefined;
+      const hc = hostChoice(o);
+      const server = new SynthesisServer({
+        core,
+        backend: new HomeBackend(core, home, hc),
+        host,
+        port,
+        token,
+        tls,
+        maxSessions: num(o.maxSessions, "--max-sessions", 1, 1024),
+        maxMetaBytes: parseSize(o.maxMeta as string, "--max-meta"),
+        maxOverlayBytes: parseSize(o.maxOverlay as string, "--max-overlay"),
+        allowUrl: o.url !== false,
+        idleMs: num(o.idleTimeout, "--idle-timeout", 1, 86400, false) * 1000,
+        sessionMs: num(o.sessionTimeout, "--session-timeout", 1, 7 * 86400, false) * 1000,
+        detachedMs: num(o.detachedTimeout, "--detached-timeout", 0, 365 * 86400, false) * 1000,
+        name: o.name as string,
+        version: CLOUDLET_VERSION,
+        log: (l) => process.stderr.write(`${new Date().toISOString()} ${printable(l)}\n`),
+      });
+      await server.start();
+      const addr = server.address();
+      const bases = await new HomeBackend(core, home, hc).bases();
+      process.stderr.write(`cloudlet serve: listening on ${tls ? "https" : "http"}://${host}:${addr.port} with ${bases.length} base(s); token ${created ? "created at" : "from"} ${tokenFile}\n`);
+      if (o.json) process.stdout.write(JSON.stringify({ host, port: addr.port, tls: Boolean(tls), tokenFile }) + "\n");
+      // Announce only addresses clients can reach: the one listened on, or every address for a wildcard.
+      const wildcard = host === "0.0.0.0" || host === "::";
+      const loopback = /^127\.|^::1$|^localhost$/.test(host);
+      if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
+      const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
+      await untilInterrupted();
+      process.stderr.write("cloudlet serve: stopping (ending sessions)\n");
+      await ann?.stop();
+      await server.stop();
+    });
+}

@@ -1,0 +1,72 @@
+/** `cloudlet synthesis`: rebuild the custom VM from BASE and OVERLAY and resume it (or rebuild files with --base-disk ... -o DIR). */
+import type { CAC } from "cac";
+import { CloudletError } from "../../ts/errors.ts";
+import { loadCoreFromDisk } from "../../ts/node/core_file.ts";
+import { defaultMachine } from "../../ts/home/machine_defaults.ts";
+import { synthesizeFiles } from "../../ts/jobs/file_synthesis.ts";
+import { cloudletHome } from "../../ts/home/paths.ts";
+import { fileIdentity } from "../../ts/home/base_cache.ts";
+import { synthesizeVm } from "../../ts/jobs/vm_synthesis.ts";
+import { controller, type Common, bar, out, num, need, ACCEL_HELP, vmContext } from "../options.ts";
+
+/** Adds the command to the CLI. */
+export function register(cli: CAC): void {
+  cli
+    .command("synthesis [base] [overlay]", "Rebuild the custom VM from BASE and OVERLAY and resume it (or rebuild files with --base-disk ... -o DIR)")
+    .option("--no-run", "VM mode: only verify that the overlay rebuilds correctly on the base")
+    .option("--bind <addr>", "VM mode: address the port forwards listen on", { default: "127.0.0.1" })
+    .option("--auto-ports", "VM mode: use free host ports instead of the overlay's")
+    .option("--host <host>", "VM mode: qemu (default) or virsh")
+    .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
+    .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
+    .alias("synthesize")
+    .option("--base-disk <file>", "Base disk image (raw)")
+    .option("--base-mem <file>", "Base memory image")
+    .option("-o, --output <dir>", "Output directory (disk.qcow2 or disk.raw, memory.raw, state.bin, launch.json)")
+    .option("--disk-format <fmt>", "qcow2 (over the base disk, default; needs a disk size that is a multiple of 512) or raw", { default: "qcow2" })
+    .option("--machine <type>", "File mode: QEMU machine type of the base (part of the base id; default as for overlay)")
+    .option("--cpu <model>", "File mode: QEMU CPU model of the base (part of the base id; default as for overlay)")
+    .option("--force", "Replace a non-empty output directory (never one that is, holds or lies inside an input)")
+    .example("cloudlet synthesis --base-disk base.raw --base-mem base.mem app.overlay -o out/")
+    .action(async (first: string | undefined, second: string | undefined, o: Common & Record<string, unknown>) => {
+      const core = await loadCoreFromDisk();
+      if (second !== undefined) {
+        if (o.baseDisk || o.baseMem) throw new CloudletError("BAD_ARGUMENT", "give either BASE OVERLAY (VM mode) or --base-disk/--base-mem OVERLAY -o DIR (file mode)");
+        const p = bar(o);
+        const ctx = vmContext(o, p, core);
+        const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined });
+        p.done();
+        if ("verified" in r) {
+          out(o, { verified: true, baseId: r.meta.base.id, ms: r.ms }, `verified: the overlay rebuilds correctly on its base (${(r.ms.synthesis / 1000).toFixed(1)} s); no VM started (--no-run)`);
+          return;
+        }
+        const where = r.ports.map((p) => `  ${p.proto} ${r.host}:${p.hostPort} -> guest port ${p.guestPort}`).join("\n") || "  (no port forwards)";
+        out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms }, `VM ${r.vmId} resumed in ${((r.ms.synthesis + r.ms.launch) / 1000).toFixed(1)} s (synthesis ${(r.ms.synthesis / 1000).toFixed(1)} s, launch ${(r.ms.launch / 1000).toFixed(1)} s). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+        return;
+      }
+      const overlay = first;
+      const fmt = o.diskFormat === "raw" ? "raw" : o.diskFormat === "qcow2" ? "qcow2" : (() => {
+        throw new CloudletError("BAD_ARGUMENT", `--disk-format must be qcow2 or raw, not "${o.diskFormat}"`);
+      })();
+      const p = bar(o);
+      const baseMem = need(o.baseMem, "--base-mem");
+      // The same default as `overlay` in file mode, so the machine is part of what is checked.
+      const machine = defaultMachine((await fileIdentity(baseMem)).size, o.machine as string | undefined, o.cpu as string | undefined);
+      const r = await synthesizeFiles(core, {
+        baseDisk: need(o.baseDisk, "--base-disk"),
+        baseMem,
+        machine,
+        overlay: need(overlay, "OVERLAY"),
+        outDir: need(o.output, "-o"),
+        diskFormat: fmt,
+        force: Boolean(o.force),
+        threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
+        home: cloudletHome(o.home as string | undefined),
+        progress: p.update,
+        signal: controller.signal,
+      });
+      p.done();
+      out(o, { dir: r.dir, disk: r.disk, memory: r.memory, state: r.state, chunks: { disk: r.chunks[0], memory: r.chunks[1], state: r.chunks[2] }, seconds: r.seconds, launch: r.meta.launch },
+        `rebuilt ${r.dir}: ${r.disk}, ${r.memory}${r.state ? `, ${r.state}` : ""} (${r.chunks[0]} disk + ${r.chunks[1]} memory chunks applied, ${r.seconds.toFixed(1)} s); every segment verified`);
+    });
+}

@@ -1,0 +1,103 @@
+/** VM overlay: resume a base, let the user customise it (script, console or VNC), snapshot it and write the overlay. */
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { type LaunchConfig, type PortForward } from "../overlay/format.ts";
+import { sparseCopy } from "../node/files.ts";
+import type { DiskStride } from "../overlay/base_scan.ts";
+import { createOverlayFiles, type CreatedOverlay } from "./file_overlay.ts";
+import { Registry } from "../home/registry.ts";
+import { createQcow2Layer } from "../vm/qcow2_layer.ts";
+import type { RunningVm } from "../vm/vm_host.ts";
+import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, interact } from "./context.ts";
+import { homePaths } from "../home/paths.ts";
+import { sharedTempDir } from "../node/files.ts";
+import { makeHost } from "../vm/host_choice.ts";
+import { baseFiles } from "./base_create.ts";
+import { checkHostMatches } from "./vm_synthesis.ts";
+
+/** Options for {@link overlayFromVm}. */
+export interface OverlayFromVmOptions {
+  /** Base id, id prefix or name. */
+  base: string;
+  /** How the user customises the VM. */
+  customize: Interaction;
+  /** Port forwards to record (and to offer during customisation). */
+  forwards: PortForward[];
+  /** Output path. */
+  out: string;
+  layout?: "packed" | "split";
+  segmentBytes?: number;
+  preset?: number;
+  /** Base-disk offsets to match against (see DiskStride). */
+  diskStride?: DiskStride;
+  threads?: number;
+}
+
+/** Resumes a base, lets the user customise it, and writes the overlay. */
+export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number }> {
+  const base = await new Registry(ctx.home).getBase(o.base);
+  checkHostMatches(base, ctx.hostChoice);
+  const files = baseFiles(base);
+  const dirs = homePaths(ctx.home);
+  await fsp.mkdir(dirs.runs, { recursive: true });
+  const run = await sharedTempDir(join(dirs.runs, "overlay-"));
+  let vm: RunningVm | null = null;
+  try {
+    await createQcow2Layer(files.disk, join(run, "disk.qcow2"), ctx.signal);
+    await sparseCopy(files.memory, join(run, "memory.raw"));
+    const t0 = performance.now();
+    const host = makeHost(ctx.hostChoice);
+    say(ctx, `resuming base ${base.name} (${base.host}, ${await accelShown(ctx, host)})`);
+    vm = await host.start(
+      {
+        name: "custom",
+        runDir: join(run, "vm"),
+        boot: files.boot,
+        disk: { path: join(run, "disk.qcow2"), format: "qcow2" },
+        memory: { path: join(run, "memory.raw"), sizeMiB: base.machine.ramMiB },
+        machine: base.machine,
+        vcpus: base.vcpus,
+        // During customisation the guest ports are reachable on free host ports.
+        portForwards: o.forwards.map((f) => ({ ...f, hostPort: 0 })),
+        incoming: { statePath: files.state },
+        vnc: o.customize.vnc ? { port: 0 } : undefined,
+      },
+      ctx.signal,
+    );
+    await vm.resume(ctx.signal);
+    if (vm.portForwards.length) say(ctx, `while customising: ${vm.portForwards.map((p) => `guest ${p.proto}/${p.guestPort} at 127.0.0.1:${p.hostPort}`).join(", ")}`);
+    await interact(ctx, vm, o.customize, "you are done customising");
+    const customizeSeconds = (performance.now() - t0) / 1000;
+    say(ctx, "snapshotting the customised VM");
+    await vm.snapshot(join(run, "state.bin"), ctx.signal);
+    vm = null;
+    const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus };
+    const made = await createOverlayFiles(ctx.core, {
+      baseDisk: files.disk,
+      baseMem: files.memory,
+      machine: base.machine,
+      baseDir: base.dir,
+      disk: join(run, "disk.qcow2"),
+      mem: join(run, "memory.raw"),
+      state: join(run, "state.bin"),
+      out: o.out,
+      layout: o.layout,
+      launch,
+      segmentBytes: o.segmentBytes,
+      preset: o.preset,
+      diskStride: o.diskStride,
+      threads: o.threads,
+      home: ctx.home,
+      progress: ctx.progress,
+      signal: ctx.signal,
+    });
+    return { ...made, customizeSeconds };
+  } catch (e) {
+    await vm?.stop().catch(() => {});
+    vm = null;
+    throw await withKeptLog(e, ctx.home, join(run, "vm"), "overlay");
+  } finally {
+    await vm?.stop().catch(() => {});
+    await fsp.rm(run, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,89 @@
+/** VM synthesis: rebuild the custom VM from its base and an overlay, then launch it. */
+import { randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { CloudletError } from "../errors.ts";
+import { type OverlayMeta, type PortForward } from "../overlay/format.ts";
+import { checkBase } from "../overlay/synthesis.ts";
+import { synthesizeReader } from "./file_synthesis.ts";
+import { openOverlay } from "../node/overlay_files.ts";
+import { type BaseRow, Registry } from "../home/registry.ts";
+import { type VmJobContext } from "./context.ts";
+import { homePaths } from "../home/paths.ts";
+import { type HostChoice } from "../vm/host_choice.ts";
+import { baseFiles } from "./base_create.ts";
+import { launchSynthesized } from "./vm_launch.ts";
+
+export function checkHostMatches(base: BaseRow, c: HostChoice): void {
+  if (base.host !== c.host) {
+    throw new CloudletError("BAD_ARGUMENT", `base ${base.name} was snapshotted with --host ${base.host}; its snapshot cannot be resumed with --host ${c.host} (device layouts differ)`);
+  }
+}
+
+/** Options for {@link synthesizeVm}. */
+export interface SynthesizeVmOptions {
+  base: string;
+  overlay: string;
+  /** Verify only: rebuild and check everything, then discard; no VM. */
+  noRun?: boolean;
+  /** Address the port forwards listen on (default 127.0.0.1). */
+  hostAddress?: string;
+  /** Use fresh host ports instead of the overlay's. */
+  autoPorts?: boolean;
+  threads?: number;
+}
+
+/** A synthesized VM that runs. */
+export interface SynthesizedVm {
+  vmId: string;
+  dir: string;
+  host: string;
+  ports: PortForward[];
+  meta: OverlayMeta;
+  ms: { synthesis: number; launch: number };
+}
+
+/** Rebuilds the VM of an overlay on a registered base and resumes it (or only verifies). */
+export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): Promise<SynthesizedVm | { verified: true; meta: OverlayMeta; ms: { synthesis: number } }> {
+  const base = await new Registry(ctx.home).getBase(o.base);
+  const overlay = await openOverlay(ctx.core, o.overlay);
+  try {
+    // A wrong base is refused before anything is written.
+    checkBase(overlay.meta, base.id, o.overlay);
+    checkHostMatches(base, ctx.hostChoice);
+    const dirs = homePaths(ctx.home);
+    await fsp.mkdir(dirs.vms, { recursive: true });
+    const vmId = randomBytes(6).toString("hex");
+    const dir = join(dirs.vms, vmId);
+    const t0 = performance.now();
+    try {
+      const files = await synthesizeReader(ctx.core, overlay, {
+        baseDisk: baseFiles(base).disk,
+        baseMem: baseFiles(base).memory,
+        machine: base.machine,
+        baseDir: base.dir,
+        overlay: o.overlay,
+        outDir: join(dir, "image"),
+        diskFormat: "qcow2",
+        // The VM resumes from these files at once; they do not outlive a crash usefully.
+        durable: false,
+        threads: o.threads,
+        home: ctx.home,
+        progress: ctx.progress,
+        signal: ctx.signal,
+      });
+      const synthesis = performance.now() - t0;
+      if (o.noRun) {
+        await fsp.rm(dir, { recursive: true, force: true });
+        return { verified: true, meta: overlay.meta, ms: { synthesis } };
+      }
+      const vm = await launchSynthesized(ctx, base, files, { runDir: join(dir, "vm"), hostAddress: o.hostAddress, autoPorts: o.autoPorts });
+      return { vmId, dir, host: o.hostAddress ?? "127.0.0.1", ports: vm.portForwards, meta: overlay.meta, ms: { synthesis, launch: performance.now() - t0 - synthesis } };
+    } catch (e) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  } finally {
+    await overlay.close();
+  }
+}

@@ -40,7 +40,7 @@ export const VM = {
   SECTION_FOOTER: 0x7e,
 } as const;
 
-/** MIG_CMD_* (migration/savevm.c). */
+/** MIG_CMD_* (migration/savevm.c's enum qemu_vm_cmd: PACKAGED is 7, ENABLE_COLO 8, POSTCOPY_RESUME 9). */
 export const MIG_CMD = {
   OPEN_RETURN_PATH: 1,
   PING: 2,
@@ -48,7 +48,7 @@ export const MIG_CMD = {
   POSTCOPY_LISTEN: 4,
   POSTCOPY_RUN: 5,
   POSTCOPY_RAM_DISCARD: 6,
-  PACKAGED: 8,
+  PACKAGED: 7,
 } as const;
 
 /** RAM_SAVE_FLAG_* (migration/ram.c). ZERO was called COMPRESS before QEMU 2.x. */
@@ -172,7 +172,7 @@ class StreamReader {
 
 /** Parses a device-state file saved with x-ignore-shared (see {@link SavedDeviceState}); BAD_INPUT error naming `file` otherwise. */
 export function parseDeviceState(bytes: Uint8Array, file: string): SavedDeviceState {
-  const r = new StreamReader(bytes, file);
+  const r: StreamReader = new StreamReader(bytes, file);
   if (bytes.length < 8 || r.be32() !== MAGIC) r.fail("no QEVM magic", 0);
   const version = r.be32();
   if (version !== FILE_VERSION) r.fail(`stream version ${version} (expected ${FILE_VERSION})`, 4);
@@ -358,6 +358,16 @@ export function writePackaged(w: StreamWriter, inner: Uint8Array): void {
 export function postcopyAdvise(pageSizeSummary = PAGE_SIZE, targetPageSize = PAGE_SIZE): Uint8Array {
   const w = new StreamWriter();
   return w.be64(pageSizeSummary).be64(targetPageSize).take();
+}
+
+/**
+ * The POSTCOPY_RAM_DISCARD payload: version 0, the block id, a nil byte, then
+ * (be64 start, be64 length) byte ranges the destination drops.
+ */
+export function postcopyDiscard(block: string, ranges: [start: number, length: number][]): Uint8Array {
+  const w = new StreamWriter().u8(0).shortString(block).u8(0);
+  for (const [start, length] of ranges) w.be64(start).be64(length);
+  return w.take();
 }
 
 /** A be32 payload (PING). */

@@ -198,18 +198,95 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
   }
   const totalPages = main.length / PAGE_SIZE;
   const stats: PostcopyStats = { totalPages, precopyPages: 0, requestedPages: 0, requestMessages: 0, backgroundPages: 0, sentPages: 0, statePages: 0, bytesSent: 0 };
-  const sent = new Uint8Array(totalPages); // 1 = sent, 2 = queued by a request
+  // Per guest page: 0 = not yet, 1 = sent, 2 = requested and on its way.
+  const sent = new Uint8Array(totalPages);
   const requests: number[] = [];
   let wake: (() => void) | null = null;
   let failure: Error | null = null;
   let shut: ((error: boolean) => void) | null = null;
   const shutSeen = new Promise<boolean>((resolve) => (shut = resolve));
   let lastRequestBlock: string | null = null;
+  let listening = false;
+  let serving: Promise<void> | null = null;
 
   const fail = (e: Error) => {
     failure ??= e;
     wake?.();
   };
+  const check = () => {
+    if (failure) throw failure;
+  };
+  const drained = () =>
+    new Promise<void>((resolve) => {
+      const go = () => (socket.off("drain", go), socket.off("close", go), resolve());
+      socket.on("drain", go);
+      socket.on("close", go);
+    });
+  // One socket.write per item, called synchronously after it is built, so the
+  // request path and the background path never interleave inside a section.
+  const write = (bytes: Uint8Array): boolean => {
+    check();
+    stats.bytesSent += bytes.length;
+    return socket.write(bytes);
+  };
+
+  // A page being fetched is fetched once, whichever path asked first.
+  const inflight = new Map<number, Promise<Uint8Array>>();
+  const fetchPage = (i: number): Promise<Uint8Array> => {
+    let p = inflight.get(i);
+    if (!p) {
+      p = (async () => {
+        let b: Uint8Array;
+        try {
+          b = await opts.pages(i);
+          if (!(b instanceof Uint8Array) || b.length !== PAGE_SIZE) throw new Error(`the provider returned ${(b as Uint8Array | undefined)?.length ?? typeof b} bytes instead of ${PAGE_SIZE}`);
+        } catch (e) {
+          const c = e instanceof CloudletError ? e : null;
+          const code: ErrorCode = c?.code ?? "GUEST";
+          const err = new CloudletError(code, `postcopy stopped: guest RAM page ${i} could not be served: ${c?.userMessage ?? (e as Error)?.message ?? e}`, c?.file, { cause: e });
+          fail(err);
+          throw err;
+        }
+        return b;
+      })();
+      p.catch(() => {});
+      inflight.set(i, p);
+    }
+    return p;
+  };
+  const w = new StreamWriter();
+  /** Writes the given fetched pages as one RAM section (pages already sent are skipped); false when the socket wants a drain. */
+  const writePages = (indexes: number[], data: Uint8Array[], kind: "precopyPages" | "requestedPages" | "backgroundPages"): boolean => {
+    check();
+    const sec = new RamSectionWriter(w, state.ramSectionId);
+    indexes.forEach((p, k) => {
+      inflight.delete(p);
+      if (sent[p] === 1) return;
+      sec.page(main.id, p, data[k]);
+      sent[p] = 1;
+      stats.sentPages++;
+      if (kind !== "requestedPages") stats[kind]++;
+    });
+    sec.end();
+    return sec.pages ? write(w.take()) : (w.take(), true);
+  };
+  /** Sends requested pages as soon as each batch is fetched, ahead of the background. */
+  const serveRequests = () => {
+    serving ??= (async () => {
+      while (requests.length && !failure) {
+        const batch = requests.splice(0, 256);
+        const data = await Promise.all(batch.map(fetchPage));
+        writePages(batch, data, "requestedPages");
+      }
+    })()
+      .catch((e) => fail(e as Error))
+      .finally(() => {
+        serving = null;
+        wake?.();
+        if (requests.length && !failure) serveRequests();
+      });
+  };
+
   const parser = new ReturnPathParser();
   socket.on("data", (chunk: Uint8Array) => {
     for (const m of parser.push(chunk)) {
@@ -228,7 +305,8 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
           stats.requestedPages++;
           opts.onRequest?.(p);
         }
-        wake?.();
+        // Before the package is written, requests (from device loads) wait for it: pages must follow it.
+        if (listening) serveRequests();
       }
     }
   });
@@ -240,54 +318,6 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
   const onAbort = () => fail(new CloudletError("CANCELLED", "postcopy cancelled"));
   opts.signal?.addEventListener("abort", onAbort, { once: true });
   if (opts.signal?.aborted) onAbort();
-
-  const check = () => {
-    if (failure) throw failure;
-  };
-  const write = async (bytes: Uint8Array) => {
-    check();
-    stats.bytesSent += bytes.length;
-    if (!socket.write(bytes)) {
-      await new Promise<void>((resolve) => {
-        const go = () => (socket.off("drain", go), socket.off("close", go), resolve());
-        socket.on("drain", go);
-        socket.on("close", go);
-      });
-    }
-    check();
-  };
-  const fetchPages = async (indexes: number[]): Promise<Uint8Array[]> => {
-    try {
-      return await Promise.all(
-        indexes.map(async (i) => {
-          const b = await opts.pages(i);
-          if (!(b instanceof Uint8Array) || b.length !== PAGE_SIZE) throw new Error(`the provider returned ${b?.length ?? typeof b} bytes instead of ${PAGE_SIZE}`);
-          return b;
-        }),
-      );
-    } catch (e) {
-      const cause = e as Error;
-      const code: ErrorCode = e instanceof CloudletError ? e.code : "GUEST";
-      const msg = e instanceof CloudletError ? e.userMessage : cause.message;
-      const err = new CloudletError(code, `postcopy stopped: a guest RAM page among ${describePages(indexes)} could not be served: ${msg}`, e instanceof CloudletError ? e.file : undefined, { cause });
-      fail(err);
-      throw err;
-    }
-  };
-  const w = new StreamWriter();
-  const sendMainPages = async (indexes: number[], kind: "precopyPages" | "requestedPages" | "backgroundPages") => {
-    const data = await fetchPages(indexes);
-    check();
-    const sec = new RamSectionWriter(w, state.ramSectionId);
-    indexes.forEach((p, k) => {
-      sec.page(main.id, p, data[k]);
-      sent[p] = 1;
-    });
-    sec.end();
-    stats.sentPages += indexes.length;
-    if (kind !== "requestedPages") stats[kind] += indexes.length;
-    await write(w.take());
-  };
 
   let packagedDone!: () => void;
   const packaged = new Promise<void>((resolve) => (packagedDone = resolve));
@@ -304,17 +334,20 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     // One discard first (of a page the destination has just dropped anyway)
     // moves the state to DISCARD, and LISTEN then goes to LISTENING.
     writeCommand(w, MIG_CMD.POSTCOPY_RAM_DISCARD, postcopyDiscard(main.id, [[0, PAGE_SIZE]]));
-    await write(w.take());
+    if (!write(w.take())) await drained();
     for (const [block, pages] of state.blockPages) {
       if (block === main.id || pages.size === 0) continue;
       const sec = new RamSectionWriter(w, state.ramSectionId);
       for (const [i, data] of pages) sec.page(block, i, data);
       sec.end();
       stats.statePages += sec.pages;
-      await write(w.take());
+      if (!write(w.take())) await drained();
     }
     const precopy = uniquePages(opts.precopy ?? [], totalPages, "precopy");
-    for (let k = 0; k < precopy.length; k += 256) await sendMainPages(precopy.slice(k, k + 256), "precopyPages");
+    for (let k = 0; k < precopy.length; k += 256) {
+      const batch = precopy.slice(k, k + 256);
+      if (!writePages(batch, await Promise.all(batch.map(fetchPage)), "precopyPages")) await drained();
+    }
 
     // The switch-over: LISTEN arms userfaultfd, the device sections load, RUN starts the guest.
     const pkg = new StreamWriter();
@@ -323,11 +356,14 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     writeCommand(pkg, MIG_CMD.PING, be32Payload(3));
     writeCommand(pkg, MIG_CMD.POSTCOPY_RUN);
     writePackaged(w, pkg.take());
-    await write(w.take());
+    const flowing = write(w.take());
+    listening = true;
     packagedDone();
+    if (requests.length) serveRequests();
+    if (!flowing) await drained();
 
-    // Postcopy: requested pages first, then the background order.
-    const batch = Math.max(1, opts.batchPages ?? 32);
+    // Postcopy: the background order; requests overtake it as they arrive.
+    const batchPages = Math.max(1, opts.batchPages ?? 32);
     const order = uniquePages(opts.order ?? [], totalPages, "order");
     let orderAt = 0;
     let sweep = 0;
@@ -342,26 +378,24 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
       }
       return null;
     };
-    while (stats.sentPages < totalPages) {
+    for (;;) {
       check();
-      if (requests.length) {
-        await sendMainPages(requests.splice(0, 256), "requestedPages");
-        continue;
-      }
-      const next: number[] = [];
-      for (let p: number | null; next.length < batch && (p = nextBackground()) !== null; ) next.push(p);
-      if (next.length) {
-        await sendMainPages(next, "backgroundPages");
-        continue;
-      }
-      // Everything left is queued by requests that arrive with the next data event.
+      const batch: number[] = [];
+      for (let p: number | null; batch.length < batchPages && (p = nextBackground()) !== null; ) batch.push(p);
+      if (!batch.length) break;
+      if (!writePages(batch, await Promise.all(batch.map(fetchPage)), "backgroundPages")) await drained();
+    }
+    // What is left was requested and is on its way.
+    while (stats.sentPages < totalPages || serving) {
+      check();
       await new Promise<void>((resolve) => (wake = resolve));
       wake = null;
     }
+    check();
     const end = new RamSectionWriter(w, state.ramSectionId, VM.SECTION_END);
     end.end();
     w.u8(VM.EOF);
-    await write(w.take());
+    write(w.take());
     const error = await Promise.race([shutSeen, new Promise<boolean>((resolve) => (wake = () => resolve(true)))]);
     check();
     if (error) throw new CloudletError("GUEST", "the postcopy destination reported an error when the migration ended");
@@ -477,10 +511,6 @@ function uniquePages(list: number[], total: number, what: string): number[] {
     seen[p] = 1;
   }
   return out;
-}
-
-function describePages(indexes: number[]): string {
-  return indexes.length === 1 ? `page ${indexes[0]}` : `pages ${indexes.slice(0, 4).join(", ")}${indexes.length > 4 ? ", ..." : ""}`;
 }
 
 function sleep(ms: number): Promise<void> {

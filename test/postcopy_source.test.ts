@@ -1,0 +1,291 @@
+// cloudlet's own process as a QEMU postcopy migration source, on real QEMU under TCG (no mocks).
+// One boot: the built-in guest runs a counter and an HTTP server, and is saved the way cloudlet saves a
+// base (memory-backend-file + x-ignore-shared + migrate to a state file). Then it is resumed through
+// cloudlet's postcopy source into a memfd-backed QEMU, its pages served from the saved memory file, and
+// resumed again with a page provider that fails (a page that does not verify): the VM must be killed.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { randomBytes } from "node:crypto";
+import { spawn } from "node:child_process";
+import { get } from "node:http";
+import { buildGuestImage, type GuestImage } from "../ts/host/vm/guest_image.ts";
+import { QemuHost, qemuArgs } from "../ts/host/vm/qemu_host.ts";
+import { createQcow2Layer } from "../ts/host/vm/qcow2_layer.ts";
+import { pickFreePorts } from "../ts/host/vm/host_ports.ts";
+import type { VmSpec } from "../ts/host/vm/vm_host.ts";
+import { CloudletError } from "../ts/errors.ts";
+import { PAGE_SIZE, parseDeviceState, ReturnPathParser, RP_MSG, StreamWriter, type SavedDeviceState } from "../ts/vm/migration_stream.ts";
+import { resumePostcopy, startPostcopyDestination, type PostcopyDestination } from "../ts/vm/postcopy_source.ts";
+
+const TEST_HOME = process.env.CLOUDLET_TEST_HOME ?? fileURLToPath(new URL("../.build/test-home", import.meta.url));
+const RUNS = join(TEST_HOME, "runs", `postcopy-${process.pid}-${randomBytes(3).toString("hex")}`);
+const RAM_MIB = 256;
+
+interface SavedVm {
+  guest: GuestImage;
+  spec: VmSpec;
+  statePath: string;
+  state: SavedDeviceState;
+  /** The counter and boot id the guest reported just before the save. */
+  before: { counter: number; bootId: string };
+}
+
+let saved: Promise<SavedVm> | null = null;
+/** Boots the built-in guest once, starts the workload and saves it as a base (every test awaits this; Deno's node:test lacks hooks). */
+function savedVm(): Promise<SavedVm> {
+  saved ??= (async () => {
+    const guest = await buildGuestImage({ cacheDir: join(TEST_HOME, "guest") });
+    const runDir = join(RUNS, "base");
+    await fsp.mkdir(runDir, { recursive: true });
+    const [port] = await pickFreePorts(1);
+    await createQcow2Layer(guest.rootfs, join(runDir, "disk.qcow2"));
+    const spec: VmSpec = {
+      name: "postcopy-base",
+      runDir,
+      boot: { kernel: guest.kernel, initrd: guest.initrd, append: guest.append },
+      disk: { path: join(runDir, "disk.qcow2"), format: "qcow2" },
+      memory: { path: join(runDir, "mem.raw"), sizeMiB: RAM_MIB },
+      machine: { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: RAM_MIB },
+      vcpus: 1,
+      portForwards: [{ proto: "tcp", hostPort: port, guestPort: 80 }],
+    };
+    const vm = await new QemuHost().start(spec);
+    try {
+      await vm.waitReady(guest.readyMarker, 120_000);
+      const w = await vm.console.run(WORKLOAD);
+      assert.deepEqual(w, { output: "started\n", exitCode: 0 });
+      let body = await firstAnswer(port);
+      while (Number(field(body, "counter")) < 2) {
+        await sleep(300);
+        body = await httpGet(port, "/cgi-bin/state");
+      }
+      const statePath = join(runDir, "state.bin");
+      await vm.snapshot(statePath);
+      const state = parseDeviceState(await fsp.readFile(statePath), statePath);
+      return { guest, spec, statePath, state, before: { counter: Number(field(body, "counter")), bootId: field(body, "boot_id") } };
+    } catch (e) {
+      await vm.stop().catch(() => {});
+      throw e;
+    }
+  })();
+  return saved;
+}
+
+/** A counter in a shell's memory and busybox httpd with a CGI that reports it. */
+const WORKLOAD = `
+mkdir -p /run/cl /www/cgi-bin
+cat > /www/cgi-bin/state <<'CGI'
+#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+echo "counter=$(cat /run/cl/counter) boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+CGI
+chmod 755 /www/cgi-bin/state
+setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/cl/counter.tmp; mv /run/cl/counter.tmp /run/cl/counter; sleep 1; done' </dev/null >/dev/null 2>&1 &
+setsid busybox httpd -f -p 80 -h /www </dev/null >/dev/null 2>&1 &
+sleep 0.3
+echo started
+`;
+
+/** Starts a memfd-backed destination with the saved VM's devices, on a copy of its disk and a new host port. */
+async function destination(base: SavedVm, tag: string): Promise<{ dest: PostcopyDestination; port: number }> {
+  const runDir = join(RUNS, `${tag}-${randomBytes(3).toString("hex")}`);
+  await fsp.mkdir(runDir, { recursive: true });
+  const cp = await run("cp", ["--sparse=always", base.spec.disk.path, join(runDir, "disk.qcow2")]);
+  assert.equal(cp.code, 0, cp.out);
+  const [port] = await pickFreePorts(1);
+  const portForwards = [{ proto: "tcp" as const, hostPort: port, guestPort: 80 }];
+  const spec: VmSpec = { ...base.spec, name: tag, runDir, disk: { path: join(runDir, "disk.qcow2"), format: "qcow2" }, portForwards };
+  const args = qemuArgs(spec, { vmName: tag, accel: "tcg", portForwards, vncPort: null });
+  const at = args.findIndex((a) => a.startsWith("memory-backend-file,"));
+  assert.ok(at > 0, "the launch line has a memory-backend-file to replace");
+  args[at] = `memory-backend-memfd,id=mem,size=${RAM_MIB}M,share=on`;
+  return { dest: await startPostcopyDestination({ args, runDir }), port };
+}
+
+/** Pages from the saved memory file, counting each call. */
+function filePages(path: string) {
+  const served = new Map<number, number>();
+  let fh: Promise<fsp.FileHandle> | null = null;
+  const pages = async (i: number) => {
+    served.set(i, (served.get(i) ?? 0) + 1);
+    const b = new Uint8Array(PAGE_SIZE);
+    const { bytesRead } = await (await (fh ??= fsp.open(path, "r"))).read(b, 0, PAGE_SIZE, i * PAGE_SIZE);
+    if (bytesRead !== PAGE_SIZE) throw new Error(`short read at page ${i}`);
+    return b;
+  };
+  return { pages, served, close: async () => (await fh)?.close() };
+}
+
+test("the saved device state splits into configuration, RAM blocks and device sections", async () => {
+  const base = await savedVm();
+  const s = base.state;
+  assert.equal(s.machine, "pc-i440fx-7.2");
+  assert.deepEqual(s.capabilities, ["x-ignore-shared"]);
+  assert.equal(s.mainBlock.id, "mem", "memory-backend-memfd,id=mem names the guest RAM block");
+  assert.equal(s.mainBlock.length, RAM_MIB << 20);
+  assert.ok(s.blocks.some((b) => b.id === "pc.bios"), s.blocks.map((b) => b.id).join(", "));
+  assert.equal(s.blockPages.get("pc.bios")!.size, 256 * 1024 / PAGE_SIZE, "every BIOS page is in the file");
+  assert.equal(s.devices[0], 0x04, "device part starts with a full section");
+  assert.ok(s.devices.length > 10_000 && s.devices.length < 1 << 20, `device part is ${s.devices.length} bytes`);
+
+  // A cut file is refused with the file's name and where it broke.
+  const bytes = await fsp.readFile(base.statePath);
+  assert.throws(() => parseDeviceState(bytes.subarray(0, 300), base.statePath), (e: unknown) => {
+    assert.ok(e instanceof CloudletError && e.code === "BAD_INPUT", String(e));
+    assert.equal(e.file, base.statePath);
+    assert.match(e.message, /at byte \d+/);
+    return true;
+  });
+  assert.throws(() => parseDeviceState(new Uint8Array(64), "zeros.bin"), /no QEVM magic/);
+});
+
+test("return-path messages split across reads", () => {
+  const w = new StreamWriter();
+  w.be16(RP_MSG.PONG).be16(4).be32(7);
+  w.be16(RP_MSG.REQ_PAGES_ID).be16(16).be64(0x5000).be32(4096).shortString("mem");
+  w.be16(RP_MSG.REQ_PAGES).be16(12).be64(0x9000).be32(8192);
+  w.be16(RP_MSG.SHUT).be16(4).be32(0);
+  const bytes = w.take();
+  const p = new ReturnPathParser();
+  const out = [...p.push(bytes.subarray(0, 11)), ...p.push(bytes.subarray(11, 30)), ...p.push(bytes.subarray(30))];
+  assert.deepEqual(out, [
+    { type: "pong", value: 7 },
+    { type: "req-pages", block: "mem", offset: 0x5000, length: 4096 },
+    { type: "req-pages", block: null, offset: 0x9000, length: 8192 },
+    { type: "shut", error: false },
+  ]);
+});
+
+test("a saved VM resumes through cloudlet's postcopy source, pages served on demand", async (t) => {
+  const base = await savedVm();
+  const { dest, port } = await destination(base, "resume");
+  const mem = filePages(base.spec.memory.path);
+  const requested: number[] = [];
+  const t0 = performance.now();
+  try {
+    const r = resumePostcopy({ destination: dest, state: base.state, ramBytes: RAM_MIB << 20, pages: mem.pages, precopy: [0, 1, 2, 3], onRequest: (p) => requested.push(p) });
+    const resumedMs = await r.resumed;
+    const first = await firstAnswer(port);
+    const firstMs = performance.now() - t0;
+    assert.equal(field(first, "boot_id"), base.before.bootId, "the same boot: resumed, not rebooted");
+    const c1 = Number(field(first, "counter"));
+    assert.ok(c1 >= base.before.counter && c1 <= base.before.counter + 5, `counter continued from ${base.before.counter}, got ${c1}`);
+    const completeMs = await r.complete;
+    const s = r.stats;
+    assert.ok(requested.length > 0, "the destination requested pages on demand");
+    assert.equal(s.requestedPages, requested.length);
+    assert.equal(s.precopyPages, 4);
+    assert.equal(s.sentPages, s.totalPages);
+    assert.equal(s.precopyPages + s.requestedPages + s.backgroundPages, s.totalPages);
+    // Every guest page came from the provider exactly once: nothing invented, nothing sent twice.
+    assert.equal(mem.served.size, s.totalPages);
+    assert.ok([...mem.served.values()].every((n) => n === 1), "no page fetched twice");
+    assert.equal((await dest.qmp.execute<{ status: string }>("query-migrate")).status, "completed");
+    assert.equal((await dest.qmp.execute<{ status: string }>("query-status")).status, "running");
+    await sleep(2200);
+    const later = await httpGet(port, "/cgi-bin/state");
+    assert.ok(Number(field(later, "counter")) >= c1 + 1, `counter keeps counting once local: ${c1} -> ${field(later, "counter")}`);
+    t.diagnostic(
+      `QEMU 7.2 TCG: guest running ${Math.round(resumedMs)} ms after the start, first HTTP answer ${Math.round(firstMs)} ms, ` +
+        `fully local ${Math.round(completeMs)} ms; ${s.requestedPages} pages requested on demand in ${s.requestMessages} messages, ` +
+        `${s.backgroundPages} in the background, ${s.statePages} ROM pages from the state file, ${(s.bytesSent / 1e6).toFixed(1)} MB sent`,
+    );
+  } finally {
+    await dest.kill();
+    await mem.close();
+  }
+});
+
+test("a page the provider cannot serve stops the VM with that error", async () => {
+  const base = await savedVm();
+  const { dest, port } = await destination(base, "fail");
+  const mem = filePages(base.spec.memory.path);
+  let bad: number | null = null;
+  try {
+    const r = resumePostcopy({
+      destination: dest,
+      state: base.state,
+      ramBytes: RAM_MIB << 20,
+      // The first page the guest faults on (or, failing that, one the background reaches) does not verify.
+      onRequest: (p) => (bad ??= p),
+      pages: (i) => {
+        if (i === bad || i === 60_000) {
+          bad = i;
+          return Promise.reject(new CloudletError("CORRUPT_SEGMENT", `page ${i} does not match its hash`, "segment-0007"));
+        }
+        return mem.pages(i);
+      },
+    });
+    await assert.rejects(r.complete, (e: unknown) => {
+      assert.ok(e instanceof CloudletError, String(e));
+      assert.equal(e.code, "CORRUPT_SEGMENT");
+      assert.equal(e.file, "segment-0007");
+      assert.match(e.message, new RegExp(`postcopy stopped: .*page.*${bad}.*does not match its hash`));
+      return true;
+    });
+    assert.equal(dest.hasExited, true, "the destination QEMU was killed");
+    const exit = await dest.exited;
+    assert.ok(exit.signal === "SIGKILL" || exit.code === 137, `killed: ${JSON.stringify(exit)}`);
+    await assert.rejects(httpGet(port, "/cgi-bin/state"), "nothing answers on the VM's port");
+    await assert.rejects(r.resumed.then(() => dest.qmp.execute("query-status")), "QMP is gone with the VM");
+  } finally {
+    await dest.kill();
+    await mem.close();
+  }
+});
+
+test("cleanup: the test run directory goes", async () => {
+  await savedVm().catch(() => {});
+  await fsp.rm(RUNS, { recursive: true, force: true });
+});
+
+function httpGet(port: number, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: "127.0.0.1", port, path, agent: false, timeout: 3000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => (body += d));
+      res.on("end", () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+  });
+}
+
+async function firstAnswer(port: number, timeoutMs = 60_000): Promise<string> {
+  const t0 = performance.now();
+  let last: unknown;
+  while (performance.now() - t0 < timeoutMs) {
+    try {
+      return await httpGet(port, "/cgi-bin/state");
+    } catch (e) {
+      last = e;
+      await sleep(20);
+    }
+  }
+  throw new Error(`no HTTP answer on ${port} within ${timeoutMs} ms: ${last}`);
+}
+
+function field(body: string, name: string): string {
+  const m = new RegExp(`\\b${name}=(\\S+)`).exec(body);
+  assert.ok(m, `${name}= missing in ${JSON.stringify(body)}`);
+  return m[1];
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    c.stdout.on("data", (d) => (out += d));
+    c.stderr.on("data", (d) => (out += d));
+    c.on("error", () => resolve({ code: -1, out }));
+    c.on("close", (code) => resolve({ code, out }));
+  });
+}

@@ -399,7 +399,7 @@ export class RamSectionWriter {
   /** Adds one page: its bytes, or a fill byte (a zero page costs 9 bytes). */
   page(block: string, index: number, data: Uint8Array | number): void {
     let flags: number = typeof data === "number" ? RAM_FLAG.ZERO : RAM_FLAG.PAGE;
-    if (typeof data !== "number" && isZero(data)) {
+    if (typeof data !== "number" && isZeroPage(data)) {
       data = 0;
       flags = RAM_FLAG.ZERO;
     }
@@ -419,7 +419,8 @@ export class RamSectionWriter {
   }
 }
 
-function isZero(b: Uint8Array): boolean {
+/** True when every byte of `b` is zero. */
+export function isZeroPage(b: Uint8Array): boolean {
   const words = b.byteOffset % 4 === 0 && b.length % 4 === 0 ? new Uint32Array(b.buffer, b.byteOffset, b.length / 4) : b;
   for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
   return true;

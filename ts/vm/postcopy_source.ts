@@ -39,6 +39,7 @@ import { join } from "node:path";
 import { CloudletError, type ErrorCode } from "../errors.ts";
 import {
   be32Payload,
+  isZeroPage,
   MIG_CMD,
   PAGE_SIZE,
   postcopyAdvise,
@@ -172,7 +173,13 @@ export interface PostcopyStats {
   requestMessages: number;
   /** Guest RAM pages sent in the background order. */
   backgroundPages: number;
-  /** Guest RAM pages sent so far. */
+  /**
+   * Zero pages the background left unsent: the destination dropped all of its
+   * RAM at ADVISE, so an unsent page reads as zero once postcopy ends, and one
+   * the guest touches before that is requested and sent like any other.
+   */
+  zeroPagesSkipped: number;
+  /** Guest RAM pages written to the destination so far. */
   sentPages: number;
   /** Pages of the other blocks (ROMs, ACPI tables) sent from the state file. */
   statePages: number;
@@ -197,9 +204,11 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     throw new CloudletError("BAD_INPUT", `the device state's guest RAM block "${main.id}" is ${main.length} bytes, not the VM's ${opts.ramBytes}`);
   }
   const totalPages = main.length / PAGE_SIZE;
-  const stats: PostcopyStats = { totalPages, precopyPages: 0, requestedPages: 0, requestMessages: 0, backgroundPages: 0, sentPages: 0, statePages: 0, bytesSent: 0 };
-  // Per guest page: 0 = not yet, 1 = sent, 2 = requested and on its way.
+  const stats: PostcopyStats = { totalPages, precopyPages: 0, requestedPages: 0, requestMessages: 0, backgroundPages: 0, zeroPagesSkipped: 0, sentPages: 0, statePages: 0, bytesSent: 0 };
+  // Per guest page: 0 = not yet, 1 = sent, 2 = requested and on its way, 3 = known zero, left unsent.
   const sent = new Uint8Array(totalPages);
+  /** Pages that are sent or known zero: the end comes when all are. */
+  let settled = 0;
   const requests: number[] = [];
   let wake: (() => void) | null = null;
   let failure: Error | null = null;
@@ -254,6 +263,8 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     }
     return p;
   };
+  const zeroSeen = new Uint8Array(totalPages);
+  const knownZero = (p: number) => zeroSeen[p] === 1;
   const w = new StreamWriter();
   /** Writes the given fetched pages as one RAM section (pages already sent are skipped); false when the socket wants a drain. */
   const writePages = (indexes: number[], data: Uint8Array[], kind: "precopyPages" | "requestedPages" | "backgroundPages"): boolean => {
@@ -262,6 +273,15 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     indexes.forEach((p, k) => {
       inflight.delete(p);
       if (sent[p] === 1) return;
+      if (!zeroSeen[p]) settled++;
+      // A zero page in the background costs QEMU a placement and delays the
+      // requested pages queued behind it; left unsent it reads as zero anyway.
+      if (kind === "backgroundPages" && isZeroPage(data[k])) {
+        sent[p] = 3;
+        zeroSeen[p] = 1;
+        stats.zeroPagesSkipped++;
+        return;
+      }
       sec.page(main.id, p, data[k]);
       sent[p] = 1;
       stats.sentPages++;
@@ -275,7 +295,7 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     serving ??= (async () => {
       while (requests.length && !failure) {
         const batch = requests.splice(0, 256);
-        const data = await Promise.all(batch.map(fetchPage));
+        const data = await Promise.all(batch.map((p) => (knownZero(p) ? ZERO_PAGE : fetchPage(p))));
         writePages(batch, data, "requestedPages");
       }
     })()
@@ -299,7 +319,8 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
         const first = Math.floor(m.offset / PAGE_SIZE);
         const end = Math.min(totalPages, Math.ceil((m.offset + m.length) / PAGE_SIZE));
         for (let p = first; p < end; p++) {
-          if (sent[p]) continue;
+          if (sent[p] === 1 || sent[p] === 2) continue;
+          if (sent[p] === 3) stats.zeroPagesSkipped--;
           sent[p] = 2;
           requests.push(p);
           stats.requestedPages++;
@@ -386,7 +407,7 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
       if (!writePages(batch, await Promise.all(batch.map(fetchPage)), "backgroundPages")) await drained();
     }
     // What is left was requested and is on its way.
-    while (stats.sentPages < totalPages || serving) {
+    while (settled < totalPages || serving) {
       check();
       await new Promise<void>((resolve) => (wake = resolve));
       wake = null;
@@ -427,7 +448,7 @@ export interface PostcopyResume {
 export function resumePostcopy(opts: ResumePostcopyOptions): PostcopyResume {
   const dest = opts.destination;
   const t0 = performance.now();
-  const idle: PostcopyStats = { totalPages: opts.ramBytes / PAGE_SIZE, precopyPages: 0, requestedPages: 0, requestMessages: 0, backgroundPages: 0, sentPages: 0, statePages: 0, bytesSent: 0 };
+  const idle: PostcopyStats = { totalPages: opts.ramBytes / PAGE_SIZE, precopyPages: 0, requestedPages: 0, requestMessages: 0, backgroundPages: 0, zeroPagesSkipped: 0, sentPages: 0, statePages: 0, bytesSent: 0 };
   let source: PostcopySource | null = null;
   let stop = false;
   const resumedWait = (async () => {
@@ -501,6 +522,8 @@ async function migrationFailed(dest: PostcopyDestination, stopped: () => boolean
   }
   return new Promise<never>(() => {});
 }
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 
 function uniquePages(list: number[], total: number, what: string): number[] {
   const seen = new Uint8Array(total);

@@ -102,6 +102,8 @@ async function destination(base: SavedVm, tag: string): Promise<{ dest: Postcopy
   const at = args.findIndex((a) => a.startsWith("memory-backend-file,"));
   assert.ok(at > 0, "the launch line has a memory-backend-file to replace");
   args[at] = `memory-backend-memfd,id=mem,size=${RAM_MIB}M,share=on`;
+  // CLOUDLET_POSTCOPY_TRACE=1 logs each fault and placement to postcopy-qemu.log (for measuring request latency).
+  if (process.env.CLOUDLET_POSTCOPY_TRACE) args.push("-trace", "postcopy_ram_fault_thread_request", "-trace", "postcopy_place_page*", "-msg", "timestamp=on");
   return { dest: await startPostcopyDestination({ args, runDir }), port };
 }
 
@@ -168,7 +170,9 @@ test("a saved VM resumes through cloudlet's postcopy source, pages served on dem
   try {
     const r = resumePostcopy({ destination: dest, state: base.state, ramBytes: RAM_MIB << 20, pages: mem.pages, precopy: [0, 1, 2, 3], onRequest: (p) => requested.push(p) });
     const resumedMs = await r.resumed;
-    const first = await firstAnswer(port);
+    const died = dest.exited.then(async (x) => Promise.reject(new Error(`the destination exited (${JSON.stringify(x)}): ${await dest.logTail()}`)));
+    died.catch(() => {});
+    const first = await Promise.race([firstAnswer(port), died]);
     const firstMs = performance.now() - t0;
     assert.equal(field(first, "boot_id"), base.before.bootId, "the same boot: resumed, not rebooted");
     const c1 = Number(field(first, "counter"));

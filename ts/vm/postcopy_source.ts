@@ -492,6 +492,11 @@ export function resumePostcopy(opts: ResumePostcopyOptions): PostcopyResume {
         await Promise.race([sleep(20), destGone]);
       }
       return performance.now() - t0;
+    } catch (e) {
+      // Kill before the socket closes: on EOF QEMU would pause or exit on its own terms.
+      stop = true;
+      await dest.kill();
+      throw e;
     } finally {
       socket.destroy();
       await fsp.rm(sock, { force: true });

@@ -215,23 +215,28 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
   let shut: ((error: boolean) => void) | null = null;
   const shutSeen = new Promise<boolean>((resolve) => (shut = resolve));
   let lastRequestBlock: string | null = null;
+  let shutReceived = false;
   let listening = false;
   let lastRequestAt = -Infinity;
   let serving: Promise<void> | null = null;
 
+  /** Waits that must end when the run fails (a drain that may never come). */
+  const onFail = new Set<() => void>();
   const fail = (e: Error) => {
     failure ??= e;
     wake?.();
+    for (const f of onFail) f();
   };
   const check = () => {
     if (failure) throw failure;
   };
   const drained = () =>
     new Promise<void>((resolve) => {
-      const go = () => (socket.off("drain", go), socket.off("close", go), resolve());
+      const go = () => (socket.off("drain", go), socket.off("close", go), onFail.delete(go), resolve());
       socket.on("drain", go);
       socket.on("close", go);
-    });
+      onFail.add(go);
+    }).then(check);
   // One socket.write per item, called synchronously after it is built, so the
   // request path and the background path never interleave inside a section.
   const write = (bytes: Uint8Array): boolean => {
@@ -311,7 +316,10 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
   const parser = new ReturnPathParser();
   socket.on("data", (chunk: Uint8Array) => {
     for (const m of parser.push(chunk)) {
-      if (m.type === "shut") shut?.(m.error);
+      if (m.type === "shut") {
+        shutReceived = true;
+        shut?.(m.error);
+      }
       else if (m.type === "req-pages") {
         stats.requestMessages++;
         lastRequestAt = performance.now();
@@ -335,6 +343,7 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
   });
   socket.on("error", (e) => fail(new CloudletError("GUEST", `postcopy migration socket failed: ${e.message}`)));
   socket.on("close", () => {
+    if (shutReceived) return; // QEMU closes its end after SHUT
     shut?.(true);
     fail(new CloudletError("GUEST", "the postcopy destination closed the migration socket"));
   });

@@ -11,13 +11,28 @@ import { fileURLToPath } from "node:url";
 import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
 import { get } from "node:http";
+import { Buffer } from "node:buffer";
 import { buildGuestImage, type GuestImage } from "../ts/host/vm/guest_image.ts";
 import { QemuHost, qemuArgs } from "../ts/host/vm/qemu_host.ts";
 import { createQcow2Layer } from "../ts/host/vm/qcow2_layer.ts";
 import { pickFreePorts } from "../ts/host/vm/host_ports.ts";
 import type { VmSpec } from "../ts/host/vm/vm_host.ts";
 import { CloudletError } from "../ts/errors.ts";
-import { PAGE_SIZE, parseDeviceState, ReturnPathParser, RP_MSG, StreamWriter, type SavedDeviceState } from "../ts/vm/migration_stream.ts";
+import {
+  MIG_CMD,
+  PAGE_SIZE,
+  parseDeviceState,
+  postcopyAdvise,
+  postcopyDiscard,
+  RamSectionWriter,
+  ReturnPathParser,
+  RP_MSG,
+  StreamWriter,
+  writeCommand,
+  writeHeader,
+  writePackaged,
+  type SavedDeviceState,
+} from "../ts/vm/migration_stream.ts";
 import { resumePostcopy, startPostcopyDestination, type PostcopyDestination } from "../ts/vm/postcopy_source.ts";
 
 const TEST_HOME = process.env.CLOUDLET_TEST_HOME ?? fileURLToPath(new URL("../.build/test-home", import.meta.url));
@@ -147,6 +162,37 @@ test("the saved device state splits into configuration, RAM blocks and device se
   assert.throws(() => parseDeviceState(new Uint8Array(64), "zeros.bin"), /no QEVM magic/);
 });
 
+test("the stream's fixed items are QEMU 7.2's bytes", () => {
+  const w = new StreamWriter();
+  writeHeader(w, "pc-i440fx-7.2");
+  writeCommand(w, MIG_CMD.OPEN_RETURN_PATH);
+  writeCommand(w, MIG_CMD.POSTCOPY_ADVISE, postcopyAdvise());
+  writeCommand(w, MIG_CMD.POSTCOPY_RAM_DISCARD, postcopyDiscard("mem", [[0, 4096]]));
+  writePackaged(w, new Uint8Array([0xaa]));
+  const hex = Buffer.from(w.take()).toString("hex");
+  assert.equal(
+    hex,
+    "5145564d00000003" + "07" + "0000000d" + Buffer.from("pc-i440fx-7.2").toString("hex") +
+      "08" + "0001" + "0000" +
+      "08" + "0003" + "0010" + "0000000000001000" + "0000000000001000" +
+      "08" + "0006" + "0016" + "00" + "03" + Buffer.from("mem").toString("hex") + "00" + "0000000000000000" + "0000000000001000" +
+      "08" + "0007" + "0004" + "00000001" + "aa",
+  );
+  // A page header: offset | flags, the block name only when the block changes.
+  const r = new StreamWriter();
+  const sec = new RamSectionWriter(r, 2);
+  sec.page("mem", 3, new Uint8Array(PAGE_SIZE).fill(7));
+  sec.page("mem", 4, new Uint8Array(PAGE_SIZE));
+  sec.end();
+  const b = r.take();
+  assert.equal(Buffer.from(b.subarray(0, 17)).toString("hex"), "02" + "00000002" + "0000000000003008" + "03" + Buffer.from("mem").toString("hex"));
+  assert.equal(Buffer.from(b.subarray(17 + PAGE_SIZE)).toString("hex"), "0000000000004022" + "00" + "0000000000000010" + "7e" + "00000002");
+});
+
+test("a destination without memfd RAM is refused before QEMU starts", async () => {
+  await assert.rejects(startPostcopyDestination({ args: ["-object", "memory-backend-file,id=mem,size=256M,mem-path=/tmp/x,share=on"], runDir: "/nonexistent" }), /memory-backend-memfd/);
+});
+
 test("return-path messages split across reads", () => {
   const w = new StreamWriter();
   w.be16(RP_MSG.PONG).be16(4).be32(7);
@@ -243,13 +289,16 @@ test("a page the provider cannot serve stops the VM with that error", async () =
   const { dest, port } = await destination(base, "fail");
   const mem = filePages(base.spec.memory.path);
   let bad: number | null = null;
+  let running = false;
   try {
     const r = resumePostcopy({
       destination: dest,
       state: base.state,
       ramBytes: RAM_MIB << 20,
-      // The first page the guest faults on (or, failing that, one the background reaches) does not verify.
-      onRequest: (p) => (bad ??= p),
+      // The first page the running guest faults on (or, failing that, one the background reaches) does not verify.
+      onRequest: (p) => {
+        if (running) bad ??= p;
+      },
       pages: (i) => {
         if (i === bad || i === 60_000) {
           bad = i;
@@ -258,6 +307,7 @@ test("a page the provider cannot serve stops the VM with that error", async () =
         return mem.pages(i);
       },
     });
+    void r.resumed.then(() => (running = true), () => {});
     await assert.rejects(r.complete, (e: unknown) => {
       assert.ok(e instanceof CloudletError, String(e));
       assert.equal(e.code, "CORRUPT_SEGMENT");
@@ -265,6 +315,7 @@ test("a page the provider cannot serve stops the VM with that error", async () =
       assert.match(e.message, new RegExp(`postcopy stopped: .*page.*${bad}.*does not match its hash`));
       return true;
     });
+    assert.equal(running, true, "the guest was running when its page failed");
     assert.equal(dest.hasExited, true, "the destination QEMU was killed");
     const exit = await dest.exited;
     assert.ok(exit.signal === "SIGKILL" || exit.code === 137, `killed: ${JSON.stringify(exit)}`);

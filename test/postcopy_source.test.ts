@@ -108,7 +108,7 @@ echo started
 `;
 
 /** Starts a memfd-backed destination with the saved VM's devices, on a copy of its disk and a new host port. */
-async function destination(base: SavedVm, tag: string): Promise<{ dest: PostcopyDestination; port: number }> {
+async function destination(base: SavedVm, tag: string, extraArgs: string[] = []): Promise<{ dest: PostcopyDestination; port: number; runDir: string }> {
   const runDir = join(RUNS, `${tag}-${randomBytes(3).toString("hex")}`);
   await fsp.mkdir(runDir, { recursive: true });
   const cp = await run("cp", ["--sparse=always", base.spec.disk.path, join(runDir, "disk.qcow2")]);
@@ -122,7 +122,7 @@ async function destination(base: SavedVm, tag: string): Promise<{ dest: Postcopy
   args[at] = `memory-backend-memfd,id=mem,size=${RAM_MIB}M,share=on`;
   // CLOUDLET_POSTCOPY_TRACE=1 logs each fault and placement to postcopy-qemu.log (for measuring request latency).
   if (process.env.CLOUDLET_POSTCOPY_TRACE) args.push("-trace", "postcopy_ram_fault_thread_request", "-trace", "postcopy_place_page*", "-msg", "timestamp=on");
-  return { dest: await startPostcopyDestination({ args, runDir }), port };
+  return { dest: await startPostcopyDestination({ args: [...args, ...extraArgs], runDir }), port, runDir };
 }
 
 /** Pages from the saved memory file, counting each call. */
@@ -278,6 +278,33 @@ test("with the recorded working set sent before the device state, the guest faul
       `with ${workingSet.length} working-set pages sent first: guest running ${Math.round(resumedMs)} ms, first HTTP answer ${Math.round(firstMs)} ms ` +
         `(${requestedBefore} pages requested by then), fully local ${Math.round(completeMs)} ms, ${s.requestedPages} pages requested in all`,
     );
+  } finally {
+    await dest.kill();
+    await mem.close();
+  }
+});
+
+test("with the guest held paused, every page lands byte for byte, skipped zero pages read as zero", async () => {
+  const base = await savedVm();
+  // -S: RUN leaves the guest paused, so nothing writes its memory while postcopy fills it.
+  const { dest, runDir } = await destination(base, "exact", ["-S"]);
+  const mem = filePages(base.spec.memory.path);
+  try {
+    const r = resumePostcopy({ destination: dest, state: base.state, ramBytes: RAM_MIB << 20, pages: mem.pages });
+    await r.complete;
+    assert.ok(r.stats.zeroPagesSkipped > 0);
+    assert.equal((await dest.qmp.execute<{ status: string }>("query-status")).status, "paused");
+    const dump = join(runDir, "dump.raw");
+    await dest.qmp.execute("pmemsave", { val: 0, size: RAM_MIB << 20, filename: dump });
+    const [got, want] = await Promise.all([fsp.readFile(dump), fsp.readFile(base.spec.memory.path)]);
+    assert.equal(got.length, want.length);
+    // Guest-physical 0xa0000-0xfffff shows VGA and BIOS, not RAM: leave it out.
+    const differ: number[] = [];
+    for (let p = 0; p < want.length / PAGE_SIZE; p++) {
+      if (p >= 0xa0 && p < 0x100) continue;
+      if (Buffer.compare(got.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), want.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)) !== 0) differ.push(p);
+    }
+    assert.deepEqual(differ.slice(0, 10), [], `${differ.length} pages differ from the saved memory`);
   } finally {
     await dest.kill();
     await mem.close();

@@ -11,6 +11,8 @@ import { fileURLToPath } from "node:url";
 import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
 import { get } from "node:http";
+import { connect, createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { Buffer } from "node:buffer";
 import { buildGuestImage, type GuestImage } from "../ts/host/vm/guest_image.ts";
 import { QemuHost, qemuArgs } from "../ts/host/vm/qemu_host.ts";
@@ -33,7 +35,7 @@ import {
   writePackaged,
   type SavedDeviceState,
 } from "../ts/vm/migration_stream.ts";
-import { resumePostcopy, startPostcopyDestination, type PostcopyDestination } from "../ts/vm/postcopy_source.ts";
+import { resumePostcopy, runPostcopySource, startPostcopyDestination, type PostcopyDestination } from "../ts/vm/postcopy_source.ts";
 
 const TEST_HOME = process.env.CLOUDLET_TEST_HOME ?? fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const RUNS = join(TEST_HOME, "runs", `postcopy-${process.pid}-${randomBytes(3).toString("hex")}`);
@@ -191,6 +193,42 @@ test("the stream's fixed items are QEMU 7.2's bytes", () => {
 
 test("a destination without memfd RAM is refused before QEMU starts", async () => {
   await assert.rejects(startPostcopyDestination({ args: ["-object", "memory-backend-file,id=mem,size=256M,mem-path=/tmp/x,share=on"], runDir: "/nonexistent" }), /memory-backend-memfd/);
+});
+
+test("a request for a RAM block the saved VM lacks stops the source with a clear error", { timeout: 20_000 }, async () => {
+  // A real unix socket; the far end speaks only the return path, as a destination with other devices would.
+  const dir = await fsp.mkdtemp(join(tmpdir(), "cl-postcopy-"));
+  const path = join(dir, "m.sock");
+  const server = createServer((c) => {
+    c.on("data", () => {});
+    c.on("error", () => {});
+    c.write(new StreamWriter().be16(RP_MSG.REQ_PAGES_ID).be16(20).be64(0).be32(4096).shortString("vga.vram").take());
+  });
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  const socket = connect(path);
+  await new Promise((resolve) => socket.once("connect", resolve));
+  const main = { id: "mem", length: 4 * PAGE_SIZE };
+  const state: SavedDeviceState = {
+    machine: "pc-i440fx-7.2",
+    capabilities: [],
+    ramSectionId: 2,
+    blocks: [main],
+    mainBlock: main,
+    blockPages: new Map([["mem", new Map()]]),
+    devices: new Uint8Array(0),
+  };
+  try {
+    const src = runPostcopySource({ socket, state, ramBytes: main.length, pages: async () => new Uint8Array(PAGE_SIZE).fill(1) });
+    await assert.rejects(src.done, (e: unknown) => {
+      assert.ok(e instanceof CloudletError && e.code === "BAD_INPUT", String(e));
+      assert.match(e.message, /RAM block "vga\.vram", which the saved VM does not have/);
+      return true;
+    });
+  } finally {
+    socket.destroy();
+    server.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
 });
 
 test("return-path messages split across reads", () => {

@@ -325,7 +325,15 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
         lastRequestAt = performance.now();
         const block = m.block ?? lastRequestBlock;
         lastRequestBlock = block;
-        if (block !== main.id) continue; // the other blocks were all sent before the guest ran
+        if (block !== main.id) {
+          // Every page of the other saved blocks went before the device state; a
+          // block the state lacks means the destination has other devices, and
+          // the page would never come.
+          if (!block || !state.blockPages.has(block)) {
+            fail(new CloudletError("BAD_INPUT", `the destination asked for a page of RAM block "${block}", which the saved VM does not have: start it with the saved VM's devices`));
+          }
+          continue;
+        }
         const first = Math.floor(m.offset / PAGE_SIZE);
         const end = Math.min(totalPages, Math.ceil((m.offset + m.length) / PAGE_SIZE));
         for (let p = first; p < end; p++) {

@@ -14,11 +14,11 @@ import { get } from "node:http";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { Buffer } from "node:buffer";
-import { buildGuestImage, type GuestImage } from "../ts/host/vm/guest_image.ts";
-import { QemuHost, qemuArgs } from "../ts/host/vm/qemu_host.ts";
-import { createQcow2Layer } from "../ts/host/vm/qcow2_layer.ts";
-import { pickFreePorts } from "../ts/host/vm/host_ports.ts";
-import type { VmSpec } from "../ts/host/vm/vm_host.ts";
+import { buildGuestImage, type GuestImage } from "../ts/vm/guest_image.ts";
+import { QemuHost, qemuArgs } from "../ts/vm/qemu_host.ts";
+import { createQcow2Layer } from "../ts/vm/qcow2_layer.ts";
+import { pickFreePorts } from "../ts/vm/host_ports.ts";
+import type { VmSpec } from "../ts/vm/vm_host.ts";
 import { CloudletError } from "../ts/errors.ts";
 import {
   MIG_CMD,

@@ -153,6 +153,7 @@ cli
   .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
   .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
   .option("--timeout <s>", "VM mode: time limit for the script, seconds")
+  .option("--no-free-memory", "VM mode: snapshot at once, without waiting for the guest to report its free memory (free pages then travel in the overlay)")
   .option("--host <host>", "VM mode: qemu (default) or virsh")
   .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
   .option("--base-disk <file>", "Base disk image (raw)")
@@ -189,10 +190,11 @@ cli
         preset: num(o.preset, "--preset", 0, 9),
         diskStride: diskStride(o.diskStride),
         threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
+        freeMemory: o.freeMemory !== false,
       });
       p.done();
       const report = inspectMeta(r.meta, r.path, r.bytes);
-      out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch },
+      out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory },
         `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rewrites ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
       return;
     }
@@ -362,6 +364,8 @@ cli
   .option("--machine <type>", "QEMU machine type", { default: "pc-i440fx-7.2" })
   .option("--cpu <model>", "QEMU CPU model", { default: "qemu64" })
   .option("--disk-stride <bytes>", "Index base-disk blocks every 4096 (default) or every 512 bytes (see cloudlet overlay --help)", { default: 4096 })
+  .option("--no-balloon", "Give the VM no free-page-reporting balloon (part of the base id; free guest pages then travel in snapshots)")
+  .option("--no-free-memory", "Snapshot at once, without waiting for the guest to report its free memory")
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
   .action(async (disk: string | undefined, o: Common & Record<string, unknown>) => {
@@ -370,9 +374,9 @@ cli
     const ctx = vmContext(o, p, core);
     const ready = await interaction(o, "readyScript", "readyMarker");
     if (disk && !ready.readyMarker && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-script FILE, --console or --vnc");
-    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride) });
+    const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride), balloon: o.balloon !== false, freeMemory: o.freeMemory !== false });
     p.done();
-    out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
+    out(o, { ...r.base, seconds: r.seconds, existed: r.existed, freeMemory: r.freeMemory }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
   });
 
 cli

@@ -15,7 +15,7 @@ import { writeOverlay } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "./base_cache.ts";
 import { dictCapFor, WorkerCodec } from "./codec_pool.ts";
 import type { DiskStride } from "../overlay/base_scan.ts";
-import { openCustomDisk } from "./disk_image.ts";
+import { openCustomDisk, rawExtents } from "./disk_image.ts";
 import { FileSource, outputError, RawImageSink } from "./files.ts";
 import { indexCacheDir } from "./home.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
@@ -109,15 +109,18 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core, o.progress) : new SplitOverlayOutput(where.stem);
   const codec = new WorkerCodec(o.threads, o.preset ?? DEFAULT_PRESET, dictCapFor(o.segmentBytes ?? 1 << 20));
   try {
+    // The memory file's holes (pages never written, or reported free by the guest and punched out) read as zero without a read.
+    const memExtents = await rawExtents(o.mem);
     const launch: LaunchConfig = {
       portForwards: o.launch?.portForwards ?? [],
       memoryMiB: o.launch?.memoryMiB ?? machine.ramMiB,
       vcpus: o.launch?.vcpus ?? 1,
+      ...(memExtents ? { memoryFreeBytes: memExtents.filter((e) => e.zero).reduce((t, e) => t + e.length, 0) } : {}),
     };
     const r = await writeOverlay({
       core,
       base,
-      custom: { disk: { source: disk.source, changed: disk.changed }, memory: { source: mem }, state: state ? { source: state } : null },
+      custom: { disk: { source: disk.source, changed: disk.changed }, memory: { source: mem, changed: memExtents ?? undefined }, state: state ? { source: state } : null },
       launch,
       codec,
       output,
@@ -213,9 +216,9 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
   const meta = overlay.meta;
   const machine = o.machine ?? meta.base.machine;
   const m0 = meta.base.machine;
-  if (machine.machine !== m0.machine || machine.cpu !== m0.cpu || machine.ramMiB !== m0.ramMiB) {
+  if (machine.machine !== m0.machine || machine.cpu !== m0.cpu || machine.ramMiB !== m0.ramMiB || !!machine.freePageReporting !== !!m0.freePageReporting) {
     // The base id covers the machine config, so this is a wrong base; say which part differs.
-    throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB (file mode: --machine and --cpu name the base's machine)`, o.overlay);
+    throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB${m0.freePageReporting ? " with a reporting balloon" : ""}, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB${machine.freePageReporting ? " with a reporting balloon" : ""} (file mode: --machine and --cpu name the base's machine)`, o.overlay);
   }
   const baseDir = o.baseDir ?? cacheDirFor(core, indexCacheDir(o.home), await fileIdentity(o.baseDisk), await fileIdentity(o.baseMem), machine);
   const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });

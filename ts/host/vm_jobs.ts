@@ -32,7 +32,7 @@ import { buildGuestImage, type GuestImage } from "./vm/guest_image.ts";
 import { createQcow2Layer } from "./vm/qcow2_layer.ts";
 import { QemuHost } from "./vm/qemu_host.ts";
 import { VirshHost } from "./vm/virsh_host.ts";
-import type { RunningVm, VmHost, VmSpec } from "./vm/vm_host.ts";
+import type { FreeMemoryReport, RunningVm, VmHost, VmSpec } from "./vm/vm_host.ts";
 import { readVmRecord, recordAlive, stopVm } from "./vm/vm_records.ts";
 
 /** Where things live in the home. */
@@ -166,10 +166,14 @@ export interface CreateBaseOptions {
   cpu?: string;
   /** Base-disk offsets the base index covers (see DiskStride). */
   diskStride?: DiskStride;
+  /** Give the VM a free-page-reporting balloon (default true; part of the base id). */
+  balloon?: boolean;
+  /** Wait for free page reporting before the snapshot (default true; `--no-free-memory`). */
+  freeMemory?: boolean;
 }
 
 /** Boots a disk, waits until ready, snapshots and registers it as a base. */
-export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promise<{ base: BaseRow; seconds: number; existed: boolean }> {
+export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promise<{ base: BaseRow; seconds: number; existed: boolean; freeMemory: FreeMemoryReport | null }> {
   const t0 = performance.now();
   const dirs = homeDirs(ctx.home);
   if (o.name !== undefined) {
@@ -178,7 +182,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     const holder = (await new Registry(ctx.home).listBases()).find((b) => b.name === o.name);
     if (holder) throw new CloudletError("BAD_ARGUMENT", `a base named "${o.name}" already exists (${holder.id.slice(0, 12)}): choose another --name, or del-base it first`);
   }
-  const machine0: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256 };
+  const machine0: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256, ...(o.balloon === false ? {} : { freePageReporting: true }) };
   if (!validMachine(machine0)) throw new CloudletError("BAD_ARGUMENT", `--machine and --cpu take a QEMU name (letters, digits, ".", "_", "-"), not ${JSON.stringify(machine0.machine)} / ${JSON.stringify(machine0.cpu)}`);
   let boot: BootFiles | null = null;
   let diskSrc: string;
@@ -224,8 +228,9 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     vm = await makeHost(ctx.hostChoice).start(spec, ctx.signal);
     await interact(ctx, vm, ready, "the guest is ready to become the base");
     say(ctx, "snapshotting memory, device state and disk");
-    await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal);
+    const snap = await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal, { settleFreeMemory: o.freeMemory !== false });
     vm = null;
+    sayFreeMemory(ctx, machine, snap.freeMemory, o.freeMemory === false);
     await fsp.rm(join(tmp, "run"), { recursive: true, force: true });
     const opened = await openBase(ctx.core, { disk: join(tmp, BASE_FILES.disk), memory: join(tmp, BASE_FILES.memory), machine, dir: tmp, needIndex: false, diskStride: o.diskStride, progress: ctx.progress, signal: ctx.signal });
     const id = opened.id;
@@ -253,7 +258,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
       source,
     };
     base.name = await reg.addBase(base, o.name === undefined ? "suffix" : "fail");
-    return { base, seconds: (performance.now() - t0) / 1000, existed };
+    return { base, seconds: (performance.now() - t0) / 1000, existed, freeMemory: snap.freeMemory };
   } catch (e) {
     await vm?.stop().catch(() => {});
     await fsp.rm(tmp, { recursive: true, force: true });
@@ -287,10 +292,12 @@ export interface OverlayFromVmOptions {
   /** Base-disk offsets to match against (see DiskStride). */
   diskStride?: DiskStride;
   threads?: number;
+  /** Wait for free page reporting before the snapshot (default true; `--no-free-memory`). */
+  freeMemory?: boolean;
 }
 
 /** Resumes a base, lets the user customise it, and writes the overlay. */
-export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number }> {
+export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number; freeMemory: FreeMemoryReport | null; snapshotMs: number }> {
   const base = await new Registry(ctx.home).getBase(o.base);
   checkHostMatches(base, ctx.hostChoice);
   const files = baseFiles(base);
@@ -323,8 +330,9 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     await interact(ctx, vm, o.customize, "you are done customising");
     const customizeSeconds = (performance.now() - t0) / 1000;
     say(ctx, "snapshotting the customised VM");
-    await vm.snapshot(join(run, "state.bin"), ctx.signal);
+    const snap = await vm.snapshot(join(run, "state.bin"), ctx.signal, { settleFreeMemory: o.freeMemory !== false });
     vm = null;
+    sayFreeMemory(ctx, base.machine, snap.freeMemory, o.freeMemory === false);
     const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus };
     const made = await createOverlayFiles(ctx.core, {
       baseDisk: files.disk,
@@ -345,11 +353,22 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
       progress: ctx.progress,
       signal: ctx.signal,
     });
-    return { ...made, customizeSeconds };
+    return { ...made, customizeSeconds, freeMemory: snap.freeMemory, snapshotMs: snap.ms.total };
   } finally {
     await vm?.stop().catch(() => {});
     await fsp.rm(run, { recursive: true, force: true });
   }
+}
+
+/** One line on what free page reporting did before a snapshot (or why it did nothing). */
+function sayFreeMemory(ctx: VmJobContext, machine: MachineConfig, r: FreeMemoryReport | null, off: boolean): void {
+  const mib = (b: number) => `${(b / (1 << 20)).toFixed(1)} MiB`;
+  if (!machine.freePageReporting) return say(ctx, "free memory: this machine has no reporting balloon (a base made without one), so free guest pages are kept as they are");
+  if (off || !r) return say(ctx, "free memory: not waited for (--no-free-memory)");
+  if (r.driver === "absent") {
+    return say(ctx, "free memory: the guest has no free page reporting driver (virtio_balloon with CONFIG_PAGE_REPORTING), so its free pages are kept as they are; load virtio_balloon in the guest to leave them out");
+  }
+  say(ctx, `free memory: ${mib(r.discardedBytes)} discarded while waiting ${(r.waitMs / 1000).toFixed(1)} s${r.settled ? "" : " (stopped at the time limit, still shrinking)"}; ${mib(r.freeBytes)} of ${mib(machine.ramMiB << 20)} free at the snapshot`);
 }
 
 function checkHostMatches(base: BaseRow, c: HostChoice): void {

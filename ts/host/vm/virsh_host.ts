@@ -22,6 +22,7 @@ import { dirname, join, resolve } from "node:path";
 import { CloudletError } from "../../errors.ts";
 import { lastLines, lookupId, requireExecutable, requireKvmAccess, runCommand } from "./command.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
+import { BALLOON_PCI_SLOT } from "./qemu_host.ts";
 import { connectArgs, processAlive, type VmRecord } from "./vm_records.ts";
 import { sleep, validateSpec, VmSession, type StateChannel } from "./vm_session.ts";
 
@@ -141,7 +142,7 @@ ${os}
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+${spec.machine.freePageReporting ? `    <memballoon model='virtio' freePageReporting='on'><address type='pci' domain='0x0000' bus='0x00' slot='${BALLOON_PCI_SLOT}' function='0x0'/></memballoon>` : "    <memballoon model='none'/>"}
 ${spec.vnc && l.vncPort !== null ? `    <graphics type='vnc' port='${l.vncPort}' autoport='no' listen='${x(host)}'/>\n    <video><model type='vga'/></video>\n` : ""}  </devices>
   <qemu:commandline>
 ${args.map((a) => `    <qemu:arg value='${x(a)}'/>`).join("\n")}

@@ -5,7 +5,7 @@
  */
 export { buildGuestImage, loadGuestImage, GUEST_APPEND, GUEST_READY_MARKER } from "./guest_image.ts";
 export type { GuestBuildOptions, GuestBuildPhase, GuestBuildProgress, GuestImage } from "./guest_image.ts";
-export type { KernelBoot, MachineConfig, PortForward, RunningVm, SnapshotResult, VmExit, VmHost, VmSpec } from "./vm_host.ts";
+export type { FreeMemoryReport, KernelBoot, MachineConfig, PortForward, RunningVm, SnapshotOptions, SnapshotResult, VmExit, VmHost, VmSpec } from "./vm_host.ts";
 export { QemuHost, qemuArgs, probeKvm } from "./qemu_host.ts";
 export type { QemuHostOptions } from "./qemu_host.ts";
 export { VirshHost, domainXml, checkLibvirtd } from "./virsh_host.ts";

@@ -8,7 +8,8 @@
 //   the ticker goes on, and the kernel logs no complaint;
 // - a guest whose driver let go of the balloon gets the named notice;
 // - a base without the balloon (as every base made before it) still makes
-//   overlays that synthesize, and launches without the device.
+//   overlays that synthesize, and launches without the device;
+// - the same under libvirt (--host virsh): memballoon freePageReporting='on'.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp, readFileSync } from "node:fs";
@@ -21,6 +22,7 @@ import { inspectMeta, renderReport } from "../ts/inspect/report.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import { createBase, overlayFromVm, stopSynthesized, synthesizeVm, type VmJobContext } from "../ts/host/vm_jobs.ts";
 import { SerialConsole } from "../ts/host/vm/serial_console.ts";
+import { runTool } from "./_tools.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const WEBAPP = readFileSync(fileURLToPath(new URL("../examples/webapp.sh", import.meta.url)), "utf8");
@@ -174,6 +176,33 @@ test("a base without the balloon (as made before it) still makes overlays that s
   running.push(r.vmId);
   assert.match(await untilAnswer(`http://127.0.0.1:${r.ports[0].hostPort}/`), /Hello from a synthesized cloudlet VM/);
   assert.doesNotMatch(readFileSync(join(r.dir, "vm", "qemu.cmdline"), "utf8"), /balloon/, "launched with the old device set");
+  await stopSynthesized(home, r.vmId);
+  running.splice(running.indexOf(r.vmId), 1);
+});
+
+async function ensureLibvirtd(): Promise<void> {
+  const up = () => runTool("virsh", ["-c", "qemu:///system", "version"]).then(() => true, () => false);
+  if (await up()) return;
+  await runTool("sh", ["-c", "virtlogd -d 2>/dev/null; libvirtd -d"]);
+  for (let i = 0; i < 50 && !(await up()); i++) await new Promise((r) => setTimeout(r, 200));
+}
+
+test("virsh: the memballoon reports, the 200 MiB stay out, and the synthesized VM serves its page", async () => {
+  await ensureLibvirtd();
+  const vctx: VmJobContext = { ...ctx, hostChoice: { host: "virsh", connect: "qemu:///system" } };
+  const b = await createBase(vctx, { name: "fm-virsh", ready: {}, ramMiB: 512 });
+  assert.equal(b.freeMemory?.driver, "reporting");
+  const out = join(home, "virsh-on.overlay");
+  const from = said.length;
+  const o = await overlayFromVm(vctx, { base: "fm-virsh", customize: { script: ALLOC_200, timeoutMs: 600_000 }, forwards, out });
+  assert.equal(o.freeMemory?.driver, "reporting", saidSince(from));
+  assert.ok(o.freeMemory!.discardedBytes >= 150 * MiB, saidSince(from));
+  console.log(`virsh, free memory on: overlay ${(o.bytes / MiB).toFixed(1)} MiB, memory part ${(memoryPart(o.meta) / MiB).toFixed(1)} MiB, snapshot ${(o.snapshotMs / 1000).toFixed(1)} s`);
+  assert.ok(memoryPart(o.meta) <= 10 * MiB, `memory part ${memoryPart(o.meta)}`);
+  const r = await synthesizeVm(vctx, { base: "fm-virsh", overlay: out, autoPorts: true });
+  assert.ok("vmId" in r);
+  running.push(r.vmId);
+  assert.match(await untilAnswer(`http://127.0.0.1:${r.ports[0].hostPort}/`), /Hello from a synthesized cloudlet VM/);
   await stopSynthesized(home, r.vmId);
   running.splice(running.indexOf(r.vmId), 1);
 });

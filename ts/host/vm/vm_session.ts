@@ -44,7 +44,8 @@ const MIGRATION_TIMEOUT_MS = 120_000;
  * The wait for free page reporting before a snapshot. The guest reports at
  * most every 2 s (the kernel's PAGE_REPORTING_DELAY) and a fraction of each
  * free list per pass, so "settled" is: the RAM file's allocated blocks have
- * not shrunk for SETTLE_QUIET_MS, over two reporting passes; SETTLE_MAX_MS bounds it.
+ * not shrunk for `quietMs` (over two reporting passes), polled every `pollMs`;
+ * `maxMs` bounds the whole wait.
  */
 export const FREE_MEMORY_SETTLE = { pollMs: 250, quietMs: 5000, maxMs: 90_000 };
 

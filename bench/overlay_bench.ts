@@ -4,6 +4,8 @@
  *   node --import tsx bench/overlay_bench.ts [--reps 3] [--pairs vm,mkfs] [--no-build]
  *                                            [--no-peers] [--no-big] [--json]
  *   node --import tsx bench/overlay_bench.ts --from-json .build/bench/overlay-results.json
+ *   node --import tsx bench/overlay_bench.ts --free-memory [--hosts qemu,virsh] [--reps 1]
+ *       (200 MiB written and freed before the snapshot, free memory on/off; bench/free_memory_bench.ts)
  *
  * Takes about 25 minutes on a 2-core machine (the zstd -19 and xz -9 peers are most of it);
  * --no-peers --no-big --reps 1 takes about 2. Results: bench/OVERLAY_RESULTS.md.
@@ -589,6 +591,8 @@ async function main(): Promise<void> {
       "no-big": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       "from-json": { type: "string" },
+      "free-memory": { type: "boolean", default: false },
+      hosts: { type: "string", default: "qemu" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -598,6 +602,16 @@ async function main(): Promise<void> {
     return;
   }
   if (v["prepare-base"]) return prepareBase(v.home!, v["base-disk"]!, v["base-mem"]!);
+  if (v["free-memory"]) {
+    const { measureFreeMemory, freeMemoryTable } = await import("./free_memory_bench.ts");
+    const home = join(DATA, "runs", `free-memory-${new Date().toISOString().replace(/[:.]/g, "-")}`);
+    const hosts = v.hosts!.split(",").map((h) => h.trim()) as Array<"qemu" | "virsh">;
+    const rows = await measureFreeMemory({ repo: REPO, home, hosts, reps: Number(v.reps), guestDir: join(REPO, ".build/test-home/guest"), log });
+    writeFileSync(join(DATA, "free-memory-results.json"), JSON.stringify(rows, null, 2));
+    process.stdout.write(v.json ? JSON.stringify(rows, null, 2) + "\n" : freeMemoryTable(rows) + "\n");
+    rmSync(home, { recursive: true, force: true });
+    return;
+  }
   if (v["from-json"]) {
     process.stdout.write(report(JSON.parse(readFileSync(v["from-json"], "utf8")) as Results) + "\n");
     return;

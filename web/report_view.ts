@@ -262,7 +262,15 @@ export function renderLaunch(el: HTMLElement, r: InspectReport): void {
   fill(
     el,
     h("h2", {}, "Launch"),
-    h("table", { class: "kv" }, row("memory", field("launch.memoryMiB", l.memoryMiB, `${int(l.memoryMiB)} MiB`)), row("vCPUs", field("launch.vcpus", l.vcpus))),
+    h(
+      "table",
+      { class: "kv" },
+      row("memory", field("launch.memoryMiB", l.memoryMiB, `${int(l.memoryMiB)} MiB`)),
+      row("vCPUs", field("launch.vcpus", l.vcpus)),
+      ...(r.memoryFree
+        ? [row("free at snapshot", bytesField("launch.memoryFreeBytes", r.memoryFree.bytes), r.memoryFree.reportingBalloon ? " (reported by the guest; not stored)" : " (never written; not stored)")]
+        : []),
+    ),
     l.portForwards.length
       ? h(
           "table",

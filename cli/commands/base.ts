@@ -23,6 +23,8 @@ export function register(cli: CAC): void {
     .option("--machine <type>", "QEMU machine type", { default: "pc-i440fx-7.2" })
     .option("--cpu <model>", "QEMU CPU model", { default: "qemu64" })
     .option("--disk-stride <bytes>", "Index base-disk blocks every 4096 (default) or every 512 bytes (see cloudlet overlay --help)", { default: 4096 })
+    .option("--no-balloon", "Give the VM no free-page-reporting balloon (part of the base id; free guest pages then travel in snapshots)")
+    .option("--no-free-memory", "Snapshot at once, without waiting for the guest to report its free memory")
     .option("--host <host>", "qemu (default) or virsh")
     .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
     .option("--accel <accel>", ACCEL_HELP)
@@ -32,8 +34,8 @@ export function register(cli: CAC): void {
       const ctx = vmContext(o, p, core);
       const ready = await interaction(o, "readyScript", "readyMarker");
       if (disk && !ready.readyMarker && !ready.readyRegex && ready.script === undefined && !ready.console && !ready.vnc) throw new CloudletError("BAD_ARGUMENT", "say how to tell the guest is ready: --ready-marker TEXT, --ready-regex RE, --ready-script FILE, --console or --vnc");
-      const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride) });
+      const r = await createBase(ctx, { disk, name: o.name as string | undefined, ready, ramMiB: num(o.ram, "--ram", 16, 1 << 20), vcpus: num(o.vcpus, "--vcpus", 1, 256), machine: o.machine as string, cpu: o.cpu as string, diskStride: diskStride(o.diskStride), balloon: o.balloon !== false, freeMemory: o.freeMemory !== false });
       p.done();
-      out(o, { ...r.base, seconds: r.seconds, existed: r.existed }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
+      out(o, { ...r.base, seconds: r.seconds, existed: r.existed, freeMemory: r.freeMemory }, `base ${r.base.name} ${r.base.id}${r.existed ? " (already registered)" : ""}: disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${r.seconds.toFixed(1)} s`);
     });
 }

@@ -19,6 +19,7 @@ export function register(cli: CAC): void {
     .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
     .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
     .option("--timeout <s>", "VM mode: time limit for the script, including the wait for the guest's shell, seconds")
+    .option("--no-free-memory", "VM mode: snapshot at once, without waiting for the guest to report its free memory (free pages then travel in the overlay)")
     .option("--login <user[:file]>", "VM mode: log in as USER (password: first line of FILE) when the serial console asks for a login")
     .option("--host <host>", "VM mode: qemu (default) or virsh")
     .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
@@ -57,10 +58,11 @@ export function register(cli: CAC): void {
           preset: num(o.preset, "--preset", 0, 9),
           diskStride: diskStride(o.diskStride),
           threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
+          freeMemory: o.freeMemory !== false,
         });
         p.done();
         const report = inspectMeta(r.meta, r.path, r.bytes);
-        out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch },
+        out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory },
           `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rewrites ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
         return;
       }

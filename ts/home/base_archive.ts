@@ -75,7 +75,7 @@ function checkManifestBase(b: unknown, file: string): Omit<BaseRow, "dir"> {
     created: r.created as string,
     diskSize: size(r.diskSize, "disk size"),
     memorySize: size(r.memorySize, "memory size"),
-    machine: { machine: machine!.machine, cpu: machine!.cpu, ramMiB: machine!.ramMiB },
+    machine: { machine: machine!.machine, cpu: machine!.cpu, ramMiB: machine!.ramMiB, ...(machine!.freePageReporting === true ? { freePageReporting: true } : {}) },
     vcpus: r.vcpus as number,
     boot: r.boot as BaseRow["boot"],
     host: r.host as BaseRow["host"],

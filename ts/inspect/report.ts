@@ -62,6 +62,11 @@ export interface InspectReport {
   segments: SegmentRow[];
   /** Launch config. */
   launch: OverlayMeta["launch"];
+  /**
+   * Memory that was free at the snapshot (holes in the memory image: never
+   * written, or reported free by the guest), when the overlay records it.
+   */
+  memoryFree?: { bytes: number; of: number; reportingBalloon: boolean };
 }
 
 /** Builds the report from a meta. */
@@ -99,6 +104,9 @@ export function inspectMeta(meta: OverlayMeta, file: string, overlayBytes: numbe
       dataChunks: s.dataChunks,
     })),
     launch: meta.launch,
+    ...(meta.launch.memoryFreeBytes !== undefined
+      ? { memoryFree: { bytes: meta.launch.memoryFreeBytes, of: meta.imageSizes[1], reportingBalloon: meta.base.machine.freePageReporting === true } }
+      : {}),
   };
 }
 
@@ -128,6 +136,10 @@ export function renderReport(r: InspectReport): string {
   lines.push(`sizes        overlay ${formatBytes(r.sizes.overlay)}, segments ${formatBytes(r.sizes.compressed)} compressed / ${formatBytes(r.sizes.raw)} raw, rewrites ${formatBytes(r.sizes.rebuilt)} (${r.sizes.ratio.toFixed(1)}x)`);
   const fwd = r.launch.portForwards.map((p) => `${p.proto}:${p.hostPort || "auto"}->${p.guestPort}`).join(", ") || "none";
   lines.push(`launch       ${r.launch.memoryMiB} MiB, ${r.launch.vcpus} vCPU, ports ${fwd}`);
+  if (r.memoryFree) {
+    const f = r.memoryFree;
+    lines.push(`free memory  ${formatBytes(f.bytes)} of ${formatBytes(f.of)} free at the snapshot (${f.of ? ((100 * f.bytes) / f.of).toFixed(0) : 0}%; not stored), ${f.reportingBalloon ? "reported by the guest's balloon" : "no reporting balloon"}`);
+  }
   lines.push("");
   const kinds = Object.keys(r.classes);
   lines.push(pad("class", 13) + kinds.map((k) => rpad(k, 22)).join("") + rpad("total", 22));

@@ -10,8 +10,8 @@ import type { DiskStride } from "../overlay/base_scan.ts";
 import { runTool } from "../node/process.ts";
 import { baseNameFrom, BASE_NAME_RE, type BaseRow, type BootFiles, Registry } from "../home/registry.ts";
 import { buildGuestImage, type GuestImage } from "../vm/guest_image.ts";
-import type { RunningVm, VmSpec } from "../vm/vm_host.ts";
-import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, interact } from "./context.ts";
+import type { FreeMemoryReport, RunningVm, VmSpec } from "../vm/vm_host.ts";
+import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, sayFreeMemory, interact } from "./context.ts";
 import { homePaths } from "../home/paths.ts";
 import { sharedTempDir } from "../node/files.ts";
 import { makeHost } from "../vm/host_choice.ts";
@@ -47,10 +47,14 @@ export interface CreateBaseOptions {
   cpu?: string;
   /** Base-disk offsets the base index covers (see DiskStride). */
   diskStride?: DiskStride;
+  /** Give the VM a free-page-reporting balloon (default true; part of the base id). */
+  balloon?: boolean;
+  /** Wait for free page reporting before the snapshot (default true; `--no-free-memory`). */
+  freeMemory?: boolean;
 }
 
 /** Boots a disk, waits until ready, snapshots and registers it as a base. */
-export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promise<{ base: BaseRow; seconds: number; existed: boolean }> {
+export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promise<{ base: BaseRow; seconds: number; existed: boolean; freeMemory: FreeMemoryReport | null }> {
   const t0 = performance.now();
   const dirs = homePaths(ctx.home);
   if (o.name !== undefined) {
@@ -59,7 +63,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     const holder = (await new Registry(ctx.home).listBases()).find((b) => b.name === o.name);
     if (holder) throw new CloudletError("BAD_ARGUMENT", `a base named "${o.name}" already exists (${holder.id.slice(0, 12)}): choose another --name, or del-base it first`);
   }
-  const machine0: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256 };
+  const machine0: MachineConfig = { machine: o.machine ?? "pc-i440fx-7.2", cpu: o.cpu ?? "qemu64", ramMiB: o.ramMiB ?? 256, ...(o.balloon === false ? {} : { freePageReporting: true }) };
   if (!validMachine(machine0)) throw new CloudletError("BAD_ARGUMENT", `--machine and --cpu take a QEMU name (letters, digits, ".", "_", "-"), not ${JSON.stringify(machine0.machine)} / ${JSON.stringify(machine0.cpu)}`);
   let boot: BootFiles | null = null;
   let diskSrc: string;
@@ -106,8 +110,9 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     vm = await host.start(spec, ctx.signal);
     await interact(ctx, vm, ready, "the guest is ready to become the base");
     say(ctx, "snapshotting memory, device state and disk");
-    await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal);
+    const snap = await vm.snapshot(join(tmp, BASE_FILES.state), ctx.signal, { settleFreeMemory: o.freeMemory !== false });
     vm = null;
+    sayFreeMemory(ctx, machine, snap.freeMemory, o.freeMemory === false);
     await fsp.rm(join(tmp, "run"), { recursive: true, force: true });
     const opened = await openBase(ctx.core, { disk: join(tmp, BASE_FILES.disk), memory: join(tmp, BASE_FILES.memory), machine, dir: tmp, needIndex: false, diskStride: o.diskStride, progress: ctx.progress, signal: ctx.signal });
     const id = opened.id;
@@ -135,7 +140,7 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
       source,
     };
     base.name = await reg.addBase(base, o.name === undefined ? "suffix" : "fail");
-    return { base, seconds: (performance.now() - t0) / 1000, existed };
+    return { base, seconds: (performance.now() - t0) / 1000, existed, freeMemory: snap.freeMemory };
   } catch (e) {
     await vm?.stop().catch(() => {});
     const err = await withKeptLog(e, ctx.home, join(tmp, "run"), "base");

@@ -1,5 +1,7 @@
 /** What every VM job is given (core, home, host choice, progress, Ctrl-C), and how it talks to the user. */
 import { homePaths } from "../home/paths.ts";
+import type { MachineConfig } from "../overlay/format.ts";
+import type { FreeMemoryReport } from "../vm/vm_host.ts";
 import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
@@ -140,4 +142,15 @@ function waitForEnter(ctx: VmJobContext): Promise<void> {
     ctx.signal?.addEventListener("abort", onAbort, { once: true });
     (input as NodeJS.ReadStream).resume?.();
   });
+}
+
+/** One line on what free page reporting did before a snapshot (or why it did nothing). */
+export function sayFreeMemory(ctx: VmJobContext, machine: MachineConfig, r: FreeMemoryReport | null, off: boolean): void {
+  const mib = (b: number) => `${(b / (1 << 20)).toFixed(1)} MiB`;
+  if (!machine.freePageReporting) return say(ctx, "free memory: this machine has no reporting balloon (a base made without one), so free guest pages are kept as they are");
+  if (off || !r) return say(ctx, "free memory: not waited for (--no-free-memory)");
+  if (r.driver === "absent") {
+    return say(ctx, "free memory: the guest has no free page reporting driver (virtio_balloon with CONFIG_PAGE_REPORTING), so its free pages are kept as they are; load virtio_balloon in the guest to leave them out");
+  }
+  say(ctx, `free memory: ${mib(r.discardedBytes)} discarded while waiting ${(r.waitMs / 1000).toFixed(1)} s${r.settled ? "" : " (stopped at the time limit, still shrinking)"}; ${mib(r.freeBytes)} of ${mib(machine.ramMiB << 20)} free at the snapshot`);
 }

@@ -10,7 +10,7 @@ import { writeOverlay } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../home/base_cache.ts";
 import { dictCapFor, WorkerCodec } from "../node/codec_pool.ts";
 import type { DiskStride } from "../overlay/base_scan.ts";
-import { openCustomDisk } from "../node/disk_image.ts";
+import { openCustomDisk, rawExtents } from "../node/disk_image.ts";
 import { FileSource, outputError } from "../node/files.ts";
 import { indexCacheDir } from "../home/paths.ts";
 import { outputLayout, PackedOverlayOutput, SplitOverlayOutput } from "../node/overlay_files.ts";
@@ -97,15 +97,18 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
   const output = where.layout === "packed" ? new PackedOverlayOutput(where.path, core, o.progress) : new SplitOverlayOutput(where.stem);
   const codec = new WorkerCodec(o.threads, o.preset ?? DEFAULT_PRESET, dictCapFor(o.segmentBytes ?? 1 << 20));
   try {
+    // The memory file's holes (pages never written, or reported free by the guest and punched out) read as zero without a read.
+    const memExtents = await rawExtents(o.mem);
     const launch: LaunchConfig = {
       portForwards: o.launch?.portForwards ?? [],
       memoryMiB: o.launch?.memoryMiB ?? machine.ramMiB,
       vcpus: o.launch?.vcpus ?? 1,
+      ...(memExtents ? { memoryFreeBytes: memExtents.filter((e) => e.zero).reduce((t, e) => t + e.length, 0) } : {}),
     };
     const r = await writeOverlay({
       core,
       base,
-      custom: { disk: { source: disk.source, changed: disk.changed }, memory: { source: mem }, state: state ? { source: state } : null },
+      custom: { disk: { source: disk.source, changed: disk.changed }, memory: { source: mem, changed: memExtents ?? undefined }, state: state ? { source: state } : null },
       launch,
       codec,
       output,

@@ -93,9 +93,9 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
   const meta = overlay.meta;
   const machine = o.machine ?? meta.base.machine;
   const m0 = meta.base.machine;
-  if (machine.machine !== m0.machine || machine.cpu !== m0.cpu || machine.ramMiB !== m0.ramMiB) {
+  if (machine.machine !== m0.machine || machine.cpu !== m0.cpu || machine.ramMiB !== m0.ramMiB || !!machine.freePageReporting !== !!m0.freePageReporting) {
     // The base id covers the machine config, so this is a wrong base; say which part differs.
-    throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB (file mode: --machine and --cpu name the base's machine)`, o.overlay);
+    throw new CloudletError("WRONG_BASE", `overlay was made for a base on ${m0.machine} / ${m0.cpu} / ${m0.ramMiB} MiB${m0.freePageReporting ? " with a reporting balloon" : ""}, but the given base is ${machine.machine} / ${machine.cpu} / ${machine.ramMiB} MiB${machine.freePageReporting ? " with a reporting balloon" : ""} (file mode: --machine and --cpu name the base's machine)`, o.overlay);
   }
   const diskFormat = o.diskFormat ?? "qcow2";
   const diskSize = meta.imageSizes[ImageKind.Disk];

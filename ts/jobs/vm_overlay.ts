@@ -7,8 +7,8 @@ import type { DiskStride } from "../overlay/base_scan.ts";
 import { createOverlayFiles, type CreatedOverlay } from "./file_overlay.ts";
 import { Registry } from "../home/registry.ts";
 import { createQcow2Layer } from "../vm/qcow2_layer.ts";
-import type { RunningVm } from "../vm/vm_host.ts";
-import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, interact } from "./context.ts";
+import type { FreeMemoryReport, RunningVm } from "../vm/vm_host.ts";
+import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, sayFreeMemory, interact } from "./context.ts";
 import { homePaths } from "../home/paths.ts";
 import { sharedTempDir } from "../node/files.ts";
 import { makeHost } from "../vm/host_choice.ts";
@@ -31,10 +31,12 @@ export interface OverlayFromVmOptions {
   /** Base-disk offsets to match against (see DiskStride). */
   diskStride?: DiskStride;
   threads?: number;
+  /** Wait for free page reporting before the snapshot (default true; `--no-free-memory`). */
+  freeMemory?: boolean;
 }
 
 /** Resumes a base, lets the user customise it, and writes the overlay. */
-export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number }> {
+export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number; freeMemory: FreeMemoryReport | null; snapshotMs: number }> {
   const base = await new Registry(ctx.home).getBase(o.base);
   checkHostMatches(base, ctx.hostChoice);
   const files = baseFiles(base);
@@ -69,8 +71,9 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     await interact(ctx, vm, o.customize, "you are done customising");
     const customizeSeconds = (performance.now() - t0) / 1000;
     say(ctx, "snapshotting the customised VM");
-    await vm.snapshot(join(run, "state.bin"), ctx.signal);
+    const snap = await vm.snapshot(join(run, "state.bin"), ctx.signal, { settleFreeMemory: o.freeMemory !== false });
     vm = null;
+    sayFreeMemory(ctx, base.machine, snap.freeMemory, o.freeMemory === false);
     const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus };
     const made = await createOverlayFiles(ctx.core, {
       baseDisk: files.disk,
@@ -91,7 +94,7 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
       progress: ctx.progress,
       signal: ctx.signal,
     });
-    return { ...made, customizeSeconds };
+    return { ...made, customizeSeconds, freeMemory: snap.freeMemory, snapshotMs: snap.ms.total };
   } catch (e) {
     await vm?.stop().catch(() => {});
     vm = null;

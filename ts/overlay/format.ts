@@ -150,6 +150,12 @@ export interface MachineConfig {
   cpu: string;
   /** Guest RAM in MiB. */
   ramMiB: number;
+  /**
+   * A virtio balloon with free page reporting (the guest hands free pages back;
+   * see docs/vm-hosts.md). Part of the device set, so of the base id; absent on
+   * bases made before it existed, which keep their ids and launch without it.
+   */
+  freePageReporting?: boolean;
 }
 
 /**
@@ -182,6 +188,8 @@ export interface LaunchConfig {
   memoryMiB: number;
   /** Virtual CPUs. */
   vcpus: number;
+  /** Bytes of the memory image that were free at the snapshot (holes: never written, or reported free by the guest); optional, informational. */
+  memoryFreeBytes?: number;
 }
 
 /** One entry of the segment table. */
@@ -456,12 +464,18 @@ function metaToJson(m: OverlayMeta): unknown {
     format: "cloudlet-overlay",
     version: m.version,
     chunk_size: m.chunkSize,
-    base: { id: m.base.id, disk_size: m.base.diskSize, memory_size: m.base.memorySize, machine: { type: m.base.machine.machine, cpu: m.base.machine.cpu, ram_mib: m.base.machine.ramMiB } },
+    base: {
+      id: m.base.id,
+      disk_size: m.base.diskSize,
+      memory_size: m.base.memorySize,
+      machine: { type: m.base.machine.machine, cpu: m.base.machine.cpu, ram_mib: m.base.machine.ramMiB, ...(m.base.machine.freePageReporting ? { free_page_reporting: true } : {}) },
+    },
     image_sizes: { disk: m.imageSizes[0], memory: m.imageSizes[1], state: m.imageSizes[2] },
     launch: {
       port_forwards: m.launch.portForwards.map((p) => ({ proto: p.proto, host_port: p.hostPort, guest_port: p.guestPort })),
       memory_mib: m.launch.memoryMiB,
       vcpus: m.launch.vcpus,
+      ...(m.launch.memoryFreeBytes !== undefined ? { memory_free_bytes: m.launch.memoryFreeBytes } : {}),
     },
     creator: m.creator,
     class_counts: Object.fromEntries(KIND_NAMES.map((k, i) => [k, Object.fromEntries(CLASS_NAMES.map((c, j) => [c, m.classCounts[i][j]]))])),
@@ -517,8 +531,13 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
     id: hex32(b.id, "base.id", file),
     diskSize: int(b.disk_size, "base.disk_size", file, LIMITS.imageBytes),
     memorySize: int(b.memory_size, "base.memory_size", file, LIMITS.imageBytes),
-    machine: { machine: str(mach.type, "base.machine.type", file), cpu: str(mach.cpu, "base.machine.cpu", file), ramMiB: int(mach.ram_mib, "base.machine.ram_mib", file, 1 << 24) },
+    machine: { machine: str(mach.type, "base.machine.type", file), cpu: str(mach.cpu, "base.machine.cpu", file), ramMiB: int(mach.ram_mib, "base.machine.ram_mib", file, 1 << 24) } as MachineConfig,
   };
+  // Optional (free memory, issue 14): absent in older overlays, which v1 readers read as before.
+  if (mach.free_page_reporting !== undefined) {
+    if (mach.free_page_reporting !== true) fail(file, "meta field base.machine.free_page_reporting must be true when present");
+    base.machine.freePageReporting = true;
+  }
   if (!validMachine(base.machine)) fail(file, `meta field base.machine names a machine type or CPU model QEMU must not be given (${JSON.stringify(base.machine.machine)}, ${JSON.stringify(base.machine.cpu)})`);
   const is = obj(j.image_sizes, "image_sizes", file);
   const imageSizes: [number, number, number] = [
@@ -538,6 +557,7 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
     memoryMiB: int(l.memory_mib, "launch.memory_mib", file, 1 << 24),
     vcpus: int(l.vcpus, "launch.vcpus", file, 1024, 1),
   };
+  if (l.memory_free_bytes !== undefined) launch.memoryFreeBytes = int(l.memory_free_bytes, "launch.memory_free_bytes", file, imageSizes[1]);
   const c = obj(j.creator, "creator", file);
   const creator = { tool: str(c.tool, "creator.tool", file), version: str(c.version, "creator.version", file), created: str(c.created, "creator.created", file) };
 
@@ -733,7 +753,7 @@ export function segmentFileName(stem: string, i: number): string {
 
 /** Base id: BLAKE3 over a domain tag, the machine config, the image sizes and the chunk digest lists. */
 export function computeBaseId(core: Core, machine: MachineConfig, diskSize: number, memorySize: number, diskDigestsHash: Uint8Array, memDigestsHash: Uint8Array): string {
-  const cfg = enc.encode(JSON.stringify({ machine: machine.machine, cpu: machine.cpu, ram_mib: machine.ramMiB, disk_size: diskSize, memory_size: memorySize }));
+  const cfg = enc.encode(JSON.stringify({ machine: machine.machine, cpu: machine.cpu, ram_mib: machine.ramMiB, ...(machine.freePageReporting ? { free_page_reporting: true } : {}), disk_size: diskSize, memory_size: memorySize }));
   const h = core.hasher("blake3");
   h.update(enc.encode("cloudlet-base-v1\0"));
   h.update(cfg);

@@ -47,8 +47,8 @@ export interface OverlayOutput {
 export interface CustomVm {
   /** The custom disk, and optionally which extents may have changed. */
   disk: { source: ByteSource; changed?: ChangedExtent[] };
-  /** The custom memory image. */
-  memory: { source: ByteSource };
+  /** The custom memory image, and optionally its data and hole extents (holes are read as zero, not read). */
+  memory: { source: ByteSource; changed?: ChangedExtent[] };
   /** The custom device state, if any. */
   state?: { source: ByteSource } | null;
 }
@@ -224,9 +224,10 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
 
   // ---- pass 1: classify -----------------------------------------------------
   const disk = diskRuns(custom.disk.changed, imageSizes[0]);
+  const mem = diskRuns(custom.memory.changed, imageSizes[1]);
   const scanPlan: Array<{ kind: ImageKind; runs: Array<[number, number]>; zero: Array<[number, number]> }> = [
     { kind: ImageKind.Disk, runs: disk.scan, zero: disk.zero },
-    { kind: ImageKind.Memory, runs: imageSizes[1] ? [[0, Math.ceil(imageSizes[1] / CHUNK)]] : [], zero: [] },
+    { kind: ImageKind.Memory, runs: mem.scan, zero: mem.zero },
     { kind: ImageKind.State, runs: imageSizes[2] ? [[0, Math.ceil(imageSizes[2] / CHUNK)]] : [], zero: [] },
   ];
   const scanTotal = scanPlan.reduce((t, p) => t + p.runs.reduce((s, [a, b]) => s + (b - a) * CHUNK, 0), 0);

@@ -99,9 +99,16 @@ export function qemuArgs(spec: VmSpec, l: QemuLaunch): string[] {
     "-pidfile", join(run, "qemu.pid"),
   );
   if (spec.vnc && l.vncPort !== null) args.push("-device", "VGA,id=vga0", "-vnc", `${host}:${l.vncPort - 5900}`);
+  // Last, at a fixed slot, so that a machine without it keeps every other device where it was.
+  if (spec.machine.freePageReporting) args.push("-device", `virtio-balloon-pci,id=${BALLOON_ID},free-page-reporting=on,addr=${BALLOON_PCI_SLOT}`);
   if (spec.incoming) args.push("-incoming", "defer");
   return args;
 }
+
+/** Device id of the reporting balloon (libvirt names its memballoon the same). */
+export const BALLOON_ID = "balloon0";
+/** PCI slot of the reporting balloon on both adapters: after disk (4) and network (5) on libvirt; free on plain QEMU. */
+export const BALLOON_PCI_SLOT = "0x6";
 
 /** Escapes a value inside a QEMU `key=value,...` option (a comma is written twice). */
 function qemuOpt(v: string): string {

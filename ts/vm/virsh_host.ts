@@ -23,6 +23,7 @@ import { CloudletError } from "../errors.ts";
 import { accelFromEnv, decideAccel, lastLines, lookupId, requireExecutable, requireKvmAccess, runCommand, type AccelChoice, type AccelDecision } from "../node/command.ts";
 import type { RunningVm, VmHost, VmSpec } from "./vm_host.ts";
 import { processAlive } from "../node/process.ts";
+import { BALLOON_PCI_SLOT } from "./qemu_host.ts";
 import { connectArgs, type VmRecord } from "./vm_records.ts";
 import { sleep, validateSpec, VmSession, type StateChannel } from "./vm_session.ts";
 
@@ -153,7 +154,7 @@ ${os}
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+${spec.machine.freePageReporting ? `    <memballoon model='virtio' freePageReporting='on'><address type='pci' domain='0x0000' bus='0x00' slot='${BALLOON_PCI_SLOT}' function='0x0'/></memballoon>` : "    <memballoon model='none'/>"}
 ${spec.vnc && l.vncPort !== null ? `    <graphics type='vnc' port='${l.vncPort}' autoport='no' listen='${x(host)}'/>\n    <video><model type='vga'/></video>\n` : ""}  </devices>
   <qemu:commandline>
 ${args.map((a) => `    <qemu:arg value='${x(a)}'/>`).join("\n")}

@@ -73,6 +73,36 @@ export interface VmExit {
   reason: string;
 }
 
+/** Options for {@link RunningVm.snapshot}. */
+export interface SnapshotOptions {
+  /**
+   * Before stopping the guest, wait (bounded) until the guest's free page
+   * reporting has punched the free pages out of the RAM file; default true.
+   * Only machines with `freePageReporting` have anything to wait for.
+   */
+  settleFreeMemory?: boolean;
+}
+
+/** What the wait for free page reporting saw (see docs/vm-hosts.md, "Free memory"). */
+export interface FreeMemoryReport {
+  /**
+   * "reporting": the guest's virtio_balloon driver negotiated free page reporting;
+   * "absent": the balloon is there but no guest driver reports to it;
+   * "unknown": QEMU could not say (then "absent" is inferred when nothing was discarded).
+   */
+  driver: "reporting" | "absent" | "unknown";
+  /** Bytes that left the RAM file while cloudlet waited (allocated before minus after; 0 when it grew). */
+  discardedBytes: number;
+  /** Bytes of the RAM file still allocated when the guest was stopped. */
+  allocatedBytes: number;
+  /** Bytes of the RAM file that were holes when the guest was stopped (never written, or reported free). */
+  freeBytes: number;
+  /** Milliseconds spent waiting. */
+  waitMs: number;
+  /** False when the wait ended at its time limit while the file was still shrinking. */
+  settled: boolean;
+}
+
 /** What a snapshot wrote. */
 export interface SnapshotResult {
   /** Device-state file (the migration stream without RAM). */
@@ -80,8 +110,10 @@ export interface SnapshotResult {
   /** The guest RAM image (the VM's memory file). */
   memoryPath: string;
   stateBytes: number;
-  /** Milliseconds: stop, migrate (until completed), total including the VM's exit. */
-  ms: { stop: number; migrate: number; total: number };
+  /** Milliseconds: settle (free page reporting), stop, migrate (until completed), total including the VM's exit. */
+  ms: { settle: number; stop: number; migrate: number; total: number };
+  /** The free page reporting wait, or null when the machine has no reporting balloon or the wait was turned off. */
+  freeMemory: FreeMemoryReport | null;
 }
 
 /** A VM that a {@link VmHost} started. */
@@ -100,7 +132,7 @@ export interface RunningVm {
   /** Waits for a line that starts with `marker` (or matches the RegExp) on the serial console; returns that line. GUEST error (with the serial tail) on timeout or exit. */
   waitReady(marker: string | RegExp, timeoutMs?: number, signal?: AbortSignal, onWait?: WaitProgressFn): Promise<string>;
   /** Saves device state to `statePath` and ends the VM; the memory file then holds the RAM. */
-  snapshot(statePath: string, signal?: AbortSignal): Promise<SnapshotResult>;
+  snapshot(statePath: string, signal?: AbortSignal, opts?: SnapshotOptions): Promise<SnapshotResult>;
   /** Restore only: loads the incoming device state and continues the guest. */
   resume(signal?: AbortSignal): Promise<void>;
   /** Ends the VM (a memory file it created on boot is removed). */

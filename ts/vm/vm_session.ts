@@ -24,7 +24,7 @@ import { CloudletError } from "../errors.ts";
 import { partName } from "../node/files.ts";
 import { resolvePortForwards, resolveVncPort } from "./host_ports.ts";
 import { SerialConsole, type WaitProgressFn } from "./serial_console.ts";
-import type { PortForward, RunningVm, SnapshotResult, VmExit, VmSpec } from "./vm_host.ts";
+import type { FreeMemoryReport, PortForward, RunningVm, SnapshotOptions, SnapshotResult, VmExit, VmSpec } from "./vm_host.ts";
 import { removeRuntimeFiles, selfOwner, VM_NAME_PREFIX, writeVmRecord, type VmRecord } from "./vm_records.ts";
 
 /** A device-state stream between QEMU and a file: the URI to give QEMU, and when the bytes are all through. */
@@ -39,6 +39,15 @@ export interface StateChannel {
 type Phase = "starting" | "running" | "incoming" | "ending" | "ended";
 
 const MIGRATION_TIMEOUT_MS = 120_000;
+
+/**
+ * The wait for free page reporting before a snapshot. The guest reports at
+ * most every 2 s (the kernel's PAGE_REPORTING_DELAY) and a fraction of each
+ * free list per pass, so "settled" is: the RAM file's allocated blocks have
+ * not shrunk for `quietMs` (over two reporting passes), polled every `pollMs`;
+ * `maxMs` bounds the whole wait.
+ */
+export const FREE_MEMORY_SETTLE = { pollMs: 250, quietMs: 5000, maxMs: 90_000 };
 
 /** Diagnostics a VM leaves in its run directory; kept after a normal end, removed when the start failed or was cancelled. */
 export const LOG_FILES = ["serial.log", "qemu.log", "qemu.cmdline"];
@@ -227,18 +236,22 @@ export abstract class VmSession implements RunningVm {
     return this.guard(`wait for ${typeof marker === "string" ? `"${marker}"` : marker}`, signal, async (s) => (await this.console.waitFor(marker, timeoutMs, { signal: s, onWait })).line);
   }
 
-  async snapshot(statePath: string, signal?: AbortSignal): Promise<SnapshotResult> {
+  async snapshot(statePath: string, signal?: AbortSignal, opts: SnapshotOptions = {}): Promise<SnapshotResult> {
     if (this.spec.memory.share === false) {
       throw new CloudletError("BAD_ARGUMENT", "this VM maps its memory file copy-on-write (share: false), so its RAM cannot be saved: restart it with share: true");
     }
     if (this.exitSeen) throw new CloudletError("GUEST", `cannot snapshot: the VM is not running (${(await this.exited).reason})`, this.spec.runDir);
     if (this.phase !== "running") throw new CloudletError("BAD_ARGUMENT", `cannot snapshot a VM that is ${this.phase === "incoming" ? "waiting for resume()" : this.phase}`);
     const t0 = performance.now();
+    let ts = t0;
     let t1 = t0;
     let t2 = t0;
     const tmp = partName(statePath);
     let stopped = false;
-    await this.guard("snapshot the VM", signal, async () => {
+    let freeMemory: FreeMemoryReport | null = null;
+    await this.guard("snapshot the VM", signal, async (s) => {
+      if (this.spec.machine.freePageReporting && opts.settleFreeMemory !== false) freeMemory = await this.settleFreeMemory(s);
+      ts = performance.now();
       await this.monitor("stop");
       stopped = true;
       t1 = performance.now();
@@ -268,7 +281,8 @@ export abstract class VmSession implements RunningVm {
       statePath,
       memoryPath: this.spec.memory.path,
       stateBytes,
-      ms: { stop: Math.round(t1 - t0), migrate: Math.round(t2 - t1), total: Math.round(performance.now() - t0) },
+      ms: { settle: Math.round(ts - t0), stop: Math.round(t1 - ts), migrate: Math.round(t2 - t1), total: Math.round(performance.now() - t0) },
+      freeMemory,
     };
   }
 
@@ -318,6 +332,68 @@ export abstract class VmSession implements RunningVm {
 
   qmp<T = unknown>(cmd: string, args?: Record<string, unknown>): Promise<T> {
     return this.monitor<T>(cmd, args);
+  }
+
+  /**
+   * Waits until the guest's free page reporting has settled: the RAM file's
+   * allocated blocks stop shrinking (QEMU punches each reported range out of
+   * the shared file), within FREE_MEMORY_SETTLE.maxMs. A guest whose driver
+   * never took the balloon is not waited for.
+   */
+  private async settleFreeMemory(signal: AbortSignal): Promise<FreeMemoryReport> {
+    const t0 = performance.now();
+    const allocated = async () => (await fsp.stat(this.spec.memory.path)).blocks * 512;
+    const size = this.spec.memory.sizeMiB * 1024 * 1024;
+    const driver = await this.balloonDriver();
+    const first = await allocated();
+    let low = first;
+    let settled = true;
+    if (driver !== "absent") {
+      const { pollMs, quietMs, maxMs } = FREE_MEMORY_SETTLE;
+      let lastDrop = performance.now();
+      for (;;) {
+        await sleep(pollMs);
+        signal.throwIfAborted();
+        const now = performance.now();
+        const cur = await allocated();
+        if (cur < low) {
+          low = cur;
+          lastDrop = now;
+        }
+        if (now - lastDrop >= quietMs) break;
+        if (now - t0 >= maxMs) {
+          settled = false;
+          break;
+        }
+      }
+    }
+    const last = await allocated();
+    const discardedBytes = Math.max(0, first - last);
+    return {
+      // Without QEMU's word, a guest that discarded nothing at all is taken to have no driver.
+      driver: driver === "unknown" && discardedBytes === 0 ? "absent" : driver,
+      discardedBytes,
+      allocatedBytes: last,
+      freeBytes: Math.max(0, size - last),
+      waitMs: Math.round(performance.now() - t0),
+      settled,
+    };
+  }
+
+  /** Whether a guest driver negotiated free page reporting with the balloon (QEMU 7.2+ `x-query-virtio-status`), or "unknown". */
+  private async balloonDriver(): Promise<FreeMemoryReport["driver"]> {
+    try {
+      const devs = await this.monitor<Array<{ name: string; path: string }>>("x-query-virtio");
+      const dev = devs.find((d) => d.name === "virtio-balloon");
+      if (!dev) return "absent";
+      const st = await this.monitor<{ status?: { statuses?: string[] }; "guest-features"?: { "dev-features"?: string[] } }>("x-query-virtio-status", { path: dev.path });
+      const ok = st.status?.statuses?.some((x) => x.startsWith("VIRTIO_CONFIG_S_DRIVER_OK")) ?? false;
+      const reporting = st["guest-features"]?.["dev-features"]?.some((f) => f.startsWith("VIRTIO_BALLOON_F_REPORTING")) ?? false;
+      return ok && reporting ? "reporting" : "absent";
+    } catch (e) {
+      if (this.exitSeen) throw e;
+      return "unknown";
+    }
   }
 
   /** Polls query-migrate until completed; HOST_TOOL error on failed/cancelled/timeout. */

@@ -9,7 +9,7 @@ import { CLOUDLET_VERSION, createOverlayFiles, defaultMachine, synthesizeFiles }
 import { cloudletHome } from "../ts/host/home.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts";
-import { collectPortForwards } from "../ts/overlay/launch.ts";
+import { checkAppUrl, collectPortForwards } from "../ts/overlay/launch.ts";
 import { verifyOverlay, type VerifyResult } from "../ts/inspect/verify.ts";
 import type { DiskStride } from "../ts/overlay/base_scan.ts";
 import { FileSource } from "../ts/host/files.ts";
@@ -163,6 +163,7 @@ cli
   .option("-o, --output <path>", "Output: NAME.overlay (packed, default) or NAME.overlay-meta (seed layout)")
   .option("--layout <layout>", "packed | split, when -o has no suffix", { default: "packed" })
   .option("--forward <spec>", "Port forward to record, e.g. tcp:2222::22 (repeatable); also -- -redir SPEC")
+  .option("--app-url <template>", "Where the VM's app answers, for the phone page's Open button: 'http://{host}:{port:80}/' ({port:N}: the host port forwarded to guest port N)")
   .option("--segment-size <size>", "Payload bytes per segment", { default: "1M" })
   .option("--preset <n>", "xz preset 0-9", { default: 6 })
   .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
@@ -179,10 +180,13 @@ cli
       if (how.script === undefined && !how.console && !how.vnc) throw new CloudletError("BAD_ARGUMENT", "VM mode needs --script FILE, --console or --vnc to customise the VM");
       const p = bar(o);
       const ctx = vmContext(o, p, core);
+      const forwards = collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []);
+      const appUrl = o.appUrl === undefined ? undefined : checkAppUrl(String(o.appUrl), forwards);
       const r = await overlayFromVm(ctx, {
         base: baseRef,
         customize: how,
-        forwards: collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []),
+        forwards,
+        appUrl,
         out: need(o.output, "-o"),
         layout: o.layout === "split" ? "split" : "packed",
         segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
@@ -213,7 +217,10 @@ cli
       state: o.state as string | undefined,
       out: need(o.output, "-o"),
       layout,
-      launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
+      launch: (() => {
+        const portForwards = collectPortForwards(forwards, (o["--"] as string[]) ?? []);
+        return { portForwards, ...(o.appUrl === undefined ? {} : { appUrl: checkAppUrl(String(o.appUrl), portForwards) }) };
+      })(),
       segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
       preset,
       diskStride: diskStride(o.diskStride),

@@ -1,7 +1,7 @@
 // Port-forward specs: the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { collectPortForwards, parsePortForward } from "../ts/overlay/launch.ts";
+import { checkAppUrl, collectPortForwards, expandAppUrl, parsePortForward } from "../ts/overlay/launch.ts";
 
 test("port forwards parse in the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand", () => {
   assert.deepEqual(parsePortForward("tcp:2222::22"), { proto: "tcp", hostPort: 2222, guestPort: 22 });
@@ -33,4 +33,22 @@ test("bad port-forward specs are usage errors that quote the spec", () => {
   }
   assert.throws(() => collectPortForwards([], ["-redir"]), /-redir needs a spec/);
   assert.throws(() => collectPortForwards([], ["-hda", "x.img"]), /unknown extra argument "-hda"/);
+});
+
+test("app address templates: checked against the forwards, filled in with the launched ports", () => {
+  const forwards = [{ proto: "tcp" as const, hostPort: 8080, guestPort: 80 }, { proto: "udp" as const, hostPort: 0, guestPort: 53 }];
+  assert.equal(checkAppUrl("http://{host}:{port:80}/app?x=1", forwards), "http://{host}:{port:80}/app?x=1");
+  for (const [t, what] of [
+    ["ftp://{host}/", /must be an http\(s\) address/],
+    ["http://{host}:{port:81}/", /no TCP port forward goes to guest port 81/],
+    ["http://{host}:{port:53}/", /no TCP port forward goes to guest port 53/],
+    ["http://{hostname}/", /unknown placeholder \{hostname\}/],
+    ["http://{host}:{port:80/", /unmatched brace/],
+  ] as const) {
+    assert.throws(() => checkAppUrl(t, forwards), (e: unknown) => (e as { code?: string }).code === "BAD_ARGUMENT" && what.test((e as Error).message), t);
+  }
+  const launched = [{ proto: "tcp" as const, hostPort: 40123, guestPort: 80 }];
+  assert.equal(expandAppUrl("http://{host}:{port:80}/", "cloudlet.local", launched), "http://cloudlet.local:40123/");
+  assert.equal(expandAppUrl("http://{host}:{port:80}/", "fe80::1", launched), "http://[fe80::1]:40123/");
+  assert.equal(expandAppUrl("http://{host}:{port:22}/", "h", launched), null, "a port that was not forwarded");
 });

@@ -113,6 +113,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
       portForwards: o.launch?.portForwards ?? [],
       memoryMiB: o.launch?.memoryMiB ?? machine.ramMiB,
       vcpus: o.launch?.vcpus ?? 1,
+      ...(o.launch?.appUrl !== undefined ? { appUrl: o.launch.appUrl } : {}),
     };
     const r = await writeOverlay({
       core,

@@ -279,6 +279,8 @@ export interface OverlayFromVmOptions {
   customize: Interaction;
   /** Port forwards to record (and to offer during customisation). */
   forwards: PortForward[];
+  /** App address template for the launch config (`--app-url`). */
+  appUrl?: string;
   /** Output path. */
   out: string;
   layout?: "packed" | "split";
@@ -325,7 +327,7 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     say(ctx, "snapshotting the customised VM");
     await vm.snapshot(join(run, "state.bin"), ctx.signal);
     vm = null;
-    const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus };
+    const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus, ...(o.appUrl !== undefined ? { appUrl: o.appUrl } : {}) };
     const made = await createOverlayFiles(ctx.core, {
       baseDisk: files.disk,
       baseMem: files.memory,

@@ -178,6 +178,8 @@ export interface LaunchConfig {
   memoryMiB: number;
   /** Virtual CPUs. */
   vcpus: number;
+  /** Where the VM's app answers, as a template (`http://{host}:{port:80}/`; see launch.ts); absent unless given. */
+  appUrl?: string;
 }
 
 /** One entry of the segment table. */
@@ -357,6 +359,8 @@ function metaToJson(m: OverlayMeta): unknown {
       port_forwards: m.launch.portForwards.map((p) => ({ proto: p.proto, host_port: p.hostPort, guest_port: p.guestPort })),
       memory_mib: m.launch.memoryMiB,
       vcpus: m.launch.vcpus,
+      // Only when set, so that overlays without one keep their exact bytes.
+      ...(m.launch.appUrl !== undefined ? { app_url: m.launch.appUrl } : {}),
     },
     creator: m.creator,
     class_counts: Object.fromEntries(KIND_NAMES.map((k, i) => [k, Object.fromEntries(CLASS_NAMES.map((c, j) => [c, m.classCounts[i][j]]))])),
@@ -433,6 +437,11 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
     memoryMiB: int(l.memory_mib, "launch.memory_mib", file, 1 << 24),
     vcpus: int(l.vcpus, "launch.vcpus", file, 1024, 1),
   };
+  if (l.app_url !== undefined) {
+    const url = str(l.app_url, "launch.app_url", file, 1024);
+    if (!/^https?:\/\/[^\s]+$/.test(url)) fail(file, "meta field launch.app_url must be an http(s) address template without spaces");
+    launch.appUrl = url;
+  }
   const c = obj(j.creator, "creator", file);
   const creator = { tool: str(c.tool, "creator.tool", file), version: str(c.version, "creator.version", file), created: str(c.created, "creator.created", file) };
 

@@ -21,7 +21,8 @@ import { HomeBackend } from "../ts/host/server_backend.ts";
 import { loadOrCreateToken, SynthesisServer } from "../ts/server/server.ts";
 import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
 import { DEFAULT_PORT } from "../ts/server/protocol.ts";
-import { announce, discover } from "../ts/server/discovery.ts";
+import { announce, discover, lanAddresses, mdnsHostName } from "../ts/server/discovery.ts";
+import { clientPage, pageHost, pairingQr, pairingUrl } from "../ts/server/client_page.ts";
 import { hostname } from "node:os";
 import { join as pathJoin } from "node:path";
 import { baseFiles, createBase, overlayFromVm, psVms, stopSynthesized, synthesizeVm, vmsOnBase, type HostChoice, type Interaction, type VmJobContext } from "../ts/host/vm_jobs.ts";
@@ -481,6 +482,8 @@ cli
   .option("--name <name>", "Name announced on the network", { default: hostname() })
   .option("--no-announce", "Do not announce over mDNS")
   .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL (clients must upload it)")
+  .option("--no-page", "Do not serve the phone page at / (API only)")
+  .option("--pair", "Print the pairing link and QR code even when stderr is not a terminal (they carry the token)")
   .option("--host <host>", "qemu (default) or virsh")
   .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
   .action(async (o: Common & Record<string, unknown>) => {
@@ -510,6 +513,7 @@ cli
       name: o.name as string,
       version: CLOUDLET_VERSION,
       log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
+      page: o.page === false ? undefined : await clientPage(),
     });
     await server.start();
     const addr = server.address();
@@ -520,6 +524,11 @@ cli
     const wildcard = host === "0.0.0.0" || host === "::";
     const loopback = /^127\.|^::1$|^localhost$/.test(host);
     if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
+    if (o.page !== false && (o.pair === true || process.stderr.isTTY)) {
+      const link = pairingUrl(tls ? "https" : "http", pageHost(host, lanAddresses()), addr.port, token);
+      process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)\n${await pairingQr(link)}\n`);
+      if (!loopback && o.announce !== false) process.stderr.write(`cloudlet serve: on this network also ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (pair that address with the same link, host replaced)\n`);
+    }
     const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
     await untilInterrupted();
     process.stderr.write("cloudlet serve: stopping (ending sessions)\n");

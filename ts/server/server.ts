@@ -91,6 +91,8 @@ export interface ServerOptions {
   version?: string;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
+  /** Serves non-API paths (the phone page, ts/server/client_page.ts); without it they need the token like the API. */
+  page?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 }
 
 const ID_RE = /^[0-9a-f]{32}$/;
@@ -169,7 +171,7 @@ export class SynthesisServer {
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private unlock: (() => Promise<void>) | null = null;
   private codec: WorkerCodec | null = null;
-  private readonly o: Required<Omit<ServerOptions, "tls">> & { tls?: ServerOptions["tls"] };
+  private readonly o: Required<Omit<ServerOptions, "tls" | "page">> & Pick<ServerOptions, "tls" | "page">;
 
   /** @param opts settings */
   constructor(opts: ServerOptions) {
@@ -290,6 +292,7 @@ export class SynthesisServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (this.o.page?.(req, res)) return;
     try {
       if (!this.authorized(req)) {
         // No keep-alive for a client without a token.

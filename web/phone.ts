@@ -160,10 +160,11 @@ function coreWorker(): Promise<WorkerClient> {
 
 let picked: { files: Map<string, File>; opened: OpenedOverlay; plan: UploadPlan; baseName: string } | null = null;
 
-function setPicked(state: string, ...lines: Array<Node | string>): void {
+/** Shows what was picked: one paragraph per line (a line may be several pieces). */
+function setPicked(state: string, ...lines: Array<Node | string | Array<Node | string>>): void {
   const el = byId("picked");
   el.dataset.state = state;
-  fill(el, ...lines.map((l) => h("p", {}, l)));
+  fill(el, ...lines.map((l) => h("p", {}, ...(Array.isArray(l) ? l : [l]))));
 }
 
 async function pick(list: FileList | null): Promise<void> {
@@ -199,7 +200,7 @@ async function pick(list: FileList | null): Promise<void> {
     );
   }
   picked = { files, opened, plan, baseName: base.name };
-  setPicked("ready", h("b", {}, opened.name), `${size} in ${meta.segments.length} segment(s), for base `, h("span", { class: "good", "data-base-name": base.name }, `${base.name} ✓`));
+  setPicked("ready", h("b", {}, opened.name), [`${size} in ${meta.segments.length} segment(s), for base `, h("span", { class: "good", "data-base-name": base.name }, `${base.name} ✓`)]);
   button.hidden = false;
   button.disabled = false;
 }
@@ -381,6 +382,8 @@ async function upload(): Promise<void> {
     setState("running", `VM ${ep.vmId.slice(0, 12)} is running (${secs.toFixed(1)} s: synthesis ${(ep.ms.synthesis / 1000).toFixed(1)} s, resume ${(ep.ms.launch / 1000).toFixed(1)} s)`);
     showOpen(vm);
     renderVms();
+    // This overlay is done; picking one again shows the button again.
+    button.hidden = true;
   } catch (e) {
     if (e instanceof Unpaired) return;
     setState("failed", "Failed");
@@ -477,6 +480,8 @@ async function refreshVms(): Promise<void> {
 // ---------------------------------------------------------------------------
 
 async function start(): Promise<void> {
+  // A pairing link opened while the page is already open changes only the fragment: start over with it.
+  addEventListener("hashchange", () => /token=/.test(location.hash) && location.reload());
   takeTokenFromFragment();
   if (!token()) return showPairing("This device is not paired with the cloudlet yet.");
   try {

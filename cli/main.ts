@@ -527,8 +527,10 @@ cli
     if (o.page !== false && (o.pair === true || process.stderr.isTTY)) {
       const link = pairingUrl(tls ? "https" : "http", pageHost(host, lanAddresses()), addr.port, token);
       process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)\n${await pairingQr(link)}\n`);
-      if (!loopback && o.announce !== false) process.stderr.write(`cloudlet serve: on this network also ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (pair that address with the same link, host replaced)\n`);
+    } else if (o.page !== false) {
+      process.stderr.write(`cloudlet serve: phone page at ${tls ? "https" : "http"}://${pageHost(host, lanAddresses())}:${addr.port}/; its pairing link (it holds the token) is printed on a terminal, or with --pair\n`);
     }
+    if (o.page !== false && !loopback && o.announce !== false) process.stderr.write(`cloudlet serve: phones on this network also reach it as ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (mDNS; pair that address too: tokens are kept per address)\n`);
     const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
     await untilInterrupted();
     process.stderr.write("cloudlet serve: stopping (ending sessions)\n");

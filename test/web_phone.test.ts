@@ -19,6 +19,8 @@ import { core } from "./_core.ts";
 import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
 import { runTool } from "./_tools.ts";
+import makeMdns from "multicast-dns";
+import { lanAddresses } from "../ts/server/discovery.ts";
 import { createOverlayFiles } from "../ts/host/file_jobs.ts";
 import { openOverlay } from "../ts/host/overlay_files.ts";
 import type { OverlayMeta } from "../ts/overlay/format.ts";
@@ -329,6 +331,78 @@ test("overlay --app-url is checked against the port forwards", async () => {
   assert.match(bad.stderr, /no TCP port forward goes to guest port 81/);
   await ok([...args, "--app-url", "http://{host}:{port:80}/x"]);
   assert.equal((await metaOf(join(work, "appurl.overlay"))).launch.appUrl, "http://{host}:{port:80}/x");
+});
+
+test("serve answers mDNS for NAME.local (A and AAAA) and prints no token when not asked and not on a terminal", async () => {
+  const name = `Phone Test ${process.pid}`;
+  const host = `phone-test-${process.pid}.local`;
+  const sHome = join(work, "mdns-home");
+  const child = spawn(CLOUDLET, ["serve", "--home", sHome, "--listen", "0.0.0.0:0", "--name", name, "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
+  const mdns = makeMdns();
+  try {
+    for (let i = 0; i < 300 && !/also reach it as/.test(log); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(log, new RegExp(`reach it as http://${host.replace(/\./g, "\\.")}:\\d+/`));
+    assert.ok(!log.includes("#token="), `no pairing link without --pair off a terminal: ${log}`);
+    assert.match(log, /phone page at http:\/\/[\d.]+:\d+\/; its pairing link/);
+    // Past the start-up announcements: only answers to these queries count.
+    await new Promise((r) => setTimeout(r, 1500));
+    const answers: Array<{ type: string; data: string }> = [];
+    mdns.on("response", (res) => {
+      for (const a of res.answers) if (a.name === host) answers.push({ type: a.type, data: String((a as { data?: unknown }).data) });
+    });
+    mdns.query({ questions: [{ name: host.toUpperCase(), type: "A" }] });
+    await new Promise((r) => setTimeout(r, 1000));
+    const want = lanAddresses();
+    assert.ok(want.length > 0, "this machine has a network address");
+    assert.deepEqual(answers.map((a) => a.type).filter((t) => t !== "A"), [], "only A records for an A query");
+    assert.deepEqual(new Set(answers.map((a) => a.data)), new Set(want.filter((a) => !a.includes(":"))));
+    answers.length = 0;
+    mdns.query({ questions: [{ name: `not-${host}`, type: "A" }] });
+    await new Promise((r) => setTimeout(r, 700));
+    assert.equal(answers.length, 0, "no answer for another name");
+    if (want.some((a) => a.includes(":"))) {
+      mdns.query({ questions: [{ name: host, type: "AAAA" }] });
+      await new Promise((r) => setTimeout(r, 700));
+      assert.ok(answers.length > 0 && answers.every((a) => a.type === "AAAA"));
+    }
+  } finally {
+    mdns.destroy();
+    child.kill("SIGINT");
+    await new Promise((r) => child.once("close", r));
+  }
+});
+
+test("--tls-cert: the page and the API over HTTPS, pairing included", async () => {
+  const certDir = join(work, "tls");
+  await fsp.mkdir(certDir, { recursive: true });
+  // A CA and a leaf it signs, as in net_server.test.ts (rustls, under Deno, refuses a CA certificate as the server's).
+  const ssl = (...a: string[]) => runTool("openssl", a);
+  await ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cloudlet-test-ca", "-keyout", join(certDir, "ca.key"), "-out", join(certDir, "ca.pem"));
+  await ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=cloudlet-test", "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "server.csr"));
+  await fsp.writeFile(join(certDir, "ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+  await ssl("x509", "-req", "-in", join(certDir, "server.csr"), "-CA", join(certDir, "ca.pem"), "-CAkey", join(certDir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", join(certDir, "ext.cnf"), "-out", join(certDir, "cert.pem"));
+  const sHome = join(work, "tls-home");
+  const child = spawn(CLOUDLET, ["serve", "--home", sHome, "--listen", "127.0.0.1:0", "--pair", "--tls-cert", join(certDir, "cert.pem"), "--tls-key", join(certDir, "key.pem")], { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
+  const context = await browser.newContext({ ...PHONE, ignoreHTTPSErrors: true });
+  try {
+    for (let i = 0; i < 300 && !/open (https\S+)/.test(log); i++) await new Promise((r) => setTimeout(r, 100));
+    const link = /open (https:\/\/127\.0\.0\.1:\d+\/#token=\S+)/.exec(log)?.[1];
+    assert.ok(link, `an https pairing link: ${log}`);
+    const page = await context.newPage();
+    const res = await page.goto(link);
+    assert.match(res!.headers()["content-security-policy"], /default-src 'none'/);
+    await page.waitForSelector("body[data-screen=app]");
+    assert.equal(await page.evaluate(() => location.protocol), "https:");
+    assert.match((await page.textContent("#base-list"))!, /No bases yet/);
+  } finally {
+    await context.close();
+    child.kill("SIGINT");
+    await new Promise((r) => child.once("close", r));
+  }
 });
 
 test("teardown: the server stops cleanly", async () => {

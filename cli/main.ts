@@ -526,7 +526,8 @@ cli
     if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
     if (o.page !== false && (o.pair === true || process.stderr.isTTY)) {
       const link = pairingUrl(tls ? "https" : "http", pageHost(host, lanAddresses()), addr.port, token);
-      process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)\n${await pairingQr(link)}\n`);
+      const others = wildcard ? lanAddresses().slice(1) : [];
+      process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)${others.length ? `\n  (this host also has ${others.join(", ")}: put the one the phone reaches in the link)` : ""}\n${await pairingQr(link)}\n`);
     } else if (o.page !== false) {
       process.stderr.write(`cloudlet serve: phone page at ${tls ? "https" : "http"}://${pageHost(host, lanAddresses())}:${addr.port}/; its pairing link (it holds the token) is printed on a terminal, or with --pair\n`);
     }

@@ -86,6 +86,7 @@ async function serve(): Promise<typeof server> {
   for (let i = 0; i < 300 && !/open (http\S+)/.test(log); i++) await new Promise((r) => setTimeout(r, 100));
   const link = /open (http\S+)/.exec(log)?.[1];
   assert.ok(link, `no pairing link printed: ${log}`);
+  assert.match(log, /\n[█▀▄ ]{20,}\n/, "a QR code is drawn");
   const { port } = JSON.parse(out.split("\n")[0]);
   const token = decodeURIComponent(/#token=(.+)$/.exec(link)![1]);
   assert.equal(token, (await fsp.readFile(join(home, "server", "token"), "utf8")).trim(), "the link carries the server's token");
@@ -323,6 +324,41 @@ test("a connection dropped mid-upload resumes from the last complete segment whe
   }
 });
 
+test("the phone goes offline mid-upload and comes back: the upload goes on from the server's offset", async () => {
+  const { context, page, errors, requests } = await pairedPhone();
+  try {
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Network.enable");
+    const slow = { latency: 30, downloadThroughput: 4 << 20, uploadThroughput: 64 << 10 };
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, ...slow });
+    await page.setInputFiles("#file-input", overlay);
+    await page.waitForSelector("#picked[data-state=ready]");
+    await page.tap("#upload-button");
+    const segments = (await metaOf(overlay)).segments.map((s) => s.compressedSize);
+    // Offline once the first segment is in, for 3 s: requests fail, the page waits for the link.
+    await page.waitForFunction((n) => Number(document.querySelector<HTMLElement>("#upload-text")?.dataset.sent) > n, segments[0] + 1000);
+    await cdp.send("Network.emulateNetworkConditions", { offline: true, ...slow });
+    await page.waitForSelector("#progress[data-state=resuming]");
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(await page.getAttribute("#progress", "data-state"), "resuming", "still waiting for the link");
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await page.waitForSelector("#open-panel:not([hidden])", { timeout: 300_000 });
+    const offsets = requests.filter((r) => r.method() === "PATCH").map((r) => Number(r.headers()["upload-offset"]));
+    const boundaries = segments.map((_, i) => segments.slice(0, i).reduce((a, b) => a + b, 0));
+    assert.ok(offsets.every((o) => boundaries.includes(o)), `every request starts at a segment boundary: ${offsets} in ${boundaries}`);
+    assert.ok(offsets.length > segments.length, `a segment was sent again after the cut: ${offsets}`);
+    assert.ok(!offsets.slice(1).includes(0), "never restarted from 0");
+    const href = (await page.getAttribute("#open-link", "href"))!;
+    assert.match(await (await fetch(href)).text(), /Hello from a synthesized cloudlet VM/);
+    const id = (await page.getAttribute("body", "data-session"))!;
+    await page.tap(`#vm-list [data-vm="${id}"] button.stop`);
+    await page.waitForSelector(`#vm-list [data-vm="${id}"]`, { state: "detached" });
+    assert.deepEqual(errors.filter((e) => !/ERR_INTERNET_DISCONNECTED/.test(e)), []);
+  } finally {
+    await context.close();
+  }
+});
+
 test("overlay --app-url is checked against the port forwards", async () => {
   const set = await writeImageSet(join(work, "appurl"), 17, 1 << 20, 1 << 20, 4);
   const args = ["overlay", "--home", join(work, "appurl-home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", join(work, "appurl.overlay"), "--forward", "tcp:8080::80"];
@@ -400,6 +436,24 @@ test("--tls-cert: the page and the API over HTTPS, pairing included", async () =
     assert.match((await page.textContent("#base-list"))!, /No bases yet/);
   } finally {
     await context.close();
+    child.kill("SIGINT");
+    await new Promise((r) => child.once("close", r));
+  }
+});
+
+test("--no-page: the API only; other paths need the token", async () => {
+  const child = spawn(CLOUDLET, ["serve", "--home", join(work, "nopage-home"), "--listen", "127.0.0.1:0", "--json", "--no-page", "--pair"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let log = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
+  try {
+    for (let i = 0; i < 300 && !out.includes("\n"); i++) await new Promise((r) => setTimeout(r, 100));
+    const { port } = JSON.parse(out);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 401);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/phone.js`)).status, 401);
+    assert.ok(!log.includes("#token="), "no pairing link without the page");
+  } finally {
     child.kill("SIGINT");
     await new Promise((r) => child.once("close", r));
   }

@@ -359,6 +359,27 @@ test("the phone goes offline mid-upload and comes back: the upload goes on from 
   }
 });
 
+test("a corrupt segment: the cloudlet fails the session and the page says so; no VM", async () => {
+  const { context, page, errors } = await pairedPhone();
+  try {
+    const bad = join(work, "corrupt", "webapp.overlay");
+    await fsp.mkdir(join(work, "corrupt"), { recursive: true });
+    const bytes = await fsp.readFile(overlay);
+    bytes[bytes.length - 100] ^= 0x40; // inside the last segment
+    await fsp.writeFile(bad, bytes);
+    await page.setInputFiles("#file-input", bad);
+    await page.waitForSelector("#picked[data-state=ready]");
+    await page.tap("#upload-button");
+    await page.waitForSelector("#progress[data-state=failed]");
+    assert.match((await page.textContent("#error"))!, /Synthesis failed: .*segment \d+ is corrupt/);
+    assert.equal(await page.isVisible("#open-panel"), false);
+    assert.equal(await qemuCount(), 0);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
 test("overlay --app-url is checked against the port forwards", async () => {
   const set = await writeImageSet(join(work, "appurl"), 17, 1 << 20, 1 << 20, 4);
   const args = ["overlay", "--home", join(work, "appurl-home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", join(work, "appurl.overlay"), "--forward", "tcp:8080::80"];

@@ -269,6 +269,7 @@ async function follow(id: string, on: (e: SessionEvent) => void, finished: () =>
     try {
       const res = await api(`/sessions/${id}/events`);
       if (res.status === 404) throw new ApiError(404, "NOT_FOUND", "the cloudlet no longer has this session");
+      if (res.status !== 200) throw new ApiError(res.status, "REMOTE", `the cloudlet's event stream answered ${res.status}`);
       const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
       for (;;) {
@@ -334,7 +335,10 @@ async function upload(): Promise<void> {
         else if (e.type === "error") failure = e.message;
       },
       () => endpoint !== null || failure !== null,
-    );
+    ).catch((e: unknown) => {
+      // The session is gone, or the token: the upload loop stops on `failure`.
+      failure ??= describeError(e);
+    });
     await apiJson<SessionStatus>(`/sessions/${id}/meta`, { method: "PUT", body: plan.head as Uint8Array<ArrayBuffer>, headers: { "content-type": "application/octet-stream" } }, [200]);
     setState("uploading", "Uploading; the cloudlet decodes as segments arrive");
     let offset = 0;
@@ -350,7 +354,8 @@ async function upload(): Promise<void> {
         offset = await sendSegment(id, from, files.get(seg.file)!.slice(seg.offset, seg.offset + seg.size), (n) => showSent(from + n));
         if (byId("progress").dataset.state === "resuming") setState("uploading", `Link back: resumed at ${formatBytes(from)}`);
       } catch (e) {
-        if (e instanceof ApiError) throw e;
+        // A refusal after the session failed: the event stream says why better.
+        if (e instanceof ApiError) throw failure !== null ? new Error(failure) : e;
         cuts++;
         setState("resuming", `Connection lost; resuming from ${formatBytes(from)} when the link returns…`);
         document.body.dataset.cuts = String(cuts);

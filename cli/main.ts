@@ -495,6 +495,8 @@ cli
     if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) throw new CloudletError("BAD_ARGUMENT", "--tls-cert and --tls-key go together");
     const tls = o.tlsCert ? { cert: await readFileArg(o.tlsCert as string, "TLS certificate"), key: await readFileArg(o.tlsKey as string, "TLS key") } : undefined;
     const hc = hostChoice(o);
+    // Without the page (no build tools here, say) the API still serves cloudlet client.
+    const pageHandler = o.page === false ? undefined : await clientPage().catch((e: Error) => void process.stderr.write(`cloudlet serve: not serving the phone page: ${e.message}\n`));
     const server = new SynthesisServer({
       core,
       backend: new HomeBackend(core, home, hc),
@@ -513,7 +515,7 @@ cli
       name: o.name as string,
       version: CLOUDLET_VERSION,
       log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
-      page: o.page === false ? undefined : await clientPage(),
+      page: pageHandler,
     });
     await server.start();
     const addr = server.address();
@@ -524,14 +526,15 @@ cli
     const wildcard = host === "0.0.0.0" || host === "::";
     const loopback = /^127\.|^::1$|^localhost$/.test(host);
     if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
-    if (o.page !== false && (o.pair === true || process.stderr.isTTY)) {
+    const page = pageHandler !== undefined;
+    if (page && (o.pair === true || process.stderr.isTTY)) {
       const link = pairingUrl(tls ? "https" : "http", pageHost(host, lanAddresses()), addr.port, token);
       const others = wildcard ? lanAddresses().slice(1) : [];
       process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)${others.length ? `\n  (this host also has ${others.join(", ")}: put the one the phone reaches in the link)` : ""}\n${await pairingQr(link)}\n`);
-    } else if (o.page !== false) {
+    } else if (page) {
       process.stderr.write(`cloudlet serve: phone page at ${tls ? "https" : "http"}://${pageHost(host, lanAddresses())}:${addr.port}/; its pairing link (it holds the token) is printed on a terminal, or with --pair\n`);
     }
-    if (o.page !== false && !loopback && o.announce !== false) process.stderr.write(`cloudlet serve: phones on this network also reach it as ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (mDNS; pair that address too: tokens are kept per address)\n`);
+    if (page && !loopback && o.announce !== false) process.stderr.write(`cloudlet serve: phones on this network also reach it as ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (mDNS; pair that address too: tokens are kept per address)\n`);
     const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
     await untilInterrupted();
     process.stderr.write("cloudlet serve: stopping (ending sessions)\n");

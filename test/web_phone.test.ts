@@ -279,6 +279,11 @@ test("pick the overlay, upload with progress, press Open: the app's page from th
     await page.waitForSelector(`#vm-list [data-vm="${id}"]`, { state: "detached" });
     assert.equal(await qemuCount(), 0, "Stop ended the VM");
     assert.equal(await fetch(href).then(() => "answered", () => "gone"), "gone");
+    // The same file again (a second run of the app): the choice registers and Upload is offered.
+    assert.equal(await page.isVisible("#upload-button"), false);
+    await page.setInputFiles("#file-input", overlay);
+    await page.waitForSelector("#picked[data-state=ready]");
+    assert.equal(await page.isVisible("#upload-button"), true);
     assert.deepEqual(errors, []);
   } finally {
     await context.close();
@@ -318,6 +323,8 @@ test("a connection dropped mid-upload resumes from the last complete segment whe
     const id = (await page.getAttribute("body", "data-session"))!;
     await page.tap(`#vm-list [data-vm="${id}"] button.stop`);
     await page.waitForSelector(`#vm-list [data-vm="${id}"]`, { state: "detached" });
+    assert.equal(await page.getAttribute("#progress", "data-state"), "stopped");
+    assert.equal(await page.isVisible("#open-panel"), false, "no Open button for a stopped VM");
     assert.deepEqual(errors, []);
   } finally {
     await context.close();

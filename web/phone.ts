@@ -387,15 +387,20 @@ async function upload(): Promise<void> {
     setState("running", `VM ${ep.vmId.slice(0, 12)} is running (${secs.toFixed(1)} s: synthesis ${(ep.ms.synthesis / 1000).toFixed(1)} s, resume ${(ep.ms.launch / 1000).toFixed(1)} s)`);
     showOpen(vm);
     renderVms();
-    // This overlay is done; picking one again shows the button again.
+    // This overlay is done; picking it (or another) again shows the button again.
     button.hidden = true;
+    byId("picked").dataset.state = "sent";
+    picked = null;
   } catch (e) {
     if (e instanceof Unpaired) return;
     setState("failed", "Failed");
     showError(`Synthesis failed: ${describeError(e)}`);
     if (id) void api(`/sessions/${id}`, { method: "DELETE" }).catch(() => {});
   } finally {
-    byId<HTMLInputElement>("file-input").disabled = false;
+    const input = byId<HTMLInputElement>("file-input");
+    input.disabled = false;
+    // Otherwise choosing the same file again fires no change event.
+    input.value = "";
     button.disabled = false;
   }
 }
@@ -460,7 +465,10 @@ async function stopVm(id: string): Promise<void> {
     return;
   }
   saveVms(loadVms().filter((v) => v.id !== id));
-  if (document.body.dataset.session === id) byId("open-panel").hidden = true;
+  if (document.body.dataset.session === id) {
+    byId("open-panel").hidden = true;
+    setState("stopped", "VM stopped");
+  }
   renderVms();
 }
 

@@ -1,6 +1,9 @@
 // Port-forward specs: the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { core } from "./_core.ts";
+import { decodeMeta, encodeMeta, HEADER_BYTES, validateMeta } from "../ts/overlay/format.ts";
 import { checkAppUrl, collectPortForwards, expandAppUrl, parsePortForward } from "../ts/overlay/launch.ts";
 
 test("port forwards parse in the seed's -redir syntax, QEMU's hostfwd= syntax and the shorthand", () => {
@@ -51,4 +54,20 @@ test("app address templates: checked against the forwards, filled in with the la
   assert.equal(expandAppUrl("http://{host}:{port:80}/", "cloudlet.local", launched), "http://cloudlet.local:40123/");
   assert.equal(expandAppUrl("http://{host}:{port:80}/", "fe80::1", launched), "http://[fe80::1]:40123/");
   assert.equal(expandAppUrl("http://{host}:{port:22}/", "h", launched), null, "a port that was not forwarded");
+});
+
+test("launch.app_url in the meta: absent unless set (v1 bytes unchanged), round-trips when set, refused when not an http(s) address", () => {
+  const golden = new Uint8Array(readFileSync(new URL("./golden/v1/golden.overlay-meta", import.meta.url)));
+  const meta = decodeMeta(core, golden, "golden");
+  assert.equal("appUrl" in meta.launch, false);
+  assert.deepEqual(encodeMeta(core, meta), golden, "a meta without an app address encodes to the same bytes");
+  const withApp = { ...meta, launch: { ...meta.launch, appUrl: "http://{host}:{port:80}/" } };
+  const bytes = encodeMeta(core, withApp);
+  assert.match(new TextDecoder().decode(bytes), /"app_url":"http:\/\/\{host\}:\{port:80\}\/"/);
+  assert.deepEqual(decodeMeta(core, bytes, "app").launch, withApp.launch);
+  for (const bad of ["javascript:alert(1)", "http://a b/", 42]) {
+    const json = JSON.parse(new TextDecoder().decode(encodeMeta(core, meta).subarray(HEADER_BYTES)));
+    json.launch.app_url = bad;
+    assert.throws(() => validateMeta(json, "bad.overlay"), (e: unknown) => (e as { code?: string }).code === "BAD_META" && /launch\.app_url/.test((e as Error).message), String(bad));
+  }
 });

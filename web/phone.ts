@@ -15,7 +15,8 @@ import type { OverlayMeta } from "../ts/overlay/format.ts";
 import type { Endpoint, ServerInfo, SessionEvent, SessionStatus } from "../ts/server/protocol.ts";
 import { byId, fill, h } from "./dom.ts";
 import type { OpenedOverlay, UploadPlan } from "./protocol.ts";
-import { WorkerClient, WorkerError } from "./worker_client.ts";
+import { startWorker } from "./core_loader.ts";
+import { type WorkerClient, WorkerError } from "./worker_client.ts";
 
 const TOKEN_KEY = "cloudlet.token";
 const VMS_KEY = "cloudlet.vms";
@@ -141,16 +142,9 @@ async function loadInfo(): Promise<void> {
 
 let worker: Promise<WorkerClient> | null = null;
 
-/** The inspector's worker with the WASM core loaded, started once. */
+/** The inspector's worker with the WASM core loaded (the same loader), started once. */
 function coreWorker(): Promise<WorkerClient> {
-  worker ??= (async () => {
-    const client = new WorkerClient("worker.js");
-    const res = await fetch("cloudlet_core_bg.wasm");
-    if (!res.ok) throw new Error(`cannot load cloudlet_core_bg.wasm: ${res.status}`);
-    const wasm = await res.arrayBuffer();
-    await client.call({ op: "init", wasm }, [wasm]);
-    return client;
-  })();
+  worker ??= startWorker();
   worker.catch(() => (worker = null));
   return worker;
 }

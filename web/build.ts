@@ -11,6 +11,7 @@
  *   cloudlet_core_bg.wasm    byte-identical copy of ts/core/_wasm/cloudlet_core_bg.wasm
  *   kernels.json             copy of core-rs/vectors/kernels.json (the self-test)
  *   cloudlet-inspector.html  all of the above in one file, to open from disk (file://)
+ *   phone.html phone.js phone.css  the phone client `cloudlet serve` serves at / (same worker and .wasm)
  *   build-stamp.json         every input and its SHA-256: decides staleness
  * ```
  *
@@ -29,7 +30,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 /** Default output directory. */
 export const DIST_DIR = join(ROOT, "web", "dist");
 /** Files copied or inlined besides the bundles' own inputs. */
-const EXTRA_INPUTS = ["web/index.html", "web/style.css", "web/build.ts", "ts/core/_wasm/cloudlet_core_bg.wasm", "core-rs/vectors/kernels.json"];
+const EXTRA_INPUTS = ["web/index.html", "web/style.css", "web/phone.html", "web/phone.css", "web/build.ts", "ts/core/_wasm/cloudlet_core_bg.wasm", "core-rs/vectors/kernels.json"];
 const STAMP = "build-stamp.json";
 
 /** What the stamp records. */
@@ -79,7 +80,7 @@ export async function buildInspector(outDir = DIST_DIR): Promise<string[]> {
   });
   const result = await esbuild.build({
     absWorkingDir: ROOT,
-    entryPoints: { main: "web/main.ts", worker: "web/worker.ts" },
+    entryPoints: { main: "web/main.ts", worker: "web/worker.ts", phone: "web/phone.ts" },
     outdir: "web/dist",
     bundle: true,
     format: "iife",
@@ -104,6 +105,10 @@ export async function buildInspector(outDir = DIST_DIR): Promise<string[]> {
     "worker.js": js["worker.js"],
     "cloudlet_core_bg.wasm": wasm,
     "kernels.json": vectors,
+    // The phone page loads everything from files, so its CSP needs no inline script or style.
+    "phone.js": js["phone.js"],
+    "phone.html": await fsp.readFile(join(ROOT, "web/phone.html"), "utf8"),
+    "phone.css": await fsp.readFile(join(ROOT, "web/phone.css"), "utf8"),
     "index.html": page(`<script src="main.js"></script>`),
     "cloudlet-inspector.html": page(
       [

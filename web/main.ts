@@ -12,7 +12,7 @@ import { ChunkMap } from "../ts/inspect/chunk_map.ts";
 import { formatBytes, inspectMeta } from "../ts/inspect/report.ts";
 import type { ErrorInfo, SegmentCheck } from "../ts/inspect/segment_check.ts";
 import { type InspectSession, SESSION_PATH, type SessionFile } from "../ts/inspect/session.ts";
-import { checkKernelVectors, type KernelVectors, type VectorResult } from "../ts/inspect/vector_check.ts";
+import { checkKernelVectors, type VectorResult } from "../ts/inspect/vector_check.ts";
 import { KIND_NAMES } from "../ts/overlay/format.ts";
 import { byId, field, fill, h, int } from "./dom.ts";
 import { MapView, type Region } from "./map_view.ts";
@@ -20,50 +20,8 @@ import { CLASS_COLORS, CLASS_HELP, CLASS_LABELS, UNCHANGED_COLOR } from "./palet
 import type { FileSpec, OpenedOverlay, ScanSummary } from "./protocol.ts";
 import { RegionView } from "./region_view.ts";
 import { renderBreakdown, renderLaunch, renderSummary, SegmentTable } from "./report_view.ts";
+import { assets, startWorker } from "./core_loader.ts";
 import { WorkerClient, WorkerError } from "./worker_client.ts";
-
-/** The page's assets: embedded in the single-file build, fetched beside the page otherwise. */
-const assets = {
-  wasm: null as Promise<ArrayBuffer> | null,
-  workerUrl: null as string | null,
-
-  /** The bytes of cloudlet_core_bg.wasm. */
-  wasmBytes(): Promise<ArrayBuffer> {
-    this.wasm ??= (async () => {
-      const embedded = document.getElementById("cloudlet-wasm")?.textContent?.trim();
-      if (embedded) return Uint8Array.from(atob(embedded), (c) => c.charCodeAt(0)).buffer;
-      const res = await fetch("cloudlet_core_bg.wasm");
-      if (!res.ok) throw new Error(`cannot load cloudlet_core_bg.wasm: ${res.status} ${res.statusText}`);
-      return res.arrayBuffer();
-    })();
-    return this.wasm;
-  },
-
-  /** The shared kernel vectors. */
-  async vectors(): Promise<KernelVectors> {
-    const embedded = document.getElementById("cloudlet-vectors")?.textContent?.trim();
-    if (embedded) return JSON.parse(embedded);
-    const res = await fetch("kernels.json");
-    if (!res.ok) throw new Error(`cannot load kernels.json: ${res.status} ${res.statusText}`);
-    return res.json();
-  },
-
-  /** A URL the worker script loads from. */
-  worker(): string {
-    if (this.workerUrl) return this.workerUrl;
-    const src = document.getElementById("cloudlet-worker")?.textContent;
-    this.workerUrl = src ? URL.createObjectURL(new Blob([src], { type: "text/javascript" })) : "worker.js";
-    return this.workerUrl;
-  },
-};
-
-/** A fresh worker with the core loaded. */
-async function startWorker(): Promise<WorkerClient> {
-  const client = new WorkerClient(assets.worker());
-  const wasm = (await assets.wasmBytes()).slice(0);
-  await client.call({ op: "init", wasm }, [wasm]);
-  return client;
-}
 
 /** What is open now. */
 let current: { client: WorkerClient; map: ChunkMap; maps: MapView[] } | null = null;

@@ -12,6 +12,7 @@
  *                                  <-      reply ScanSummary
  *   detail {kind, index}           ->      decode that segment (cached) -> reply ChunkDetail
  *   selftest {vectors}             ->      kernel vectors in the worker -> reply VectorResult[]
+ *   plan                           ->      the open overlay as the upload protocol sends it -> reply UploadPlan
  * ```
  */
 import type { ChunkDetail } from "../ts/inspect/chunk_detail.ts";
@@ -32,7 +33,8 @@ export type Request =
   | { op: "open"; id: number; files: FileSpec[]; baseDisk?: FileSpec; baseMemory?: FileSpec }
   | { op: "scan"; id: number }
   | { op: "detail"; id: number; kind: number; index: number }
-  | { op: "selftest"; id: number; vectors: KernelVectors };
+  | { op: "selftest"; id: number; vectors: KernelVectors }
+  | { op: "plan"; id: number };
 
 /** What the worker opened. */
 export interface OpenedOverlay {
@@ -64,6 +66,18 @@ export interface ScanSummary {
   ms: number;
   /** The worker's WASM memory at the end, in bytes. */
   wasmBytes: number;
+}
+
+/**
+ * How to upload the open overlay (docs/protocol.md): the packed header and
+ * meta for the meta step, then each segment's bytes, which are a slice of
+ * one of the given files (the packed file, or a seed-layout NAME-N.xz).
+ */
+export interface UploadPlan {
+  /** Packed header + meta (made from the meta file for the seed layout). */
+  head: Uint8Array;
+  /** Segment i: `size` bytes at `offset` of the file named `file`. */
+  segments: Array<{ file: string; offset: number; size: number }>;
 }
 
 /** Replies and events, worker to page. */

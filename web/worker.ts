@@ -16,17 +16,19 @@ import { readAhead } from "../ts/inspect/read_ahead.ts";
 import { type BaseSources, checkSegment, errorInfo } from "../ts/inspect/segment_check.ts";
 import { checkKernelVectors } from "../ts/inspect/vector_check.ts";
 import { InlineCodec } from "../ts/overlay/codec.ts";
-import type { SegmentRecords } from "../ts/overlay/format.ts";
+import { decodePackHeader, encodePackHeader, HEADER_BYTES, type SegmentRecords, segmentFileName } from "../ts/overlay/format.ts";
 import type { ByteSource } from "../ts/overlay/io.ts";
 import type { OverlayReader } from "../ts/overlay/reader.ts";
 import { fetchSegment } from "../ts/overlay/synthesis.ts";
-import type { FileSpec, OpenedOverlay, Reply, Request, ScanSummary } from "./protocol.ts";
+import type { FileSpec, OpenedOverlay, Reply, Request, ScanSummary, UploadPlan } from "./protocol.ts";
 
 /** The worker global, typed for what this file uses (tsconfig's lib is DOM). */
 const scope = self as unknown as { postMessage(m: Reply, transfer?: Transferable[]): void; onmessage: ((e: MessageEvent<Request>) => void) | null };
 
 let core: Core | null = null;
 let reader: OverlayReader | null = null;
+/** The files of the open overlay. */
+let openSet: Awaited<ReturnType<typeof sortOverlayFiles>> | null = null;
 let base: BaseSources | null = null;
 /** The last segment decoded for the detail view. */
 let cached: { segment: number; records: SegmentRecords } | null = null;
@@ -55,6 +57,7 @@ async function open(files: FileSpec[], baseDisk?: FileSpec, baseMemory?: FileSpe
   const named = { disk: baseDisk ? source(baseDisk) : null, memory: baseMemory ? source(baseMemory) : null };
   const found = baseDisk || baseMemory ? named : matchBaseFiles(r.meta, set.others.values());
   reader = r;
+  openSet = set;
   // Base reads are 4 KiB here and there: cache them in blocks.
   base = { disk: found.disk && new CachedSource(found.disk), memory: found.memory && new CachedSource(found.memory) };
   return {
@@ -105,6 +108,28 @@ async function detail(kind: number, index: number) {
   return chunkDetail(c, cached.records, segment, rec, base);
 }
 
+/** The open overlay laid out as the synthesis protocol sends it (the phone page's upload). */
+async function plan(): Promise<UploadPlan> {
+  const c = needCore();
+  const r = needReader();
+  const set = openSet!;
+  const main = baseName(set.main.name);
+  const segs = r.meta.segments;
+  if (set.layout === "packed") {
+    const h = decodePackHeader(c, await set.main.read(0, HEADER_BYTES), main);
+    let at = h.dataOffset;
+    return { head: await set.main.read(0, h.dataOffset), segments: segs.map((s) => ({ file: main, offset: (at += s.compressedSize) - s.compressedSize, size: s.compressedSize })) };
+  }
+  const metaBytes = r.metaBytes!;
+  const dataOffset = HEADER_BYTES + metaBytes.length;
+  const totalLength = dataOffset + segs.reduce((t, s) => t + s.compressedSize, 0);
+  const head = new Uint8Array(dataOffset);
+  head.set(encodePackHeader(c, { metaLength: metaBytes.length, dataOffset, totalLength }, false));
+  head.set(metaBytes, HEADER_BYTES);
+  const stem = main.replace(/\.overlay-meta$/, "");
+  return { head, segments: segs.map((s, i) => ({ file: segmentFileName(stem, i), offset: 0, size: s.compressedSize })) };
+}
+
 async function handle(m: Request): Promise<{ value: unknown; transfer?: Transferable[] }> {
   switch (m.op) {
     case "init":
@@ -121,6 +146,8 @@ async function handle(m: Request): Promise<{ value: unknown; transfer?: Transfer
     }
     case "selftest":
       return { value: checkKernelVectors(needCore(), m.vectors) };
+    case "plan":
+      return { value: await plan() };
   }
 }
 

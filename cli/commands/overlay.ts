@@ -6,7 +6,7 @@ import { createOverlayFiles } from "../../ts/jobs/file_overlay.ts";
 import { defaultMachine } from "../../ts/home/machine_defaults.ts";
 import { cloudletHome } from "../../ts/home/paths.ts";
 import { inspectMeta, formatBytes } from "../../ts/inspect/report.ts";
-import { collectPortForwards } from "../../ts/overlay/launch.ts";
+import { checkAppUrl, collectPortForwards } from "../../ts/overlay/launch.ts";
 import { fileIdentity } from "../../ts/home/base_cache.ts";
 import { overlayFromVm } from "../../ts/jobs/vm_overlay.ts";
 import { controller, type Common, bar, out, parseSize, num, diskStride, need, ACCEL_HELP, vmContext, interaction } from "../options.ts";
@@ -32,6 +32,7 @@ export function register(cli: CAC): void {
     .option("-o, --output <path>", "Output: NAME.overlay (packed, default) or NAME.overlay-meta (seed layout)")
     .option("--layout <layout>", "packed | split, when -o has no suffix", { default: "packed" })
     .option("--forward <spec>", "Port forward to record, e.g. tcp:2222::22 (repeatable); also -- -redir SPEC")
+    .option("--app-url <template>", "Where the VM's app answers, for the phone page's Open button: 'http://{host}:{port:80}/' ({port:N}: the host port forwarded to guest port N)")
     .option("--segment-size <size>", "Payload bytes per segment", { default: "1M" })
     .option("--preset <n>", "xz preset 0-9", { default: 6 })
     .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
@@ -48,10 +49,13 @@ export function register(cli: CAC): void {
         if (how.script === undefined && !how.console && !how.vnc) throw new CloudletError("BAD_ARGUMENT", "VM mode needs --script FILE, --console or --vnc to customise the VM");
         const p = bar(o);
         const ctx = vmContext(o, p, core);
+        const forwards = collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []);
+        const appUrl = o.appUrl === undefined ? undefined : checkAppUrl(String(o.appUrl), forwards);
         const r = await overlayFromVm(ctx, {
           base: baseRef,
           customize: how,
-          forwards: collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []),
+          forwards,
+          appUrl,
           out: need(o.output, "-o"),
           layout: o.layout === "split" ? "split" : "packed",
           segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
@@ -83,7 +87,10 @@ export function register(cli: CAC): void {
         state: o.state as string | undefined,
         out: need(o.output, "-o"),
         layout,
-        launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
+        launch: (() => {
+          const portForwards = collectPortForwards(forwards, (o["--"] as string[]) ?? []);
+          return { portForwards, ...(o.appUrl === undefined ? {} : { appUrl: checkAppUrl(String(o.appUrl), portForwards) }) };
+        })(),
         segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
         preset,
         diskStride: diskStride(o.diskStride),

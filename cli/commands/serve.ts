@@ -8,7 +8,8 @@ import { cloudletHome, homePaths } from "../../ts/home/paths.ts";
 import { HomeBackend } from "../../ts/jobs/server_backend.ts";
 import { loadOrCreateToken, SynthesisServer } from "../../ts/server/server.ts";
 import { DEFAULT_PORT } from "../../ts/server/protocol.ts";
-import { announce } from "../../ts/server/discovery.ts";
+import { announce, lanAddresses, mdnsHostName } from "../../ts/server/discovery.ts";
+import { clientPage, pageHost, pairingQr, pairingUrl } from "../../ts/server/client_page.ts";
 import { hostname } from "node:os";
 import { type Common, parseSize, num, untilInterrupted, hostChoice, ACCEL_HELP, parseListen, readFileArg } from "../options.ts";
 
@@ -30,6 +31,8 @@ export function register(cli: CAC): void {
     .option("--name <name>", "Name announced on the network", { default: hostname() })
     .option("--no-announce", "Do not announce over mDNS")
     .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL (clients must upload it)")
+    .option("--no-page", "Do not serve the phone page at / (API only)")
+    .option("--pair", "Print the pairing link and QR code even when stderr is not a terminal (they carry the token)")
     .option("--host <host>", "qemu (default) or virsh")
     .option("--connect <uri>", "Local libvirt URI for --host virsh (default qemu:///system)")
     .option("--accel <accel>", ACCEL_HELP)
@@ -42,6 +45,8 @@ export function register(cli: CAC): void {
       if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) throw new CloudletError("BAD_ARGUMENT", "--tls-cert and --tls-key go together");
       const tls = o.tlsCert ? { cert: await readFileArg(o.tlsCert as string, "TLS certificate"), key: await readFileArg(o.tlsKey as string, "TLS key") } : undefined;
       const hc = hostChoice(o);
+      // Without the page (no build tools here, say) the API still serves cloudlet client.
+      const pageHandler = o.page === false ? undefined : await pageRoot().then((dir) => clientPage(dir)).catch((e: Error) => void process.stderr.write(`cloudlet serve: not serving the phone page: ${e.message}\n`));
       const server = new SynthesisServer({
         core,
         backend: new HomeBackend(core, home, hc),
@@ -59,6 +64,7 @@ export function register(cli: CAC): void {
         name: o.name as string,
         version: CLOUDLET_VERSION,
         log: (l) => process.stderr.write(`${new Date().toISOString()} ${printable(l)}\n`),
+        page: pageHandler,
       });
       await server.start();
       const addr = server.address();
@@ -69,10 +75,25 @@ export function register(cli: CAC): void {
       const wildcard = host === "0.0.0.0" || host === "::";
       const loopback = /^127\.|^::1$|^localhost$/.test(host);
       if (o.announce !== false && loopback) process.stderr.write("cloudlet serve: not announcing over mDNS: listening on loopback only (--listen 0.0.0.0:PORT serves the network)\n");
+      const page = pageHandler !== undefined;
+      if (page && (o.pair === true || process.stderr.isTTY)) {
+        const link = pairingUrl(tls ? "https" : "http", pageHost(host, lanAddresses()), addr.port, token);
+        const others = wildcard ? lanAddresses().slice(1) : [];
+        process.stderr.write(`cloudlet serve: pair a phone: scan this code, or open ${link}\n  (the link holds the token: share it only with devices you trust)${others.length ? `\n  (this host also has ${others.join(", ")}: put the one the phone reaches in the link)` : ""}\n${await pairingQr(link)}\n`);
+      } else if (page) {
+        process.stderr.write(`cloudlet serve: phone page at ${tls ? "https" : "http"}://${pageHost(host, lanAddresses())}:${addr.port}/; its pairing link (it holds the token) is printed on a terminal, or with --pair\n`);
+      }
+      if (page && !loopback && o.announce !== false) process.stderr.write(`cloudlet serve: phones on this network also reach it as ${tls ? "https" : "http"}://${mdnsHostName(o.name as string)}:${addr.port}/ (mDNS; pair that address too: tokens are kept per address)\n`);
       const ann = o.announce === false || loopback ? null : announce({ name: o.name as string, port: addr.port, tls: Boolean(tls), version: CLOUDLET_VERSION, bases: bases.map((b) => `${b.name}=${b.id.slice(0, 16)}`), addresses: wildcard ? undefined : [host] });
       await untilInterrupted();
       process.stderr.write("cloudlet serve: stopping (ending sessions)\n");
       await ann?.stop();
       await server.stop();
     });
+}
+
+/** The built pages (web/dist; in the package, the shipped copy): found here, so the server needs no build tools. */
+async function pageRoot(): Promise<string> {
+  const { ensureInspectorBuilt } = await import("../../web/build.ts");
+  return await ensureInspectorBuilt();
 }

@@ -103,6 +103,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
       portForwards: o.launch?.portForwards ?? [],
       memoryMiB: o.launch?.memoryMiB ?? machine.ramMiB,
       vcpus: o.launch?.vcpus ?? 1,
+      ...(o.launch?.appUrl !== undefined ? { appUrl: o.launch.appUrl } : {}),
       ...(memExtents ? { memoryFreeBytes: memExtents.filter((e) => e.zero).reduce((t, e) => t + e.length, 0) } : {}),
     };
     const r = await writeOverlay({

@@ -23,6 +23,8 @@ export interface OverlayFromVmOptions {
   customize: Interaction;
   /** Port forwards to record (and to offer during customisation). */
   forwards: PortForward[];
+  /** App address template for the launch config (`--app-url`). */
+  appUrl?: string;
   /** Output path. */
   out: string;
   layout?: "packed" | "split";
@@ -74,7 +76,7 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     const snap = await vm.snapshot(join(run, "state.bin"), ctx.signal, { settleFreeMemory: o.freeMemory !== false });
     vm = null;
     sayFreeMemory(ctx, base.machine, snap.freeMemory, o.freeMemory === false);
-    const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus };
+    const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus, ...(o.appUrl !== undefined ? { appUrl: o.appUrl } : {}) };
     const made = await createOverlayFiles(ctx.core, {
       baseDisk: files.disk,
       baseMem: files.memory,

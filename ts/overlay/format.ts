@@ -190,6 +190,8 @@ export interface LaunchConfig {
   vcpus: number;
   /** Bytes of the memory image that were free at the snapshot (holes: never written, or reported free by the guest); optional, informational. */
   memoryFreeBytes?: number;
+  /** Where the VM's app answers, as a template (`http://{host}:{port:80}/`; see launch.ts); absent unless given. */
+  appUrl?: string;
 }
 
 /** One entry of the segment table. */
@@ -476,6 +478,8 @@ function metaToJson(m: OverlayMeta): unknown {
       memory_mib: m.launch.memoryMiB,
       vcpus: m.launch.vcpus,
       ...(m.launch.memoryFreeBytes !== undefined ? { memory_free_bytes: m.launch.memoryFreeBytes } : {}),
+      // Only when set, so that overlays without one keep their exact bytes.
+      ...(m.launch.appUrl !== undefined ? { app_url: m.launch.appUrl } : {}),
     },
     creator: m.creator,
     class_counts: Object.fromEntries(KIND_NAMES.map((k, i) => [k, Object.fromEntries(CLASS_NAMES.map((c, j) => [c, m.classCounts[i][j]]))])),
@@ -558,6 +562,11 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
     vcpus: int(l.vcpus, "launch.vcpus", file, 1024, 1),
   };
   if (l.memory_free_bytes !== undefined) launch.memoryFreeBytes = int(l.memory_free_bytes, "launch.memory_free_bytes", file, imageSizes[1]);
+  if (l.app_url !== undefined) {
+    const url = str(l.app_url, "launch.app_url", file, 1024);
+    if (!/^https?:\/\/[^\s]+$/.test(url)) fail(file, "meta field launch.app_url must be an http(s) address template without spaces");
+    launch.appUrl = url;
+  }
   const c = obj(j.creator, "creator", file);
   const creator = { tool: str(c.tool, "creator.tool", file), version: str(c.version, "creator.version", file), created: str(c.created, "creator.created", file) };
 

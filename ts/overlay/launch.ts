@@ -57,3 +57,38 @@ export function collectPortForwards(forwards: string[], trailing: string[]): Por
   }
   return out;
 }
+
+/**
+ * App address templates (`overlay --app-url`): where the synthesized VM's
+ * app answers, for the phone page's "Open" button. `{host}` is the
+ * cloudlet's address as the client reached it, `{port:N}` the host port
+ * forwarded to guest TCP port N (chosen at launch, so unknown when the
+ * overlay is made). Nothing else may be in braces.
+ */
+const APP_URL_PART = /\{([^{}]*)\}/g;
+
+/** Checks an app address template against the overlay's port forwards; returns it. */
+export function checkAppUrl(template: string, forwards: PortForward[]): string {
+  if (template.length > 1024 || !/^https?:\/\/\S+$/.test(template)) throw new CloudletError("BAD_ARGUMENT", `--app-url must be an http(s) address such as 'http://{host}:{port:80}/', not "${template}"`);
+  if (/[{}]/.test(template.replace(APP_URL_PART, ""))) throw new CloudletError("BAD_ARGUMENT", `--app-url "${template}" has an unmatched brace`);
+  for (const [, part] of template.matchAll(APP_URL_PART)) {
+    if (part === "host") continue;
+    const m = /^port:(\d{1,5})$/.exec(part);
+    if (!m) throw new CloudletError("BAD_ARGUMENT", `--app-url: unknown placeholder {${part}} (use {host} and {port:GUESTPORT})`);
+    if (!forwards.some((f) => f.proto === "tcp" && f.guestPort === Number(m[1]))) throw new CloudletError("BAD_ARGUMENT", `--app-url uses {port:${m[1]}}, but no TCP port forward goes to guest port ${m[1]} (add one, e.g. -- -redir tcp:8080::${m[1]})`);
+  }
+  return template;
+}
+
+/** Fills in an app address template: null when a port it names is not forwarded. */
+export function expandAppUrl(template: string, host: string, ports: PortForward[]): string | null {
+  let missing = false;
+  const url = template.replace(APP_URL_PART, (_, part: string) => {
+    if (part === "host") return host.includes(":") ? `[${host}]` : host;
+    const guest = Number(/^port:(\d+)$/.exec(part)?.[1]);
+    const f = ports.find((p) => p.proto === "tcp" && p.guestPort === guest);
+    if (!f) missing = true;
+    return f ? String(f.hostPort) : "";
+  });
+  return missing ? null : url;
+}

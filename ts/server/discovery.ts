@@ -2,10 +2,13 @@
  * Discovery over mDNS / DNS-SD: `cloudlet serve` announces
  * `_cloudlet._tcp.local` with its port and, in TXT records, its version,
  * whether it speaks TLS and its bases; `cloudlet discover` asks the local
- * network and lists the answers. (The seed used UPnP.)
+ * network and lists the answers. (The seed used UPnP.) It also answers
+ * A/AAAA queries for `NAME.local` (its --name), the SRV target: a phone's
+ * browser cannot browse DNS-SD, but its resolver looks up `.local` names,
+ * so `http://NAME.local:8021/` reaches the phone page.
  */
 import { clearTimeout, setTimeout } from "node:timers";
-import { networkInterfaces, hostname } from "node:os";
+import { networkInterfaces } from "node:os";
 import makeMdns from "multicast-dns";
 import { mdnsOptions } from "../node/mdns_socket.ts";
 
@@ -24,7 +27,7 @@ export interface Announcement {
   version: string;
   /** Bases: "name=idprefix". */
   bases: string[];
-  /** Addresses to advertise (default: every non-internal IPv4 address). */
+  /** Addresses to advertise (default: {@link lanAddresses}). */
   addresses?: string[];
 }
 
@@ -46,6 +49,21 @@ function ipv4s(): string[] {
     .map((a) => a!.address);
 }
 
+/** Every address another host on the network can use: non-internal IPv4, then global or unique-local IPv6 (link-local ones need a zone, which a URL cannot carry well). */
+export function lanAddresses(): string[] {
+  const v6 = Object.values(networkInterfaces())
+    .flat()
+    .filter((a) => a && a.family === "IPv6" && !a.internal && !/^fe80:/i.test(a.address))
+    .map((a) => a!.address);
+  return [...ipv4s(), ...v6];
+}
+
+/** `NAME.local` for an instance name: one DNS label of letters, digits and hyphens (others become hyphens). */
+export function mdnsHostName(name: string): string {
+  const label = name.toLowerCase().replace(/\.local\.?$/, "").replace(/[^a-z0-9-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 63);
+  return `${label || "cloudlet"}.local`;
+}
+
 function txt(a: Announcement): Buffer[] {
   // One string per base keeps each under the 255-byte TXT limit.
   return [`txtvers=1`, `version=${a.version}`, `tls=${a.tls ? 1 : 0}`, ...a.bases.slice(0, 20).map((b) => `base=${b}`)].map((s) => Buffer.from(s.slice(0, 255)));
@@ -55,18 +73,21 @@ function txt(a: Announcement): Buffer[] {
 export function announce(a: Announcement): { stop: () => Promise<void> } {
   const mdns = makeMdns(mdnsOptions());
   const instance = `${a.name}.${SERVICE}`;
-  const target = `${hostname()}.local`;
-  const records = () => {
-    const addrs = a.addresses ?? ipv4s();
-    return [
-      { name: SERVICE, type: "PTR" as const, ttl: 120, data: instance },
-      { name: instance, type: "SRV" as const, ttl: 120, data: { port: a.port, target, priority: 0, weight: 0 } },
-      { name: instance, type: "TXT" as const, ttl: 120, data: txt(a) },
-      ...addrs.map((ip) => (ip.includes(":") ? { name: target, type: "AAAA" as const, ttl: 120, data: ip } : { name: target, type: "A" as const, ttl: 120, data: ip })),
-    ];
-  };
+  const target = mdnsHostName(a.name);
+  const addressRecords = () =>
+    (a.addresses ?? lanAddresses()).map((ip) => (ip.includes(":") ? { name: target, type: "AAAA" as const, ttl: 120, data: ip } : { name: target, type: "A" as const, ttl: 120, data: ip }));
+  const records = () => [
+    { name: SERVICE, type: "PTR" as const, ttl: 120, data: instance },
+    { name: instance, type: "SRV" as const, ttl: 120, data: { port: a.port, target, priority: 0, weight: 0 } },
+    { name: instance, type: "TXT" as const, ttl: 120, data: txt(a) },
+    ...addressRecords(),
+  ];
   mdns.on("query", (q) => {
-    if (q.questions.some((x) => x.name === SERVICE || x.name === instance)) mdns.respond({ answers: records() });
+    if (q.questions.some((x) => x.name === SERVICE || x.name === instance)) return mdns.respond({ answers: records() });
+    // NAME.local: only the record types asked for (names compare case-insensitively).
+    const asked = q.questions.filter((x) => x.name.toLowerCase() === target).map((x) => String(x.type));
+    const answers = addressRecords().filter((r) => asked.includes("ANY") || asked.includes(r.type));
+    if (answers.length) mdns.respond({ answers });
   });
   mdns.on("error", () => {});
   // Unsolicited announcements, as RFC 6762 recommends at start.

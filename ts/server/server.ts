@@ -110,6 +110,8 @@ export interface ServerOptions {
   version?: string;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
+  /** Serves non-API paths (the phone page, ts/server/client_page.ts); without it they need the token like the API. */
+  page?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 }
 
 const ID_RE = /^[0-9a-f]{32}$/;
@@ -197,7 +199,7 @@ export class SynthesisServer {
   private reserved = 0;
   /** Connections that have not yet sent a request's headers, oldest first, by remote address:port. */
   private readonly awaitingHeaders = new Map<string, { sock: Socket; timer: ReturnType<typeof setTimeout> }>();
-  private readonly o: Required<Omit<ServerOptions, "tls">> & { tls?: ServerOptions["tls"] };
+  private readonly o: Required<Omit<ServerOptions, "tls" | "page">> & Pick<ServerOptions, "tls" | "page">;
 
   /** @param opts settings */
   constructor(opts: ServerOptions) {
@@ -336,6 +338,7 @@ export class SynthesisServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     // Node detaches req.socket once the response finishes; the error path below closes it after that.
     const sock = req.socket as Socket | null;
+    if (this.o.page?.(req, res)) return;
     try {
       if (!this.authorized(req)) {
         // No keep-alive for a client without a token.

@@ -27,6 +27,7 @@ import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
 import type { VmJobContext } from "../ts/jobs/context.ts";
 import { SerialConsole } from "../ts/vm/serial_console.ts";
 import { runTool } from "./_tools.ts";
+import { cloudlet } from "./_cli.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const WEBAPP = readFileSync(fileURLToPath(new URL("../examples/webapp.sh", import.meta.url)), "utf8");
@@ -97,20 +98,27 @@ test("with free memory on, the memory part is at most 5% of what it is with --no
   assert.ok(balloonBase, "needs the base");
   const rows: string[] = [];
   const made: Record<string, { bytes: number; mem: number; snapshotMs: number; free: number | undefined }> = {};
-  for (const mode of ["off", "on"] as const) {
+  // Off through the command line (--no-free-memory), on through the library.
+  const script = join(home, "alloc.sh");
+  await fsp.writeFile(script, ALLOC_200);
+  const offOut = join(home, "alloc-off.overlay");
+  // Without --json, so that the status lines are printed.
+  const cli = await cloudlet(["overlay", balloonBase, "--home", home, "--script", script, "--timeout", "600", "--no-free-memory", "-o", offOut]);
+  assert.equal(cli.code, 0, cli.stderr);
+  assert.match(cli.stderr, /free memory: not waited for \(--no-free-memory\)/);
+  const off = await openOverlay(core, offOut);
+  made.off = { bytes: (await fsp.stat(offOut)).size, mem: memoryPart(off.meta), snapshotMs: NaN, free: off.meta.launch.memoryFreeBytes };
+  await off.close();
+  rows.push(`off  overlay ${(made.off.bytes / MiB).toFixed(1)} MiB, memory part ${(made.off.mem / MiB).toFixed(1)} MiB, free at snapshot ${((made.off.free ?? 0) / MiB).toFixed(0)} MiB`);
+  {
     const from = said.length;
-    const out = join(home, `alloc-${mode}.overlay`);
-    const r = await overlayFromVm(ctx, { base: balloonBase, customize: { script: ALLOC_200, timeoutMs: 600_000 }, forwards, out, freeMemory: mode === "on" });
-    made[mode] = { bytes: r.bytes, mem: memoryPart(r.meta), snapshotMs: r.snapshotMs, free: r.meta.launch.memoryFreeBytes };
-    rows.push(`${mode.padEnd(4)} overlay ${(r.bytes / MiB).toFixed(1)} MiB, memory part ${(made[mode].mem / MiB).toFixed(1)} MiB, snapshot ${(r.snapshotMs / 1000).toFixed(1)} s, free at snapshot ${((r.meta.launch.memoryFreeBytes ?? 0) / MiB).toFixed(0)} MiB`);
-    if (mode === "on") {
-      onOverlay = out;
-      assert.equal(r.freeMemory?.driver, "reporting", saidSince(from));
-      assert.ok(r.freeMemory!.discardedBytes >= 150 * MiB, `the 200 MiB were reported free: ${saidSince(from)}`);
-    } else {
-      assert.equal(r.freeMemory, null);
-      assert.match(saidSince(from), /not waited for \(--no-free-memory\)/);
-    }
+    const out = join(home, "alloc-on.overlay");
+    const r = await overlayFromVm(ctx, { base: balloonBase, customize: { script: ALLOC_200, timeoutMs: 600_000 }, forwards, out });
+    made.on = { bytes: r.bytes, mem: memoryPart(r.meta), snapshotMs: r.snapshotMs, free: r.meta.launch.memoryFreeBytes };
+    rows.push(`on   overlay ${(r.bytes / MiB).toFixed(1)} MiB, memory part ${(made.on.mem / MiB).toFixed(1)} MiB, snapshot ${(r.snapshotMs / 1000).toFixed(1)} s, free at snapshot ${((r.meta.launch.memoryFreeBytes ?? 0) / MiB).toFixed(0)} MiB`);
+    onOverlay = out;
+    assert.equal(r.freeMemory?.driver, "reporting", saidSince(from));
+    assert.ok(r.freeMemory!.discardedBytes >= 150 * MiB, `the 200 MiB were reported free: ${saidSince(from)}`);
   }
   console.log(`free memory on/off (200 MiB written and freed, 512 MiB guest):\n${rows.join("\n")}`);
   assert.ok(made.off.mem >= 190 * MiB, `without free memory the 200 MiB travel: ${rows.join("; ")}`);
@@ -164,8 +172,10 @@ test("a guest without the reporting driver gets the named notice, not an error",
 
 test("a base without the balloon (as made before it) still makes overlays that synthesize, without the device", async () => {
   const from = said.length;
-  const b = await createBase(ctx, { name: "fm-old", ready: {}, ramMiB: 256, balloon: false });
-  assert.equal(b.base.machine.freePageReporting, undefined, "the machine config of an old base");
+  const cli = await cloudlet(["base", "--home", home, "--name", "fm-old", "--ram", "256", "--no-balloon", "--json"]);
+  assert.equal(cli.code, 0, cli.stderr);
+  const b = JSON.parse(cli.stdout);
+  assert.deepEqual(b.machine, { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 256 }, "the machine config of an old base");
   assert.equal(b.freeMemory, null);
   const out = join(home, "old.overlay");
   const o = await overlayFromVm(ctx, { base: "fm-old", customize: { script: WEBAPP }, forwards, out });

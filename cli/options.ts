@@ -45,7 +45,84 @@ export function bar(o: Common): ProgressBar {
 
 /** Prints a result: JSON, or text whose lines hold no control character (names and strings may come from files). */
 export function out(o: Common, json: unknown, text: string): void {
-  process.stdout.write(o.json ? printableJson(json, 2) + "\n" : text.split("\n").map(printable).join("\n") + "\n");
+  endLiveLine();
+  process.stdout.write(o.json ? printableJson(roundTimes(json), 2) + "\n" : text.split("\n").map(printable).join("\n") + "\n");
+}
+
+/**
+ * JSON times at millisecond precision, whatever the library measured: a
+ * `seconds` or `...Seconds` number to 3 decimals, an `ms` or `...Ms` number
+ * (and each number in an `ms` object) to a whole number.
+ */
+export function roundTimes(v: unknown, key = ""): unknown {
+  if (typeof v === "number") {
+    if (/(?:^s|S)econds$/.test(key)) return Math.round(v * 1000) / 1000;
+    if (/(?:^m|M)s$/.test(key)) return Math.round(v);
+    return v;
+  }
+  if (Array.isArray(v)) return v.map((x) => roundTimes(x));
+  if (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, roundTimes(x, key === "ms" ? "ms" : k)]));
+  }
+  return v;
+}
+
+/**
+ * The live line under a VM job's last status line, on a terminal: the job's
+ * own status (time waited on the guest and its last serial line) while it
+ * waits, else the time the current step (boot, snapshot, ...) has taken, so a
+ * long step never looks hung. A progress bar or the result replaces it.
+ */
+class LiveLine {
+  private ticker: ReturnType<typeof setInterval> | undefined;
+  private stepStart = 0;
+  private jobStatus = false;
+  private shown = false;
+
+  constructor(private readonly stream: NodeJS.WriteStream) {}
+
+  /** A step began (its line is printed): tick its elapsed time until the next step, a bar or the end. */
+  step(): void {
+    this.stop();
+    this.stepStart = performance.now();
+    this.ticker = setInterval(() => {
+      if (!this.jobStatus) this.write(`  ... ${Math.floor((performance.now() - this.stepStart) / 1000)} s`);
+    }, 1000);
+    (this.ticker as { unref?: () => void }).unref?.();
+  }
+
+  /** The job's status line, or null when its wait is over (the step's ticker resumes). */
+  status(l: string | null): void {
+    this.jobStatus = l !== null;
+    if (l === null) this.clear();
+    else this.write(l);
+  }
+
+  /** Stops the ticker and clears the line. */
+  stop(): void {
+    clearInterval(this.ticker);
+    this.ticker = undefined;
+    this.jobStatus = false;
+    this.clear();
+  }
+
+  private write(l: string): void {
+    const width = Math.max(20, (this.stream.columns || 80) - 1);
+    this.stream.write(`\r\x1b[2K${l.length > width ? l.slice(0, width - 1) + "…" : l}`);
+    this.shown = true;
+  }
+
+  private clear(): void {
+    if (this.shown) this.stream.write("\r\x1b[2K");
+    this.shown = false;
+  }
+}
+
+const live = new LiveLine(process.stderr);
+
+/** Ends the live line (before a result or an error is printed). */
+export function endLiveLine(): void {
+  live.stop();
 }
 
 /** Parses sizes like 1M, 512K, 4096. */
@@ -106,23 +183,27 @@ export function hostChoice(o: Record<string, unknown>): HostChoice {
 /** --help text of --accel, which every VM command takes. */
 export const ACCEL_HELP = "kvm, tcg or auto (KVM when KVM guests run here, else TCG); default $CLOUDLET_ACCEL, else tcg";
 
+/** The job context of a VM command: its home, host, progress bar, status lines on stderr and Ctrl-C. */
 export function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: VmJobContext["core"]): VmJobContext {
+  const liveLine = !o.json && Boolean(process.stderr.isTTY);
   return {
     core,
     home: cloudletHome(o.home as string | undefined),
     hostChoice: hostChoice(o),
-    progress: p.update,
+    progress: (x) => {
+      if (liveLine) live.stop();
+      p.update(x);
+    },
     say: (l) => {
       if (!o.json) {
         p.done();
+        live.stop();
         process.stderr.write(`cloudlet: ${printable(l)}\n`);
+        if (liveLine) live.step();
       }
     },
     // A live line on a terminal only: a log or --json gets the result, not a redrawn line.
-    status: o.json || !process.stderr.isTTY ? undefined : (l) => {
-      const width = Math.max(20, (process.stderr.columns || 80) - 1);
-      process.stderr.write(l === null ? "\r\x1b[2K" : `\r\x1b[2K${l.length > width ? l.slice(0, width - 1) + "…" : l}`);
-    },
+    status: liveLine ? (l) => live.status(l === null ? null : printable(l)) : undefined,
     signal: controller.signal,
   };
 }

@@ -11,7 +11,7 @@ import type { MachineConfig } from "../ts/overlay/format.ts";
 import type { ProgressFn } from "../ts/overlay/io.ts";
 import { FileSource } from "../ts/node/files.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../ts/home/base_cache.ts";
-import { ProgressBar } from "./progress.ts";
+import { LiveLine, ProgressBar } from "./progress.ts";
 import { DEFAULT_PORT } from "../ts/server/protocol.ts";
 import { type HostChoice } from "../ts/vm/host_choice.ts";
 import { type Interaction, type VmJobContext } from "../ts/jobs/context.ts";
@@ -65,57 +65,6 @@ export function roundTimes(v: unknown, key = ""): unknown {
     return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, roundTimes(x, key === "ms" ? "ms" : k)]));
   }
   return v;
-}
-
-/**
- * The live line under a VM job's last status line, on a terminal: the job's
- * own status (time waited on the guest and its last serial line) while it
- * waits, else the time the current step (boot, snapshot, ...) has taken, so a
- * long step never looks hung. A progress bar or the result replaces it.
- */
-class LiveLine {
-  private ticker: ReturnType<typeof setInterval> | undefined;
-  private stepStart = 0;
-  private jobStatus = false;
-  private shown = false;
-
-  constructor(private readonly stream: NodeJS.WriteStream) {}
-
-  /** A step began (its line is printed): tick its elapsed time until the next step, a bar or the end. */
-  step(): void {
-    this.stop();
-    this.stepStart = performance.now();
-    this.ticker = setInterval(() => {
-      if (!this.jobStatus) this.write(`  ... ${Math.floor((performance.now() - this.stepStart) / 1000)} s`);
-    }, 1000);
-    (this.ticker as { unref?: () => void }).unref?.();
-  }
-
-  /** The job's status line, or null when its wait is over (the step's ticker resumes). */
-  status(l: string | null): void {
-    this.jobStatus = l !== null;
-    if (l === null) this.clear();
-    else this.write(l);
-  }
-
-  /** Stops the ticker and clears the line. */
-  stop(): void {
-    clearInterval(this.ticker);
-    this.ticker = undefined;
-    this.jobStatus = false;
-    this.clear();
-  }
-
-  private write(l: string): void {
-    const width = Math.max(20, (this.stream.columns || 80) - 1);
-    this.stream.write(`\r\x1b[2K${l.length > width ? l.slice(0, width - 1) + "…" : l}`);
-    this.shown = true;
-  }
-
-  private clear(): void {
-    if (this.shown) this.stream.write("\r\x1b[2K");
-    this.shown = false;
-  }
 }
 
 const live = new LiveLine(process.stderr);

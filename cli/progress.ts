@@ -4,9 +4,8 @@
  *
  * The rate is the bytes over the time from a phase's first report to its
  * last: a finished phase's line keeps that rate however long the next phase
- * takes to begin. A phase whose first report is already complete (a cached
- * step) did nothing worth a bar and is not drawn; a phase shorter than
- * {@link MIN_RATE_MS} shows no rate, since bytes over ~0 s mean nothing.
+ * takes to begin. A phase shorter than {@link MIN_RATE_MS}, or complete at its
+ * first report, shows sizes only: bytes over ~0 s are no rate.
  */
 import type { Progress } from "../ts/overlay/io.ts";
 import { formatBytes } from "../ts/inspect/report.ts";
@@ -37,11 +36,6 @@ export class ProgressBar {
       this.finishLine();
       this.phase = p.phase;
       this.phaseStart = now;
-      // Complete at its first report: a cached or empty step, no bar to show.
-      if (p.total > 0 && p.done >= p.total) {
-        this.last = null;
-        return;
-      }
     }
     this.last = p;
     this.lastUpdate = now;

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
+import { runTool } from "./_tools.ts";
 import { LiveLine, ProgressBar } from "../cli/progress.ts";
 import { resolvePortForwards } from "../ts/vm/host_ports.ts";
 import { loadGuestImage } from "../ts/vm/guest_image.ts";
@@ -89,17 +90,29 @@ test("progress bar: a finished phase keeps its own rate, not counting the wait f
   assert.ok(rate !== null && Math.abs(rate - expected) / expected < 0.15, `final rate ${finished} is about ${(expected / (1 << 20)).toFixed(1)} MiB/s, not counting the 1.2 s until the next phase`);
 });
 
-test("progress bar: a cached step draws no bar and no 1000 B/s; a ~0 s phase shows sizes only", () => {
+test("progress bar: a step complete at its first report, or of ~0 s, shows sizes only, no 1000 B/s", () => {
   const t = terminal();
   const bar = new ProgressBar(true, t.stream);
-  bar.update({ phase: "guest done", done: 1, total: 1 });
+  bar.update({ phase: "compress", done: 1, total: 1 });
   bar.update({ phase: "apply", done: 0, total: 100 });
   bar.update({ phase: "apply", done: 100, total: 100 });
   bar.done();
-  assert.doesNotMatch(t.text(), /guest done/, "a step complete at its first report (cached) draws no bar");
-  assert.doesNotMatch(t.text(), /1 B \/ 1 B|1000 B\/s/);
-  const apply = t.text().split("\n").find((l) => l.includes("apply"))!.split("\r\x1b[2K").pop()!;
-  assert.match(apply, /^apply +\[#+\] 100% 100 B \/ 100 B$/, "a phase of ~0 s shows sizes, no rate");
+  const lines = t.text().split("\n").map((l) => l.split("\r\x1b[2K").pop()!);
+  assert.match(lines[0], /^compress +\[#+\] 100% 1 B \/ 1 B$/);
+  assert.match(lines[1], /^apply +\[#+\] 100% 100 B \/ 100 B$/);
+  assert.doesNotMatch(t.text(), /B\/s/);
+});
+
+test("guest: a cached built-in guest draws no bar on a terminal (no \"1 B / 1 B\")", async (ctx) => {
+  const guest = join(TEST_HOME, "guest");
+  if (!(await loadGuestImage(guest))) return ctx.skip("the built-in guest is not built here");
+  const home = join(await scratchDir("cliconv-tty"), "home");
+  await fsp.mkdir(home, { recursive: true });
+  await fsp.symlink(guest, join(home, "guest"));
+  // `script` gives the command a pseudo-terminal, as a user's shell would.
+  const tty = new TextDecoder().decode(await runTool("script", ["-q", "-e", "-c", `'${CLOUDLET}' guest --home '${home}'`, "/dev/null"]));
+  assert.match(tty, /guest: kernel /);
+  assert.doesNotMatch(tty, /\[[#-]+\]|1 B \/ 1 B|B\/s/, tty);
 });
 
 // Item 8, last point: boot, snapshot and customise steps show their elapsed time; the guest's status line wins while it waits.

@@ -15,6 +15,9 @@ import { LiveLine, ProgressBar } from "../cli/progress.ts";
 import { resolvePortForwards } from "../ts/vm/host_ports.ts";
 import { loadGuestImage } from "../ts/vm/guest_image.ts";
 import { isCloudletError } from "../ts/errors.ts";
+import { Registry } from "../ts/home/registry.ts";
+import { homePaths } from "../ts/home/paths.ts";
+import { SYNTH_FILES } from "../ts/jobs/file_synthesis.ts";
 
 const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 
@@ -218,6 +221,21 @@ test("a host port in use is a CONFLICT whose message names --auto-ports", async 
   } finally {
     held.close();
   }
+});
+
+test("del-base of a base a synthesized VM runs on: CONFLICT, exit 75, the base stays", async () => {
+  const home = join(await scratchDir("cliconv-delbase"), "home");
+  const id = "c0ffee".padEnd(64, "0");
+  await new Registry(home).addBase({ id, name: "busy", created: new Date().toISOString(), dir: join(home, "bases", id), diskSize: 1, memorySize: 1, machine: { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 256 }, vcpus: 1, boot: null, host: "qemu", source: "test" });
+  // What `synthesis BASE OVERLAY` leaves for a VM it started: its launch.json names the base.
+  const image = join(homePaths(home).vms, "0123456789ab", "image");
+  await fsp.mkdir(image, { recursive: true });
+  await fsp.writeFile(join(image, SYNTH_FILES.launch), JSON.stringify({ baseId: id }));
+  const r = await cloudlet(["del-base", "busy", "--home", home, "--json"]);
+  assert.equal(r.code, 75, r.stderr);
+  assert.equal(JSON.parse(r.stdout).error.code, "CONFLICT");
+  assert.match(r.stderr, /base busy is in use by VM 0123456789ab/);
+  assert.equal((await new Registry(home).getBase("busy")).id, id);
 });
 
 // Item 11.

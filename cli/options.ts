@@ -135,6 +135,8 @@ export const ACCEL_HELP = "kvm, tcg or auto (KVM when KVM guests run here, else 
 /** The job context of a VM command: its home, host, progress bar, status lines on stderr and Ctrl-C. */
 export function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: VmJobContext["core"]): VmJobContext {
   const liveLine = !o.json && Boolean(process.stderr.isTTY);
+  // --console hands the terminal to the guest and --vnc waits for Enter there: no ticking line over them.
+  const ticking = liveLine && !o.console && !o.vnc;
   return {
     core,
     home: cloudletHome(o.home as string | undefined),
@@ -148,7 +150,7 @@ export function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, c
         p.done();
         live.stop();
         process.stderr.write(`cloudlet: ${printable(l)}\n`);
-        if (liveLine) live.step();
+        if (ticking) live.step();
       }
     },
     // A live line on a terminal only: a log or --json gets the result, not a redrawn line.

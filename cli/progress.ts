@@ -73,6 +73,9 @@ export class ProgressBar {
   }
 }
 
+/** A job status older than this gives way to the step's elapsed time (a job refreshes its status about once a second). */
+export const STALE_STATUS_MS = 2500;
+
 /**
  * The live line under a VM job's last status line, on a terminal: the job's
  * own status (time waited on the guest and its last serial line) while it
@@ -83,6 +86,7 @@ export class LiveLine {
   private ticker: ReturnType<typeof setInterval> | undefined;
   private stepStart = 0;
   private jobStatus = false;
+  private statusAt = 0;
   private shown = false;
 
   /** @param stream where to draw (a terminal) */
@@ -93,7 +97,9 @@ export class LiveLine {
     this.stop();
     this.stepStart = performance.now();
     this.ticker = setInterval(() => {
-      if (!this.jobStatus) this.write(`  ... ${Math.floor((performance.now() - this.stepStart) / 1000)} s`);
+      const now = performance.now();
+      // A job status not refreshed for a while is over (the guest's shell answered, the script runs): tick again.
+      if (!this.jobStatus || now - this.statusAt > STALE_STATUS_MS) this.write(`  ... ${Math.floor((now - this.stepStart) / 1000)} s`);
     }, 1000);
     (this.ticker as { unref?: () => void }).unref?.();
   }
@@ -101,6 +107,7 @@ export class LiveLine {
   /** The job's status line, or null when its wait is over (the step's ticker resumes). */
   status(l: string | null): void {
     this.jobStatus = l !== null;
+    this.statusAt = performance.now();
     if (l === null) this.clear();
     else this.write(l);
   }

@@ -3,10 +3,10 @@
  * prints results; the work is done by the library in ts/.
  */
 import { cac } from "cac";
-import { isCloudletError, CloudletError, exitCodeOf } from "../ts/errors.ts";
-import { printable, printableJson } from "../ts/printable.ts";
+import { isCloudletError, CloudletError, exitCodeOf, EXIT_CODE_HELP } from "../ts/errors.ts";
+import { printableJson } from "../ts/printable.ts";
 import { CLOUDLET_VERSION } from "../ts/version.ts";
-import { controller } from "./options.ts";
+import { controller, endLiveLine } from "./options.ts";
 import { register as registerOverlay } from "./commands/overlay.ts";
 import { register as registerSynthesis } from "./commands/synthesis.ts";
 import { register as registerInspect } from "./commands/inspect.ts";
@@ -45,7 +45,22 @@ registerServe(cli);
 registerClient(cli);
 registerDiscover(cli);
 
-cli.help();
+cli.help(helpSections);
+
+/**
+ * Fixes cac's help text: cac shows a `--no-X` flag with "(default: true)",
+ * which reads as if the flag were on by default. Each --no-X description ends
+ * with what happens without it, so that suffix goes. The global help ends
+ * with the exit codes.
+ */
+function helpSections(sections: { title?: string; body: string }[]): { title?: string; body: string }[] {
+  const fixed = sections.map((s) => ({
+    ...s,
+    body: s.body.split("\n").map((l) => (/^\s+--no-/.test(l) ? l.replace(/ \(default: true\)\s*$/, "") : l).trimEnd()).join("\n"),
+  }));
+  if (!sections.some((s) => s.title === "Commands")) return fixed;
+  return [...fixed, { title: "Exit codes", body: EXIT_CODE_HELP.map(([c, what]) => `  ${String(c).padEnd(4)} ${what}`).join("\n") }];
+}
 
 cli.version(CLOUDLET_VERSION);
 
@@ -61,19 +76,23 @@ async function main(): Promise<void> {
     }
     await cli.runMatchedCommand();
   } catch (e) {
-    const err = controller.signal.aborted && !isCloudletError(e) ? controller.signal.reason : e;
+    endLiveLine();
+    const err = controller.signal.aborted && !isCloudletError(e) ? controller.signal.reason : asCloudletError(e);
     if (isCloudletError(err)) {
       if (json) process.stdout.write(printableJson({ error: { code: err.code, message: err.message, file: err.file ?? null } }) + "\n");
       process.stderr.write(`cloudlet: ${err.userMessage}\n`);
       process.exitCode = exitCodeOf(err.code);
-    } else if (e instanceof Error && /Unknown option|missing required args|value is missing/i.test(e.message)) {
-      process.stderr.write(`cloudlet: ${printable(e.message)} (see cloudlet --help)\n`);
-      process.exitCode = 2;
     } else {
       process.stderr.write(`cloudlet: internal error (please report): ${(e as Error)?.stack ?? e}\n`);
       process.exitCode = 70;
     }
   }
+}
+
+/** cac's own parse errors (an unknown option, a missing value or argument) are usage errors like any other. */
+function asCloudletError(e: unknown): unknown {
+  if (e instanceof Error && (e.name === "CACError" || /^(Unknown option|missing required args|option .* value is missing)/i.test(e.message))) return new CloudletError("BAD_ARGUMENT", `${e.message.replace(/\.$/, "")} (see cloudlet --help)`);
+  return e;
 }
 
 await main();

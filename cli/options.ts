@@ -11,7 +11,7 @@ import type { MachineConfig } from "../ts/overlay/format.ts";
 import type { ProgressFn } from "../ts/overlay/io.ts";
 import { FileSource } from "../ts/node/files.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../ts/home/base_cache.ts";
-import { ProgressBar } from "./progress.ts";
+import { LiveLine, ProgressBar } from "./progress.ts";
 import { DEFAULT_PORT } from "../ts/server/protocol.ts";
 import { type HostChoice } from "../ts/vm/host_choice.ts";
 import { type Interaction, type VmJobContext } from "../ts/jobs/context.ts";
@@ -45,7 +45,33 @@ export function bar(o: Common): ProgressBar {
 
 /** Prints a result: JSON, or text whose lines hold no control character (names and strings may come from files). */
 export function out(o: Common, json: unknown, text: string): void {
-  process.stdout.write(o.json ? printableJson(json, 2) + "\n" : text.split("\n").map(printable).join("\n") + "\n");
+  endLiveLine();
+  process.stdout.write(o.json ? printableJson(roundTimes(json), 2) + "\n" : text.split("\n").map(printable).join("\n") + "\n");
+}
+
+/**
+ * JSON times at millisecond precision, whatever the library measured: a
+ * `seconds` or `...Seconds` number to 3 decimals, an `ms` or `...Ms` number
+ * (and each number in an `ms` object) to a whole number.
+ */
+export function roundTimes(v: unknown, key = ""): unknown {
+  if (typeof v === "number") {
+    if (/(?:^s|S)econds$/.test(key)) return Math.round(v * 1000) / 1000;
+    if (/(?:^m|M)s$/.test(key)) return Math.round(v);
+    return v;
+  }
+  if (Array.isArray(v)) return v.map((x) => roundTimes(x));
+  if (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, roundTimes(x, key === "ms" ? "ms" : k)]));
+  }
+  return v;
+}
+
+const live = new LiveLine(process.stderr);
+
+/** Ends the live line (before a result or an error is printed). */
+export function endLiveLine(): void {
+  live.stop();
 }
 
 /** Parses sizes like 1M, 512K, 4096. */
@@ -106,23 +132,29 @@ export function hostChoice(o: Record<string, unknown>): HostChoice {
 /** --help text of --accel, which every VM command takes. */
 export const ACCEL_HELP = "kvm, tcg or auto (KVM when KVM guests run here, else TCG); default $CLOUDLET_ACCEL, else tcg";
 
+/** The job context of a VM command: its home, host, progress bar, status lines on stderr and Ctrl-C. */
 export function vmContext(o: Common & Record<string, unknown>, p: ProgressBar, core: VmJobContext["core"]): VmJobContext {
+  const liveLine = !o.json && Boolean(process.stderr.isTTY);
+  // --console hands the terminal to the guest and --vnc waits for Enter there: no ticking line over them.
+  const ticking = liveLine && !o.console && !o.vnc;
   return {
     core,
     home: cloudletHome(o.home as string | undefined),
     hostChoice: hostChoice(o),
-    progress: p.update,
+    progress: (x) => {
+      if (liveLine) live.stop();
+      p.update(x);
+    },
     say: (l) => {
       if (!o.json) {
         p.done();
+        live.stop();
         process.stderr.write(`cloudlet: ${printable(l)}\n`);
+        if (ticking) live.step();
       }
     },
     // A live line on a terminal only: a log or --json gets the result, not a redrawn line.
-    status: o.json || !process.stderr.isTTY ? undefined : (l) => {
-      const width = Math.max(20, (process.stderr.columns || 80) - 1);
-      process.stderr.write(l === null ? "\r\x1b[2K" : `\r\x1b[2K${l.length > width ? l.slice(0, width - 1) + "…" : l}`);
-    },
+    status: liveLine ? (l) => live.status(l === null ? null : printable(l)) : undefined,
     signal: controller.signal,
   };
 }

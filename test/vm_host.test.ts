@@ -294,7 +294,7 @@ test("a host port already in use is refused before anything starts, naming the p
   try {
     for (const host of [new QemuHost(), new VirshHost({ connect: SYSTEM })]) {
       const spec = await bootSpec(`port-${host.kind}`, port);
-      await assert.rejects(host.start(spec), isCode("BAD_ARGUMENT", new RegExp(`127\\.0\\.0\\.1:${port}/tcp .*already in use`)));
+      await assert.rejects(host.start(spec), isCode("CONFLICT", new RegExp(`127\\.0\\.0\\.1:${port}/tcp .*already in use`)));
       assert.deepEqual(await fsp.readdir(spec.runDir), ["disk.qcow2"]);
     }
   } finally {

@@ -42,12 +42,16 @@ export type ErrorCode =
   /** Setup: a host tool (qemu-system-x86_64, qemu-img, virsh, xz, ...) is not installed. */
   | "TOOL_MISSING"
   /** Setup: /dev/kvm lacks the group permission libvirt and KVM guests need. */
-  | "KVM_PERMISSION";
+  | "KVM_PERMISSION"
+  /** Something else holds what the command needs: a port, a base a VM runs on, the home another server uses. */
+  | "CONFLICT";
 
 /**
  * Exit codes of the CLI per error code, after sysexits.h: a setup problem
  * gets its own (the message says what to run), so a script can tell "set the
- * machine up" from "your input is wrong" (1), a usage error (2) or a bug (70).
+ * machine up" from "your input is wrong" (1), a usage error (2), "something
+ * else holds the port or base" (75) or a bug (70). EXIT_CODE_HELP lists them
+ * for --help and docs/cli.md; keep the three in step.
  */
 const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
   BAD_ARGUMENT: 2,
@@ -57,9 +61,24 @@ const EXIT_CODES: Partial<Record<ErrorCode, number>> = {
   KVM_PERMISSION: 77,
   /** EX_CONFIG: found in an unconfigured state. */
   NOT_BUILT: 78,
+  /** EX_TEMPFAIL: the same command may work once the port, base or home is free. */
+  CONFLICT: 75,
   /** As a shell reports SIGINT. */
   CANCELLED: 130,
 };
+
+/** The exit codes as `cloudlet --help` lists them (code, meaning). */
+export const EXIT_CODE_HELP: readonly [number, string][] = [
+  [0, "success"],
+  [1, "an input, the base or the guest is wrong (the message says which file and what)"],
+  [2, "usage error: an unknown command or option, a missing or bad value"],
+  [69, "a host tool (qemu, virsh, xz, ...) is not installed"],
+  [70, "internal error: a bug, please report it"],
+  [75, "conflict: a port, a base or the home is in use by something else; retry when it is free"],
+  [77, "no permission for /dev/kvm"],
+  [78, "not built: run scripts/setup.sh"],
+  [130, "cancelled (Ctrl-C or SIGTERM)"],
+];
 
 /** The process exit code for a CloudletError of `code` (1 unless it has its own). */
 export function exitCodeOf(code: ErrorCode): number {

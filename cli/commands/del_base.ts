@@ -17,7 +17,7 @@ export function register(cli: CAC): void {
       const reg = new Registry(home);
       const b = await reg.getBase(ref);
       const users = await vmsOnBase(home, b.id);
-      if (users.length) throw new CloudletError("BAD_ARGUMENT", `base ${b.name} is in use by ${users.join(", ")}: stop ${users.length > 1 ? "them" : "it"} first (cloudlet stop VM)`);
+      if (users.length) throw new CloudletError("CONFLICT", `base ${b.name} is in use by ${users.join(", ")}: stop ${users.length > 1 ? "them" : "it"} first (cloudlet stop VM)`);
       await reg.removeBase(b.id);
       await fsp.rm(b.dir, { recursive: true, force: true });
       out(o, { deleted: b.id }, `deleted base ${b.name} ${b.id}`);

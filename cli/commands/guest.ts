@@ -11,7 +11,10 @@ export function register(cli: CAC): void {
     .command("guest", "Build (or show) the built-in tiny guest: Debian kernel, busybox initramfs, debootstrap minbase root file system")
     .action(async (o: Common) => {
       const p = bar(o);
-      const g = await buildGuestImage({ cacheDir: homePaths(cloudletHome(o.home)).guest, signal: controller.signal, onProgress: (x) => p.update({ phase: x.phase, done: x.done, total: x.total }) });
+      const g = await buildGuestImage({ cacheDir: homePaths(cloudletHome(o.home)).guest, signal: controller.signal, onProgress: (x) => {
+        // A cached guest reports one finished step: no bar for work not done.
+        if (x.detail !== "cached") p.update({ phase: x.phase, done: x.done, total: x.total });
+      } });
       p.done();
       out(o, g, `guest: kernel ${g.kernelVersion}\n  ${g.kernel}\n  ${g.initrd}\n  ${g.rootfs}`);
     });

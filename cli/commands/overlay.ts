@@ -19,7 +19,7 @@ export function register(cli: CAC): void {
     .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
     .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
     .option("--timeout <s>", "VM mode: time limit for the script, including the wait for the guest's shell, seconds")
-    .option("--no-free-memory", "VM mode: snapshot at once, without waiting for the guest to report its free memory (free pages then travel in the overlay)")
+    .option("--no-free-memory", "VM mode: snapshot at once, without waiting for the guest to report its free memory, so free pages travel in the overlay (default: wait for it)")
     .option("--login <user[:file]>", "VM mode: log in as USER (password: first line of FILE) when the serial console asks for a login")
     .option("--host <host>", "VM mode: qemu (default) or virsh")
     .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")

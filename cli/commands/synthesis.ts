@@ -13,7 +13,7 @@ import { controller, type Common, bar, out, num, need, ACCEL_HELP, vmContext } f
 export function register(cli: CAC): void {
   cli
     .command("synthesis [base] [overlay]", "Rebuild the custom VM from BASE and OVERLAY and resume it (or rebuild files with --base-disk ... -o DIR)")
-    .option("--no-run", "VM mode: only verify that the overlay rebuilds correctly on the base")
+    .option("--no-run", "VM mode: only verify that the overlay rebuilds correctly on the base (default: run the VM)")
     .option("--bind <addr>", "VM mode: address the port forwards listen on", { default: "127.0.0.1" })
     .option("--auto-ports", "VM mode: use free host ports instead of the overlay's")
     .option("--host <host>", "VM mode: qemu (default) or virsh")

@@ -9,7 +9,7 @@ import { sparseCopy } from "../node/files.ts";
 import type { DiskStride } from "../overlay/base_scan.ts";
 import { runTool } from "../node/process.ts";
 import { baseNameFrom, BASE_NAME_RE, type BaseRow, type BootFiles, Registry } from "../home/registry.ts";
-import { buildGuestImage, type GuestImage } from "../vm/guest_image.ts";
+import { buildGuestImage, loadGuestImage, type GuestImage } from "../vm/guest_image.ts";
 import type { FreeMemoryReport, RunningVm, VmSpec } from "../vm/vm_host.ts";
 import { withKeptLog, accelShown, type Interaction, type VmJobContext, say, sayFreeMemory, interact } from "./context.ts";
 import { homePaths } from "../home/paths.ts";
@@ -75,8 +75,11 @@ export async function createBase(ctx: VmJobContext, o: CreateBaseOptions): Promi
     diskSrc = resolve(o.disk);
     source = diskSrc;
   } else {
-    say(ctx, "building the built-in guest (cached after the first time)");
-    const g = (guest = await buildGuestImage({ cacheDir: dirs.guest, signal: ctx.signal, onProgress: (p) => ctx.progress?.({ phase: `guest ${p.phase}`, done: p.done, total: p.total }) }));
+    // Say "building" only when it builds: the cached guest is the common case.
+    const cached = await loadGuestImage(dirs.guest);
+    if (cached) say(ctx, `using the cached built-in guest (${dirs.guest})`);
+    else say(ctx, "building the built-in guest (cached after the first time)");
+    const g = (guest = cached ?? (await buildGuestImage({ cacheDir: dirs.guest, signal: ctx.signal, onProgress: (p) => ctx.progress?.({ phase: `guest ${p.phase}`, done: p.done, total: p.total }) })));
     diskSrc = g.rootfs;
     boot = { kernel: BASE_FILES.kernel, initrd: BASE_FILES.initrd, append: g.append };
     source = `built-in guest (Debian, kernel ${g.kernelVersion})`;

@@ -35,7 +35,7 @@ export class HomeBackend implements ServerBackend {
 
   async lockHome(): Promise<() => Promise<void>> {
     const lockFile = homePaths(this.home).serverLock;
-    return await acquirePidLock(lockFile, 0, (pid) => new CloudletError("BAD_ARGUMENT", `another cloudlet serve (process ${pid}) uses this home; stop it or give another --home`, lockFile));
+    return await acquirePidLock(lockFile, 0, (pid) => new CloudletError("CONFLICT", `another cloudlet serve (process ${pid}) uses this home; stop it or give another --home`, lockFile));
   }
 
   cleanupOrphans(): Promise<string[]> {

@@ -153,7 +153,7 @@ export async function startInspectServer(o: InspectServerOptions): Promise<Inspe
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", (e: NodeJS.ErrnoException) =>
-      reject(e.code === "EADDRINUSE" ? new CloudletError("BAD_ARGUMENT", `port ${o.port} is in use: pick another with --port, or 0 for any free port`) : e),
+      reject(e.code === "EADDRINUSE" ? new CloudletError("CONFLICT", `port ${o.port} is in use: pick another with --port, or 0 for any free port`) : e),
     );
     server.listen(o.port ?? 0, HOST, () => resolve());
   });

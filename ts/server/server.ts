@@ -280,6 +280,7 @@ export class SynthesisServer {
       srv.listen(this.o.port, this.o.host, () => resolve());
     }).catch(async (e) => {
       await this.unlock?.();
+      if ((e as NodeJS.ErrnoException).code === "EADDRINUSE") throw new CloudletError("CONFLICT", `${this.o.host}:${this.o.port} is in use: stop what listens there, or give --listen another port`, undefined, { cause: e });
       throw e;
     });
     this.sweeper = setInterval(() => this.sweep(), 1000);

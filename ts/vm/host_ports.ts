@@ -39,8 +39,8 @@ export async function resolvePortForwards(forwards: PortForward[], host = "127.0
       }
       if (!(await isPortFree(hostPort, host, f.proto))) {
         throw new CloudletError(
-          "BAD_ARGUMENT",
-          `host port ${host}:${hostPort}/${f.proto} (forward to guest port ${f.guestPort}) is already in use: stop what listens there or choose another host port`,
+          "CONFLICT",
+          `host port ${host}:${hostPort}/${f.proto} (forward to guest port ${f.guestPort}) is already in use: stop what listens there, or give --auto-ports to use free host ports`,
         );
       }
     }
@@ -80,6 +80,6 @@ export async function resolveVncPort(port: number, host = "127.0.0.1"): Promise<
     throw new CloudletError("BAD_ARGUMENT", `no free VNC port on ${host} between 5900 and 5999: give one explicitly`);
   }
   if (!Number.isInteger(port) || port < 5900 || port > 65535) throw new CloudletError("BAD_ARGUMENT", `VNC port ${port} is not possible: QEMU listens on 5900 + display, so use 5900-65535 (or 0 to pick one)`);
-  if (!(await isPortFree(port, host))) throw new CloudletError("BAD_ARGUMENT", `VNC port ${host}:${port} is already in use: choose another port (or 0 to pick one)`);
+  if (!(await isPortFree(port, host))) throw new CloudletError("CONFLICT", `VNC port ${host}:${port} is already in use: choose another port (or 0 to pick one)`);
   return port;
 }

@@ -168,7 +168,7 @@ class QemuSession extends VmSession {
     const log = await fsp.readFile(this.logPath, "utf8").catch(() => "");
     const rule = /Could not set up host forwarding rule '([^']*)'/.exec(log);
     if (rule) {
-      return new CloudletError("BAD_ARGUMENT", `QEMU could not listen for the port forward ${rule[1]}: the host port is in use; choose another host port`, undefined, { cause });
+      return new CloudletError("CONFLICT", `QEMU could not listen for the port forward ${rule[1]}: the host port is in use; stop what listens there, or give --auto-ports to use free host ports`, undefined, { cause });
     }
     const tail = lastLines(log, 6);
     // No file in the error: the log is removed with the failed VM; its words are in the message.

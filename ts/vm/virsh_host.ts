@@ -210,7 +210,7 @@ class VirshSession extends VmSession {
   private async startError(stderr: string): Promise<CloudletError> {
     const text = `${stderr}\n${await this.logTail()}`;
     const rule = /Could not set up host forwarding rule '([^']*)'/.exec(text);
-    if (rule) return new CloudletError("BAD_ARGUMENT", `QEMU could not listen for the port forward ${rule[1]}: the host port is in use; choose another host port`);
+    if (rule) return new CloudletError("CONFLICT", `QEMU could not listen for the port forward ${rule[1]}: the host port is in use; stop what listens there, or give --auto-ports to use free host ports`);
     return new CloudletError("HOST_TOOL", `virsh create failed: ${virshMessage(stderr)}`);
   }
 

@@ -111,6 +111,15 @@ test("item 9: any unique prefix names a base or VM; an ambiguous one says how ma
   assert.equal(charsToTellApart(["abc1", "abd2", "ffff"]), 3);
 });
 
+test("item 9: inspect's text and --json use the same word for the bytes the overlay rebuilds", async () => {
+  const f = await setup();
+  const j = JSON.parse((await cloudlet(["inspect", "--home", f.home, f.overlay, "--json"])).stdout);
+  const text = (await cloudlet(["inspect", "--home", f.home, f.overlay])).stdout;
+  assert.ok(Number.isSafeInteger(j.sizes.rebuilt), "sizes.rebuilt in --json");
+  assert.match(text, /, rebuilt \d/);
+  assert.doesNotMatch(text, /rewrites/);
+});
+
 /** A VM record as a synthesized VM leaves it (its QEMU long gone). */
 async function fakeVm(home: string, id: string): Promise<void> {
   const runDir = join(home, "vms", id, "vm");

@@ -277,3 +277,49 @@ test("item 6: GET /v1/sessions lists sessions; ps shows a server session of the 
     await s.stop();
   }
 });
+
+// ---- item 6, with one real VM (the built-in guest, cached) ----
+
+const TEST_HOME = new URL("../.build/test-home", import.meta.url).pathname;
+const WEBAPP = new URL("../examples/webapp.sh", import.meta.url).pathname;
+
+test("item 6: client --detach prints the session id; ps shows the running session with the server log's ports; stop ends it through the server", async () => {
+  const home = join(TEST_HOME, `ids-${process.pid}`);
+  await fsp.rm(home, { recursive: true, force: true });
+  await fsp.mkdir(home, { recursive: true });
+  await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+  const ok = async (args: string[]) => {
+    const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+  await ok(["base", "--name", "tiny"]);
+  const overlay = join(home, "webapp.overlay");
+  await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:0::80"]);
+  const tokenFile = join(home, "token");
+  await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
+  const s = await serve({ home, tokenFile } as Fixture);
+  try {
+    const c = await cloudlet(["client", "--home", home, "-s", `127.0.0.1:${s.port}`, "--token-file", tokenFile, "-o", overlay, "--detach"]);
+    assert.equal(c.code, 0, c.stderr);
+    const id = /\(session ([0-9a-f]{32})\)/.exec(c.stdout)?.[1];
+    assert.ok(id, `the session id is printed: ${c.stdout}`);
+    assert.match(c.stdout, new RegExp(`cloudlet stop ${id}`));
+    const ps = JSON.parse((await cloudlet(["ps", "--home", home, "--json"])).stdout) as { id: string; kind: string; state: string; hostAddress: string; ports: { hostPort: number; guestPort: number }[] }[];
+    assert.deepEqual(ps.map((r) => [r.id, r.kind, r.state]), [[id, "session", "running"]]);
+    // One way round everywhere: the server log and ps both say address:host->guest.
+    const fwd = `${ps[0].hostAddress}:${ps[0].ports[0].hostPort}->${ps[0].ports[0].guestPort}`;
+    assert.equal(ps[0].ports[0].guestPort, 80);
+    assert.ok(s.log().includes(fwd), `the server log shows ${fwd}:\n${s.log()}`);
+    assert.ok((await cloudlet(["ps", "--home", home])).stdout.includes(fwd));
+    const listed = JSON.parse((await request(s.port, "GET", "/v1/sessions")).body).sessions as { id: string; detached: boolean }[];
+    assert.deepEqual(listed.map((x) => [x.id, x.detached]), [[id, true]]);
+    const st = await cloudlet(["stop", "--home", home, "--server", `127.0.0.1:${s.port}`, "--token-file", tokenFile, id!.slice(0, 6)]);
+    assert.equal(st.code, 0, st.stderr);
+    assert.match(st.stdout, new RegExp(`stopped session ${id}`));
+    assert.equal((await cloudlet(["ps", "--home", home, "-q"])).stdout, "", "the session and its folder are gone");
+  } finally {
+    await s.stop();
+    await fsp.rm(home, { recursive: true, force: true });
+  }
+});

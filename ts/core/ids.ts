@@ -1,15 +1,16 @@
 /**
  * Ids, prefixes and short forms, one way for VMs, bases and sessions: any
  * unique prefix of an id names it (as in docker), an ambiguous prefix's error
- * says how many characters tell the candidates apart, and text output shows
- * the first {@link SHORT_ID} characters of every id (--json shows them whole).
+ * says how many characters tell the candidates apart, and tables show the
+ * first {@link SHORT_ID} characters of every id (messages and --json show
+ * them whole, so they can be copied).
  */
 import { CloudletError } from "../errors.ts";
 
 /** Characters of an id shown in text output. */
 export const SHORT_ID = 12;
 
-/** The short form of an id, for text output. */
+/** The short form of an id, for tables. */
 export function shortId(id: string): string {
   return id.slice(0, SHORT_ID);
 }

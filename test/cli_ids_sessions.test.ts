@@ -283,7 +283,7 @@ test("item 6: GET /v1/sessions lists sessions; ps shows a server session of the 
 const TEST_HOME = new URL("../.build/test-home", import.meta.url).pathname;
 const WEBAPP = new URL("../examples/webapp.sh", import.meta.url).pathname;
 
-test("item 6: client --detach prints the session id; ps shows the running session with the server log's ports; stop ends it through the server", async () => {
+test("items 5 and 6: synthesis --no-run without BASE; client --detach prints the session id; ps shows the running session with the server log's ports; stop ends it through the server", async () => {
   const home = join(TEST_HOME, `ids-${process.pid}`);
   await fsp.rm(home, { recursive: true, force: true });
   await fsp.mkdir(home, { recursive: true });
@@ -296,6 +296,9 @@ test("item 6: client --detach prints the session id; ps shows the running sessio
   await ok(["base", "--name", "tiny"]);
   const overlay = join(home, "webapp.overlay");
   await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:0::80"]);
+  // Item 5 in VM mode: no BASE, the overlay's base id finds "tiny" in the registry.
+  const verified = JSON.parse((await ok(["synthesis", overlay, "--no-run", "--json"])).stdout);
+  assert.equal(verified.verified, true);
   const tokenFile = join(home, "token");
   await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
   const s = await serve({ home, tokenFile } as Fixture);

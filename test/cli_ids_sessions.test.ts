@@ -278,6 +278,16 @@ test("item 6: GET /v1/sessions lists sessions; ps shows a server session of the 
   }
 });
 
+test("item 6: stop of a session whose server cannot be reached says to give --server", async () => {
+  const f = await setup();
+  const home = await emptyHome(f, "unreachable-home");
+  const id = "0123456789abcdef0123456789abcdef";
+  await fsp.mkdir(join(home, "sessions", id), { recursive: true });
+  const r = await cloudlet(["stop", "--home", home, "--server", "127.0.0.1:1", "--token-file", f.tokenFile, "0123"]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`cannot reach the cloudlet at 127\\.0\\.0\\.1:1.*session ${id} is a session of a cloudlet server: give the server's address with --server`));
+});
+
 // ---- item 6, with one real VM (the built-in guest, cached) ----
 
 const TEST_HOME = new URL("../.build/test-home", import.meta.url).pathname;

@@ -30,7 +30,10 @@ export function register(cli: CAC): void {
       if (!found && !o.tokenFile && !(await fsp.access(tokenFile).then(() => true, () => false))) throw new CloudletError("BAD_ARGUMENT", `no VM or session "${ref}" in ${home} (see cloudlet ps)`);
       const token = (await readFileArg(tokenFile, "token file (--token-file)")).toString("utf8").trim();
       const client = new CloudletClient({ server: last(o.server as string | string[]) as string, token, tls: Boolean(o.tls) || Boolean(o.ca), ca: o.ca ? await readFileArg(o.ca as string, "CA certificate") : undefined });
-      const s = await client.stop(found?.id ?? ref, controller.signal);
+      const s = await client.stop(found?.id ?? ref, controller.signal).catch((e: unknown) => {
+        if (!(e instanceof CloudletError) || !/cannot reach/.test(e.message)) throw e;
+        throw new CloudletError("REMOTE", `${e.message}; ${found ? `session ${found.id}` : `"${ref}"`} is a session of a cloudlet server: give the server's address with --server (a server that is gone cleans up its sessions when it starts again)`);
+      });
       out(o, { stopped: s.id, kind: "session", state: s.state }, `stopped session ${s.id}${s.endpoint ? ` (VM ${s.endpoint.vmId})` : ""}`);
     });
 }

@@ -524,8 +524,8 @@ async function main(): Promise<number> {
       await net.destroy();
     }
     // VMs a killed `_net_synth` left behind (`cloudlet ps` of our home).
-    const ps = JSON.parse(await cloudlet(["ps", "--json"]).catch(() => "[]")) as Array<{ id: string; alive: boolean }>;
-    for (const vm of ps) await cloudlet(["stop", vm.id]).catch((e) => say(`stopping VM ${vm.id}: ${(e as Error).message}`));
+    const ps = JSON.parse(await cloudlet(["ps", "--json"]).catch(() => "[]")) as Array<{ id: string; kind: string }>;
+    for (const vm of ps.filter((r) => r.kind === "vm")) await cloudlet(["stop", vm.id]).catch((e) => say(`stopping VM ${vm.id}: ${(e as Error).message}`));
     await fsp.rm(uploads, { recursive: true, force: true });
     const left = await namespacesLike(`cl-${TAG}-`);
     await fsp.rm(LOCK, { force: true });

@@ -27,7 +27,7 @@ test("six processes writing at once lose no rows", async () => {
   const twin = { ...bases[0], name: "twin", id: "abcdef12" + "0".repeat(56) };
   await reg.addBase(twin);
   await reg.addBase({ ...twin, name: "twin2", id: "abcdef12" + "1".repeat(56) });
-  await assert.rejects(reg.getBase("abcdef12"), /matches 2 bases/);
+  await assert.rejects(reg.getBase("abcdef12"), /"abcdef12" is the start of 2 base ids; give at least 9 characters/);
   assert.equal((await reg.getBase("abcdef121")).name, "twin2");
   await reg.removeBase(twin.id);
   await reg.removeBase("abcdef12" + "1".repeat(56));

@@ -106,7 +106,7 @@ for (const host of ["qemu", "virsh"] as const) {
       // rebooted guest would have neither the counter nor the HTTP server.
       assert.ok(c1 >= 1 && c2 > c1, `counter continued: ${c1} then ${c2}`);
       const ps = ok(await cloudlet(["ps", "--home", home, "--json"]));
-      assert.deepEqual(ps.map((v: { id: string; alive: boolean }) => [v.id, v.alive]), [[vm.vmId, true]]);
+      assert.deepEqual(ps.map((v: { id: string; state: string }) => [v.id, v.state]), [[vm.vmId, "running"]]);
       const verify = ok(await cloudlet(["synthesis", "tiny", ovPath, ...H, "--no-run", "--json"]));
       assert.equal(verify.verified, true);
     } finally {

@@ -51,11 +51,14 @@ export function register(cli: CAC): void {
         p.done();
         const ms = performance.now() - t0;
         const where = r.endpoint.ports.map((x) => `  ${x.proto} ${r.endpoint.host}:${x.hostPort} -> guest port ${x.guestPort}`).join("\n") || "  (no port forwards)";
-        out(o, { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } }, `VM ${r.endpoint.vmId} is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`);
+        const json = { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } };
+        const said = `VM ${r.endpoint.vmId} (session ${r.id}) is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`;
         if (o.detach) {
           await client.detach(r.id, controller.signal);
+          out(o, { ...json, detached: true }, `${said}\ndetached: list it with cloudlet ps, end it with cloudlet stop ${r.id}`);
           return;
         }
+        out(o, json, said);
         if (!o.json) process.stderr.write("cloudlet client: keeping the session; Ctrl-C ends it and stops the VM\n");
         const held = client.hold(r.id, r.leaseMs, controller.signal);
         await Promise.race([untilInterrupted(), held]);

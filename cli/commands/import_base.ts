@@ -15,6 +15,6 @@ export function register(cli: CAC): void {
       const p = bar(o);
       const r = await importBase(core, cloudletHome(o.home), file, p.update, controller.signal);
       p.done();
-      out(o, { ...r.base, existed: r.existed }, `imported base ${r.base.name} ${r.base.id}${r.existed ? " (was already here)" : ""}`);
+      out(o, { ...r.base, existed: r.existed }, r.existed ? `base ${r.base.name} ${r.base.id} is already here; nothing imported` : `imported base ${r.base.name} ${r.base.id}`);
     });
 }

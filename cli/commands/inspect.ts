@@ -19,7 +19,7 @@ export function register(cli: CAC): void {
     .command("inspect <overlay>", "Show what is in an overlay: base id, sizes, chunk classes, segments")
     .option("--verify", "Also decode every segment, check its hash, records and class counts, and (with the base) every rebuilt chunk")
     .option("--web", "Open the browser inspector: serve it on 127.0.0.1, print its URL, stop on Ctrl-C")
-    .option("--base <base>", "The overlay's base from the registry (id, id prefix or name), for --verify or --web")
+    .option("--base <base>", "The overlay's base from the registry (id, id prefix or name), for --verify or --web (default: the overlay's base id, when registered)")
     .option("--base-disk <file>", "The base disk (raw), for --verify or --web: verifies rebuilt chunks (with --verify, another base is refused by its id, as synthesis does), shows XOR against the base")
     .option("--base-mem <file>", "The base memory image, with --base-disk")
     .option("--port <n>", "With --web: the port on 127.0.0.1 (default: any free port)")
@@ -33,10 +33,21 @@ export function register(cli: CAC): void {
       let baseDisk = o.baseDisk;
       let baseMem = o.baseMem;
       let baseId: string | undefined;
+      let missingBase: string | undefined;
       if (o.base) {
         const b = await new Registry(cloudletHome(o.home)).getBase(o.base);
         ({ disk: baseDisk, memory: baseMem } = baseFiles(b));
         baseId = b.id;
+      } else if ((o.verify || o.web) && !o.baseDisk && !o.baseMem) {
+        // No base given: the overlay's base id finds it in the registry; without it, the checks that need no base still run.
+        const ov = await openOverlay(core, path);
+        const id = ov.meta.base.id;
+        await ov.close();
+        const b = await new Registry(cloudletHome(o.home)).findBaseById(id);
+        if (b) {
+          ({ disk: baseDisk, memory: baseMem } = baseFiles(b));
+          baseId = b.id;
+        } else missingBase = id;
       }
       if (o.web) {
         const port = o.port === undefined ? 0 : num(o.port, "--port", 0, 65535);
@@ -68,7 +79,7 @@ export function register(cli: CAC): void {
           }
         }
         const said = !verified ? "" : `\n\nverified: all ${verified.segments} segments decode and match their hashes, records and class counts; ` +
-          (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches") +
+          (verified.rebuiltSkipped ? `${verified.rebuilt} checked chunk by chunk, ${verified.rebuiltSkipped} need the base (${missingBase ? `its base ${missingBase} is not in the registry, see cloudlet list-base; ` : ""}give --base or --base-disk/--base-mem)` : "every rebuilt chunk matches") +
           (verified.baseChecked ? ", and the base files hash to its base id" : "");
         out(o, { ...report, ...(verified ? { verified: true, verification: verified } : {}) }, renderReport(report) + said);
       } finally {

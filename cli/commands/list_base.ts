@@ -2,16 +2,24 @@
 import type { CAC } from "cac";
 import { cloudletHome } from "../../ts/home/paths.ts";
 import { formatBytes } from "../../ts/inspect/report.ts";
-import { Registry } from "../../ts/home/registry.ts";
-import { type Common, out } from "../options.ts";
+import { type BaseRow, Registry } from "../../ts/home/registry.ts";
+import { shortId } from "../../ts/core/ids.ts";
+import { type ListOptions, listOptions, printList } from "../list_output.ts";
 
 /** Adds the command to the CLI. */
 export function register(cli: CAC): void {
-  cli
-    .command("list-base", "List the base VMs in the registry")
+  listOptions(cli.command("list-base", "List the base VMs in the registry"))
     .alias("list_base")
-    .action(async (o: Common) => {
+    .action(async (o: ListOptions) => {
       const bases = await new Registry(cloudletHome(o.home)).listBases();
-      out(o, bases, bases.length ? bases.map((b) => `${b.id.slice(0, 16)}  ${b.name.padEnd(16)} disk ${formatBytes(b.diskSize).padStart(10)}  mem ${formatBytes(b.memorySize).padStart(10)}  ${b.host.padEnd(5)} ${b.created}  ${b.source}`).join("\n") : "no bases (create one with: cloudlet base)");
+      printList(o, bases, (b) => ({ ...b }), [
+        { header: "ID", value: (b: BaseRow) => shortId(b.id) },
+        { header: "NAME", value: (b) => b.name },
+        { header: "DISK SIZE", value: (b) => formatBytes(b.diskSize) },
+        { header: "MEMORY SIZE", value: (b) => formatBytes(b.memorySize) },
+        { header: "HOST", value: (b) => b.host },
+        { header: "CREATED", value: (b) => b.created },
+        { header: "SOURCE", value: (b) => b.source },
+      ], "no bases (create one with: cloudlet base)");
     });
 }

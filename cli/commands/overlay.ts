@@ -67,7 +67,7 @@ export function register(cli: CAC): void {
         p.done();
         const report = inspectMeta(r.meta, r.path, r.bytes);
         out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory },
-          `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rewrites ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
+          `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rebuilt ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
         return;
       }
       const baseMem = need(o.baseMem, "--base-mem");
@@ -102,6 +102,6 @@ export function register(cli: CAC): void {
       p.done();
       const report = inspectMeta(r.meta, r.path, r.bytes);
       out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals },
-        `wrote ${r.path} (${r.layout}): ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s), rewrites ${formatBytes(report.sizes.rebuilt)}, ${r.seconds.toFixed(1)} s`);
+        `wrote ${r.path} (${r.layout}): ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s), rebuilt ${formatBytes(report.sizes.rebuilt)}, ${r.seconds.toFixed(1)} s`);
     });
 }

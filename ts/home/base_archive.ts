@@ -87,8 +87,13 @@ function baseFileNames(b: Pick<BaseRow, "boot">): string[] {
   return ["disk.raw", "memory.raw", "state.bin", ...(b.boot ? [b.boot.kernel, b.boot.initrd] : [])];
 }
 
-/** Writes base `ref` of `home` to `file`, atomically. */
-export async function exportBase(core: Core, home: string, ref: string, file: string, progress?: ProgressFn): Promise<{ bytes: number; base: BaseRow }> {
+/** How an export is compressed: GNU tar runs the compressor (zstd is fast, xz smaller); import recognises either by itself. */
+export type ExportCompression = "none" | "zstd" | "xz";
+
+const COMPRESS_FLAG: Record<ExportCompression, string[]> = { none: [], zstd: ["--zstd"], xz: ["--xz"] };
+
+/** Writes base `ref` of `home` to `file`, atomically, compressed as asked. */
+export async function exportBase(core: Core, home: string, ref: string, file: string, progress?: ProgressFn, compression: ExportCompression = "none"): Promise<{ bytes: number; base: BaseRow }> {
   const base = await new Registry(home).getBase(ref);
   const names = baseFileNames(base);
   const sizes = await Promise.all(names.map((n) => fsp.stat(join(base.dir, n)).then((s) => s.size)));
@@ -105,7 +110,7 @@ export async function exportBase(core: Core, home: string, ref: string, file: st
   const tmp = partName(file);
   try {
     await fsp.writeFile(join(stage, MANIFEST), JSON.stringify(manifest, null, 2) + "\n");
-    const r = await runTool("tar", ["--sparse", "-cf", tmp, "-C", stage, MANIFEST, "-C", base.dir, ...names]);
+    const r = await runTool("tar", ["--sparse", ...COMPRESS_FLAG[compression], "-cf", tmp, "-C", stage, MANIFEST, "-C", base.dir, ...names]);
     if (r.code !== 0) throw /No space/.test(r.stderr) ? outputError(Object.assign(new Error(r.stderr), { code: "ENOSPC" }), file) : new CloudletError("OUTPUT_FAILED", `tar failed: ${r.stderr.trim()}`, file);
     await fsp.rename(tmp, file).catch((e) => {
       throw outputError(e, file);
@@ -117,11 +122,33 @@ export async function exportBase(core: Core, home: string, ref: string, file: st
   }
 }
 
-/** Imports an exported base into `home`, verifying it completely. */
+/**
+ * The registered base the archive's manifest names, if `home` has it (and
+ * its files): then nothing needs reading past the manifest. The registry's
+ * copy was verified when it was made, so the manifest's claim is only a key.
+ */
+async function alreadyPresent(home: string, file: string): Promise<BaseRow | null> {
+  // --occurrence=1 stops at the first manifest.json, the archive's first member.
+  const r = await runTool("tar", ["-xOf", file, "--occurrence=1", MANIFEST]);
+  let id: unknown;
+  try {
+    id = (JSON.parse(r.stdout) as Manifest).base?.id;
+  } catch {
+    return null;
+  }
+  if (typeof id !== "string" || !/^[0-9a-f]{64}$/.test(id)) return null;
+  const b = await new Registry(home).findBaseById(id);
+  return b && (await fsp.access(join(b.dir, "disk.raw")).then(() => true, () => false)) ? b : null;
+}
+
+/** Imports an exported base into `home`, verifying it completely (a base already here is recognised from the manifest alone). */
 export async function importBase(core: Core, home: string, file: string, progress?: ProgressFn, signal?: AbortSignal): Promise<{ base: BaseRow; existed: boolean }> {
   await fsp.access(file).catch(() => {
     throw new CloudletError("MISSING_INPUT", "no such file", file);
   });
+  // The manifest is the first member: a base that is already here is known from it, before the rest is read.
+  const present = await alreadyPresent(home, file);
+  if (present) return { base: present, existed: true };
   const list = await runTool("tar", ["-tf", file]);
   if (list.code !== 0) throw new CloudletError("BAD_INPUT", "not a cloudlet base export (not a tar archive)", file);
   const members = list.stdout.split("\n").filter(Boolean);

@@ -13,6 +13,7 @@ import { createRequire } from "node:module";
 import { homePaths } from "./paths.ts";
 import initSqlJs, { type Database, type SqlJsStatic } from "sql.js";
 import { CloudletError } from "../errors.ts";
+import { matchIdPrefix } from "../core/ids.ts";
 import type { MachineConfig } from "../overlay/format.ts";
 import { AtomicFile } from "../node/files.ts";
 import { acquirePidLock } from "../node/pid_lock.ts";
@@ -146,13 +147,19 @@ export class Registry {
     return this.read((db) => rows(db, "SELECT * FROM bases ORDER BY created DESC").map(toBase));
   }
 
-  /** Finds a base by id, unique id prefix (>= 6 hex digits), or name. */
+  /** Finds a base by id, name, or unique id prefix (an ambiguous prefix's error says how many characters are needed). */
   async getBase(ref: string): Promise<BaseRow> {
     const all = await this.listBases();
-    const hits = all.filter((b) => b.id === ref || b.name === ref || (ref.length >= 6 && b.id.startsWith(ref)));
-    if (hits.length === 1) return hits[0];
-    if (hits.length > 1) throw new CloudletError("BASE_UNKNOWN", `"${ref}" matches ${hits.length} bases; use more of the id`);
+    const named = all.find((b) => b.id === ref) ?? all.find((b) => b.name === ref);
+    if (named) return named;
+    const id = matchIdPrefix(ref, all.map((b) => b.id), "base", "cloudlet list-base");
+    if (id) return all.find((b) => b.id === id)!;
     throw new CloudletError("BASE_UNKNOWN", `no base "${ref}" in ${this.home} (see cloudlet list-base)`);
+  }
+
+  /** The base with id `id`, or null: how an overlay's base is found when no base is given. */
+  async findBaseById(id: string): Promise<BaseRow | null> {
+    return (await this.listBases()).find((b) => b.id === id) ?? null;
   }
 
   /**

@@ -133,7 +133,7 @@ export function renderReport(r: InspectReport): string {
   lines.push(`base id      ${printable(r.base.id)}`);
   lines.push(`base         disk ${formatBytes(r.base.diskSize)}, memory ${formatBytes(r.base.memorySize)}, ${printable(r.base.machine.machine)} / ${printable(r.base.machine.cpu)} / ${r.base.machine.ramMiB} MiB`);
   lines.push(`rebuilt      ${Object.entries(r.imageSizes).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${formatBytes(v)}`).join(", ")}`);
-  lines.push(`sizes        overlay ${formatBytes(r.sizes.overlay)}, segments ${formatBytes(r.sizes.compressed)} compressed / ${formatBytes(r.sizes.raw)} raw, rewrites ${formatBytes(r.sizes.rebuilt)} (${r.sizes.ratio.toFixed(1)}x)`);
+  lines.push(`sizes        overlay ${formatBytes(r.sizes.overlay)}, segments ${formatBytes(r.sizes.compressed)} compressed / ${formatBytes(r.sizes.raw)} raw, rebuilt ${formatBytes(r.sizes.rebuilt)} (${r.sizes.ratio.toFixed(1)}x)`);
   const fwd = r.launch.portForwards.map((p) => `${p.proto}:${p.hostPort || "auto"}->${p.guestPort}`).join(", ") || "none";
   lines.push(`launch       ${r.launch.memoryMiB} MiB, ${r.launch.vcpus} vCPU, ports ${fwd}`);
   if (r.memoryFree) {

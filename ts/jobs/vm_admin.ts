@@ -3,19 +3,68 @@ import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { CloudletError } from "../errors.ts";
 import { SYNTH_FILES } from "./file_synthesis.ts";
-import { readVmRecord, recordAlive, stopVm } from "../vm/vm_records.ts";
+import { readVmRecord, recordAlive, stopVm, type VmRecord } from "../vm/vm_records.ts";
+import { matchIdPrefix } from "../core/ids.ts";
 import { homePaths } from "../home/paths.ts";
 
-/** Running (and dead) synthesized VMs; the id is the VM's directory name under `<home>/vms`. */
-export async function psVms(home: string) {
-  const root = homePaths(home).vms;
-  const out = [];
-  for (const id of (await fsp.readdir(root).catch(() => [] as string[])).sort()) {
-    const rec = await readVmRecord(join(root, id, "vm"));
+/** One row of `cloudlet ps`: a synthesized VM, or a server session of the same home. */
+export interface PsRow {
+  /** The VM id (`<home>/vms/<id>`) or the session id (`<home>/sessions/<id>`). */
+  id: string;
+  kind: "vm" | "session";
+  /** running, dead (its QEMU is gone), or pending (a session whose VM is not launched yet). */
+  state: "running" | "dead" | "pending";
+  host: string;
+  /** The address the port forwards listen on. */
+  hostAddress: string;
+  /** Port forwards, host port -> guest port. */
+  ports: Array<{ proto: string; hostPort: number; guestPort: number }>;
+  created: string;
+}
+
+/**
+ * Synthesized VMs and server sessions of `home`, read from the home itself
+ * (VM records under `<home>/vms` and `<home>/sessions`): no server address or
+ * token is needed, and a hung server does not hang `ps`.
+ */
+export async function psVms(home: string): Promise<PsRow[]> {
+  const dirs = homePaths(home);
+  const out: PsRow[] = [];
+  for (const id of (await fsp.readdir(dirs.vms).catch(() => [] as string[])).sort()) {
+    const rec = await readVmRecord(join(dirs.vms, id, "vm"));
     if (!rec) continue;
-    out.push({ id, alive: await recordAlive(rec), host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards, created: rec.createdAt });
+    out.push(row(id, "vm", rec, await recordAlive(rec)));
+  }
+  for (const id of (await fsp.readdir(dirs.sessions).catch(() => [] as string[])).sort()) {
+    if (!SESSION_ID_RE.test(id)) continue;
+    const rec = await readVmRecord(dirs.session(id));
+    if (rec) out.push(row(id, "session", rec, await recordAlive(rec)));
+    else {
+      const st = await fsp.stat(dirs.session(id)).catch(() => null);
+      if (st) out.push({ id, kind: "session", state: "pending", host: "", hostAddress: "", ports: [], created: st.mtime.toISOString() });
+    }
   }
   return out;
+}
+
+const SESSION_ID_RE = /^[0-9a-f]{32}$/;
+
+function row(id: string, kind: PsRow["kind"], rec: VmRecord, alive: boolean): PsRow {
+  return { id, kind, state: alive ? "running" : "dead", host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards.map((p) => ({ proto: p.proto, hostPort: p.hostPort, guestPort: p.guestPort })), created: rec.createdAt };
+}
+
+/**
+ * What `cloudlet stop REF` names in `home`: a VM or a session, by whole id or
+ * unique prefix (an ambiguous one is an error saying how many characters are
+ * needed), or null when the home has neither.
+ */
+export async function findStoppable(home: string, ref: string): Promise<{ kind: "vm" | "session"; id: string } | null> {
+  const dirs = homePaths(home);
+  const vms = (await fsp.readdir(dirs.vms).catch(() => [] as string[])).filter((x) => /^[0-9a-f]{12}$/.test(x));
+  const sessions = (await fsp.readdir(dirs.sessions).catch(() => [] as string[])).filter((x) => SESSION_ID_RE.test(x));
+  const id = matchIdPrefix(ref, [...vms, ...sessions], "VM and session", "cloudlet ps");
+  if (!id) return null;
+  return { kind: vms.includes(id) ? "vm" : "session", id };
 }
 
 /**
@@ -34,11 +83,12 @@ export async function vmsOnBase(home: string, baseId: string): Promise<string[]>
   return found;
 }
 
-/** Stops a synthesized VM and removes its files. */
-export async function stopSynthesized(home: string, id: string): Promise<void> {
-  if (!/^[0-9a-f]{12}$/.test(id)) throw new CloudletError("BAD_ARGUMENT", `"${id}" is not a VM id (see cloudlet ps)`);
-  const dir = join(homePaths(home).vms, id);
-  if (!(await fsp.access(dir).then(() => true, () => false))) throw new CloudletError("BAD_ARGUMENT", `no VM "${id}" (see cloudlet ps)`);
+/** Stops a synthesized VM (id or unique prefix) and removes its files; returns its id. */
+export async function stopSynthesized(home: string, ref: string): Promise<string> {
+  const found = await findStoppable(home, ref);
+  if (!found || found.kind !== "vm") throw new CloudletError("BAD_ARGUMENT", `no VM "${ref}" (see cloudlet ps)`);
+  const dir = join(homePaths(home).vms, found.id);
   await stopVm(join(dir, "vm"));
   await fsp.rm(dir, { recursive: true, force: true });
+  return found.id;
 }

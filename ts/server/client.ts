@@ -10,7 +10,7 @@ import { CloudletError } from "../errors.ts";
 import { encodePackHeader, HEADER_BYTES } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
-import { API, DEFAULT_PORT, type Endpoint, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionStatus } from "./protocol.ts";
+import { API, DEFAULT_PORT, type Endpoint, OFFSET_HEADER, type ServerInfo, type SessionEvent, type SessionListing, type SessionStatus } from "./protocol.ts";
 
 /** Where and how to reach a server. */
 export interface ServerAddress {
@@ -178,6 +178,21 @@ export class CloudletClient {
   async status(id: string, signal?: AbortSignal): Promise<SessionStatus> {
     const r = await this.request("GET", `/sessions/${id}`, { signal });
     if (r.status !== 200) this.fail(r, "status");
+    return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /** The server's sessions (GET /v1/sessions). */
+  async sessions(signal?: AbortSignal): Promise<SessionStatus[]> {
+    const r = await this.request("GET", "/sessions", { signal });
+    if (r.status !== 200) this.fail(r, "listing the sessions");
+    return (JSON.parse(r.body) as SessionListing).sessions;
+  }
+
+  /** Ends session `ref` (its id, a unique prefix, or its VM id) and returns its final status; a clear error if the server has no such session. */
+  async stop(ref: string, signal?: AbortSignal): Promise<SessionStatus> {
+    const r = await this.request("DELETE", `/sessions/${encodeURIComponent(ref)}`, { signal });
+    if (r.status === 404) throw new CloudletError("BAD_ARGUMENT", `the cloudlet at ${this.host}:${this.port} has no session "${ref}" (see cloudlet ps)`);
+    if (r.status !== 200) this.fail(r, "stopping the session");
     return JSON.parse(r.body) as SessionStatus;
   }
 

@@ -44,6 +44,11 @@ export interface SessionStatus {
   detached: boolean;
 }
 
+/** GET /v1/sessions: every session the server holds (a token holder sees them all). */
+export interface SessionListing {
+  sessions: SessionStatus[];
+}
+
 /** How to reach a synthesized VM. */
 export interface Endpoint {
   /** VM id on the cloudlet. */

@@ -17,6 +17,7 @@ import * as https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import type { Core } from "../core/core.ts";
+import { charsToTellApart } from "../core/ids.ts";
 import { CloudletError, isCloudletError } from "../errors.ts";
 import { decodePackedHead, HEADER_BYTES, type OverlayMeta } from "../overlay/format.ts";
 import { checkBase } from "../overlay/synthesis.ts";
@@ -114,7 +115,8 @@ export interface ServerOptions {
   page?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 }
 
-const ID_RE = /^[0-9a-f]{32}$/;
+/** A session id or a prefix of one (or a VM id): lower-case hex only, so nothing from the wire reaches a path. */
+const ID_PREFIX_RE = /^[0-9a-f]{1,32}$/;
 /** Time a connection has to send its first request's headers, ms (docs/protocol.md, Limits). */
 const HEADERS_MS = 10_000;
 /** An Upload-Offset value: decimal digits only (no sign, exponent, hex or blanks). */
@@ -352,10 +354,8 @@ export class SynthesisServer {
       if (parts[1] === "info" && parts.length === 2 && req.method === "GET") return this.json(res, 200, await this.info());
       if (parts[1] !== "sessions") throw new HttpError(404, "NOT_FOUND", "unknown path");
       if (parts.length === 2 && req.method === "POST") return this.json(res, 201, (await this.create(req)).status());
-      const id = parts[2] ?? "";
-      if (!ID_RE.test(id)) throw new HttpError(404, "NOT_FOUND", "no such session");
-      const s = this.sessions.get(id);
-      if (!s) throw new HttpError(404, "NOT_FOUND", "no such session");
+      if (parts.length === 2 && req.method === "GET") return this.json(res, 200, { sessions: [...this.sessions.values()].map((x) => x.status()) });
+      const s = this.findSession(parts[2] ?? "");
       s.lastActivity = Date.now();
       const sub = parts[3] ?? "";
       if (parts.length > 4) throw new HttpError(404, "NOT_FOUND", "unknown path");
@@ -393,6 +393,17 @@ export class SynthesisServer {
       }
       this.json(res, he.status, { error: { code: he.code, message: he.message } });
     }
+  }
+
+  /** The session a path names: its id, a unique prefix of it (as `cloudlet ps` and `stop` take), or its VM's id. */
+  private findSession(ref: string): Session {
+    if (!ID_PREFIX_RE.test(ref)) throw new HttpError(404, "NOT_FOUND", "no such session");
+    const exact = this.sessions.get(ref) ?? [...this.sessions.values()].find((x) => x.vm?.vmId === ref);
+    if (exact) return exact;
+    const hits = [...this.sessions.keys()].filter((id) => id.startsWith(ref));
+    if (hits.length > 1) throw new HttpError(409, "AMBIGUOUS", `"${ref}" is the start of ${hits.length} session ids; give at least ${charsToTellApart(hits)} characters`);
+    if (hits.length === 0) throw new HttpError(404, "NOT_FOUND", "no such session");
+    return this.sessions.get(hits[0])!;
   }
 
   private json(res: http.ServerResponse, status: number, body: unknown): void {
@@ -598,7 +609,7 @@ export class SynthesisServer {
     s.state = "running";
     // The lease starts now: the client has been waiting on its event stream, not sending.
     s.lastActivity = Date.now();
-    this.o.log(`session ${s.id}: VM ${s.vm.vmId} running, ports ${s.vm.ports.map((p) => `${p.guestPort}->${p.hostPort}`).join(" ")}`);
+    this.o.log(`session ${s.id}: VM ${s.vm.vmId} running, ports ${s.vm.ports.map((p) => `${bind}:${p.hostPort}->${p.guestPort}`).join(" ")}`);
     s.emit({ type: "done", endpoint: s.endpoint });
   }
 

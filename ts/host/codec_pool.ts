@@ -12,7 +12,7 @@ import { XZ_MEMLIMIT } from "../core/core.ts";
 /** A request to a worker (see codec_worker.mjs). */
 interface CodecRequest {
   id: number;
-  op: "compress" | "decompress";
+  op: "compress" | "decompress" | "hash";
   data: Uint8Array;
   rawSize: number;
 }
@@ -97,15 +97,17 @@ export class WorkerCodec implements SegmentCodec {
     this.pending.clear();
   }
 
-  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number): Promise<Uint8Array> {
+  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false): Promise<Uint8Array> {
     if (this.closed) throw new CodecFailure("codec is closed");
     await this.ready;
     if (this.broken) throw this.broken;
-    // Least-loaded worker; the input is copied once into a transferable buffer.
+    // Least-loaded worker; the input is copied once into a transferable buffer,
+    // unless the caller handed it over (a whole buffer it no longer needs).
     let w = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.load[i] < this.load[w]) w = i;
     const id = this.nextId++;
-    const owned = data.slice();
+    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer);
+    const owned = transfer && whole ? data : data.slice();
     if (this.load[w]++ === 0) this.workers[w].ref();
     return new Promise<Uint8Array>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
@@ -119,6 +121,10 @@ export class WorkerCodec implements SegmentCodec {
 
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
     return this.run("decompress", xz, rawSize);
+  }
+
+  hashChunks(data: Uint8Array): Promise<Uint8Array> {
+    return this.run("hash", data, 0, true);
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,14 @@ export interface SegmentCodec {
    * too short) without ever allocating more than `rawSize` + a small slack.
    */
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array>;
+  /**
+   * BLAKE3-256 of each CHUNK-byte chunk of `data` (32 bytes each), off the
+   * calling thread where the codec has workers: synthesis verifies with it.
+   * `data` may be handed to the worker (detached): pass a buffer the caller
+   * no longer needs, or a copy. Optional: without it synthesis hashes on
+   * the calling thread.
+   */
+  hashChunks?(data: Uint8Array): Promise<Uint8Array>;
   /** Releases workers. */
   close(): Promise<void>;
 }
@@ -45,6 +53,9 @@ export class InlineCodec implements SegmentCodec {
   }
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
     return Promise.resolve().then(() => this.core.xzDecompressExact(xz, rawSize));
+  }
+  hashChunks(data: Uint8Array): Promise<Uint8Array> {
+    return Promise.resolve().then(() => this.core.hashChunks("blake3", data));
   }
   close(): Promise<void> {
     return Promise.resolve();

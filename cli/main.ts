@@ -13,6 +13,7 @@ import { inspectMeta, formatBytes, renderReport } from "../ts/inspect/report.ts"
 import { collectPortForwards } from "../ts/overlay/launch.ts";
 import { verifyOverlay, type VerifyResult } from "../ts/inspect/verify.ts";
 import type { DiskStride } from "../ts/overlay/base_scan.ts";
+import { PROFILE_NAMES, PROFILES, type ProfileName } from "../ts/overlay/codec.ts";
 import type { Core } from "../ts/core/core.ts";
 import type { MachineConfig } from "../ts/overlay/format.ts";
 import type { ProgressFn } from "../ts/overlay/io.ts";
@@ -81,6 +82,17 @@ function num(v: unknown, flag: string, min: number, max = Number.MAX_SAFE_INTEGE
 }
 
 /** --disk-stride: 4096 or 512. */
+/** Segment size and preset from --profile, each overridden by --segment-size / --preset when given. */
+function profileOptions(o: Record<string, unknown>): { segmentBytes: number; preset: number } {
+  const name = (o.profile ?? "balanced") as string;
+  if (!(PROFILE_NAMES as readonly string[]).includes(name)) throw new CloudletError("BAD_ARGUMENT", `--profile must be ${PROFILE_NAMES.join(", ")}, not "${name}"`);
+  const p = PROFILES[name as ProfileName];
+  return {
+    segmentBytes: parseSize(o.segmentSize as string | undefined, "--segment-size") ?? p.segmentBytes,
+    preset: o.preset !== undefined ? num(o.preset, "--preset", 0, 9) : p.preset,
+  };
+}
+
 function diskStride(v: unknown): DiskStride {
   const n = Number(v ?? 4096);
   if (n !== 4096 && n !== 512) throw new CloudletError("BAD_ARGUMENT", `--disk-stride must be 4096 or 512, not "${v}"`);
@@ -168,13 +180,15 @@ cli
   .option("-o, --output <path>", "Output: NAME.overlay (packed, default) or NAME.overlay-meta (seed layout)")
   .option("--layout <layout>", "packed | split, when -o has no suffix", { default: "packed" })
   .option("--forward <spec>", "Port forward to record, e.g. tcp:2222::22 (repeatable); also -- -redir SPEC")
-  .option("--segment-size <size>", "Payload bytes per segment", { default: "1M" })
-  .option("--preset <n>", "xz preset 0-9", { default: 6 })
+  .option("--profile <name>", "Size/speed trade: fast (xz -1), balanced (default: 1 MiB segments, xz -6) or small (4 MiB segments); --segment-size and --preset override it")
+  .option("--segment-size <size>", "Payload bytes per segment (default: from --profile, 1M)")
+  .option("--preset <n>", "xz preset 0-9 (default: from --profile, 6; 7-9 equal 6 unless segments exceed 8 MiB, as the dictionary is capped to the segment)")
   .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
   .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
   .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
   .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
   .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
+    const profile = profileOptions(o);
     const core = await loadCoreFromDisk();
     const home = cloudletHome(o.home as string | undefined);
     const forwardSpecs = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
@@ -190,8 +204,7 @@ cli
         forwards: collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []),
         out: need(o.output, "-o"),
         layout: o.layout === "split" ? "split" : "packed",
-        segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
-        preset: num(o.preset, "--preset", 0, 9),
+        ...profile,
         diskStride: diskStride(o.diskStride),
         threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       });
@@ -208,7 +221,6 @@ cli
       throw new CloudletError("BAD_ARGUMENT", `--layout must be packed or split, not "${o.layout}"`);
     })();
     const p = bar(o);
-    const preset = num(o.preset, "--preset", 0, 9);
     const r = await createOverlayFiles(core, {
       baseDisk: need(o.baseDisk, "--base-disk"),
       baseMem,
@@ -219,8 +231,7 @@ cli
       out: need(o.output, "-o"),
       layout,
       launch: { portForwards: collectPortForwards(forwards, (o["--"] as string[]) ?? []) },
-      segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
-      preset,
+      ...profile,
       diskStride: diskStride(o.diskStride),
       threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
       home,

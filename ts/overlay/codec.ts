@@ -40,6 +40,25 @@ export class CodecFailure extends Error {
 /** Default xz preset for segments: see docs/xz.md for the measurements. */
 export const DEFAULT_PRESET = 6;
 
+/** Names of the size/speed profiles of `cloudlet overlay --profile`. */
+export const PROFILE_NAMES = ["fast", "balanced", "small"] as const;
+/** A size/speed profile. */
+export type ProfileName = (typeof PROFILE_NAMES)[number];
+
+/**
+ * What each profile picks (docs/overlay-format.md, "Profiles", has the
+ * measured costs). Order is image order in all three: clustering similar
+ * chunks was measured and did not pay (bench/OVERLAY_RESULTS.md).
+ */
+export const PROFILES: Record<ProfileName, { segmentBytes: number; preset: number }> = {
+  // xz -1: creation about 5x cheaper in CPU, overlay about 15-20% larger.
+  fast: { segmentBytes: 1 << 20, preset: 1 },
+  // The default: 1 MiB segments (fine-grained pipelining and early start), xz -6.
+  balanced: { segmentBytes: 1 << 20, preset: DEFAULT_PRESET },
+  // 4 MiB segments: the dictionary restarts a quarter as often; more encoder memory.
+  small: { segmentBytes: 4 << 20, preset: DEFAULT_PRESET },
+};
+
 /** A codec on the calling thread. */
 export class InlineCodec implements SegmentCodec {
   readonly parallelism = 1;

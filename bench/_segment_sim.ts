@@ -5,7 +5,7 @@
  * dictionary, like cloudlet's segments), in different orders and with different settings. Only
  * the data chunks are compared (records are the same in every variant).
  *
- *   node --import tsx bench/_segment_sim.ts DIR [--variants a,b,...]
+ *   node --import tsx bench/_segment_sim.ts DIR [--variants "a;b;..."]
  */
 import { spawnSync } from "node:child_process";
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -99,7 +99,7 @@ function xzSize(file: string, args: string[]): number {
 }
 
 const dir = process.argv[2];
-const only = process.argv.includes("--variants") ? process.argv[process.argv.indexOf("--variants") + 1].split(",") : null;
+const only = process.argv.includes("--variants") ? process.argv[process.argv.indexOf("--variants") + 1].split(";") : null;
 const kinds = ["disk", "memory"];
 const result: Record<string, Record<string, number>> = {};
 for (let k = 0; k < 2; k++) {

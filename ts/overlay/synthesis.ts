@@ -139,6 +139,22 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
   return out;
 }
 
+/**
+ * Free batch buffers (APPLY_BATCH chunks each), reused once their writes are
+ * done: a synthesis writes hundreds of MiB through them, and fresh 4 MiB
+ * buffers per batch were a good part of its garbage collection time.
+ */
+const freeBatchBuffers: Uint8Array[] = [];
+function takeBatchBuffer(chunks: number): Uint8Array {
+  const b = freeBatchBuffers.pop() ?? new Uint8Array(APPLY_BATCH * CHUNK);
+  const v = b.subarray(0, chunks * CHUNK);
+  v.fill(0); // ZERO records are skipped, not written, but a reused buffer must not carry old bytes
+  return v;
+}
+function giveBatchBuffer(b: Uint8Array): void {
+  if (freeBatchBuffers.length < 4) freeBatchBuffers.push(new Uint8Array(b.buffer, 0, APPLY_BATCH * CHUNK));
+}
+
 /** BLAKE3 of one zero chunk, per core (the digest every ZERO record rebuilds to). */
 const zeroDigests = new WeakMap<Core, Uint8Array>();
 function zeroDigestOf(core: Core): Uint8Array {
@@ -207,7 +223,7 @@ export async function applySegment(
   let inFlight: Promise<void> = Promise.resolve();
   for (let s = 0; s < n; s += APPLY_BATCH) {
     const e = Math.min(n, s + APPLY_BATCH);
-    const buf = new Uint8Array((e - s) * CHUNK);
+    const buf = takeBatchBuffer(e - s);
     const baseAt: number[][] = [[], []];
     const basePos: number[][] = [[], []];
     const baseRec: number[][] = [[], []];
@@ -257,7 +273,8 @@ export async function applySegment(
       counts[r.kinds[i]] += j - i;
       i = j;
     }
-    const batch = Promise.all(writes).then(() => {});
+    // The buffer is reused only after its writes succeeded (a failed write aborts everything anyway).
+    const batch = Promise.all(writes).then(() => giveBatchBuffer(buf));
     batch.catch(() => {}); // awaited by the caller; this only keeps an early failure from being "unhandled"
     await inFlight;
     inFlight = batch;

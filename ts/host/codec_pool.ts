@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { CodecFailure, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import { CodecFailure, type CompressOptions, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
 import { XZ_MEMLIMIT } from "../core/core.ts";
 
 /** A request to a worker (see codec_worker.mjs). */
@@ -15,6 +15,8 @@ interface CodecRequest {
   op: "compress" | "decompress" | "hash";
   data: Uint8Array;
   rawSize: number;
+  /** compress: x86 BCJ filter first. */
+  x86?: boolean;
 }
 
 /** Default dictionary cap: segments are ~1 MiB, and a larger dictionary only costs memory (bench/README.md). */
@@ -97,7 +99,7 @@ export class WorkerCodec implements SegmentCodec {
     this.pending.clear();
   }
 
-  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false): Promise<Uint8Array> {
+  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false, x86 = false): Promise<Uint8Array> {
     if (this.closed) throw new CodecFailure("codec is closed");
     await this.ready;
     if (this.broken) throw this.broken;
@@ -111,12 +113,12 @@ export class WorkerCodec implements SegmentCodec {
     if (this.load[w]++ === 0) this.workers[w].ref();
     return new Promise<Uint8Array>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.workers[w].postMessage({ id, op, data: owned, rawSize } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
+      this.workers[w].postMessage({ id, op, data: owned, rawSize, x86 } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
     });
   }
 
-  compress(raw: Uint8Array): Promise<Uint8Array> {
-    return this.run("compress", raw, 0);
+  compress(raw: Uint8Array, opts?: CompressOptions): Promise<Uint8Array> {
+    return this.run("compress", raw, 0, false, opts?.x86 ?? false);
   }
 
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {

@@ -5,12 +5,24 @@
  */
 import type { Core } from "../core/core.ts";
 
+/** Per-stream choices of {@link SegmentCodec.compress}. */
+export interface CompressOptions {
+  /** Put the x86 BCJ filter before LZMA2. */
+  x86?: boolean;
+}
+
+/** Flag or-ed into a preset for the core's encoder: the x86 BCJ filter first (core-rs/src/xz.rs PRESET_X86). */
+export const PRESET_X86 = 0x100;
+
 /** Compresses and decompresses segment payloads. */
 export interface SegmentCodec {
   /** How many segments it works on at once. */
   readonly parallelism: number;
-  /** One standard .xz stream holding `raw`. */
-  compress(raw: Uint8Array): Promise<Uint8Array>;
+  /**
+   * One standard .xz stream holding `raw`; with `x86`, the x86 BCJ filter
+   * runs before LZMA2 (smaller for machine code; `xz -d` reads it).
+   */
+  compress(raw: Uint8Array, opts?: CompressOptions): Promise<Uint8Array>;
   /**
    * Decodes one .xz stream that must hold exactly `rawSize` bytes. Rejects
    * with an Error whose message says what is wrong (bad data, too long,
@@ -67,8 +79,8 @@ export class InlineCodec implements SegmentCodec {
     private readonly core: Core,
     private readonly preset: number = DEFAULT_PRESET,
   ) {}
-  compress(raw: Uint8Array): Promise<Uint8Array> {
-    return Promise.resolve(this.core.xzCompress(raw, this.preset));
+  compress(raw: Uint8Array, opts?: CompressOptions): Promise<Uint8Array> {
+    return Promise.resolve(this.core.xzCompress(raw, this.preset | (opts?.x86 ? PRESET_X86 : 0)));
   }
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
     return Promise.resolve().then(() => this.core.xzDecompressExact(xz, rawSize));

@@ -189,8 +189,9 @@ export async function applySegment(
   const hashOff = codec?.hashChunks?.bind(codec);
   // `owned`: the buffer may be handed to a worker (it is not used afterwards).
   const hash = (b: Uint8Array, owned: boolean): Promise<Uint8Array> => (hashOff ? hashOff(owned ? b : b.slice()) : Promise.resolve(core.hashChunks("blake3", b)));
-  // XOR slots are rebuilt in place against their same-offset base chunks
-  // (one coalesced read and one XOR call per image); RAW slots are as stored.
+  // XOR slots are rebuilt against their same-offset base chunks (one
+  // coalesced read and one XOR call per image, on those slots only); RAW
+  // slots are as stored.
   const slotOf = new Int32Array(n).fill(-1);
   const xorOffsets: number[][] = [[], [], []];
   const xorSlots: number[][] = [[], [], []];
@@ -206,7 +207,8 @@ export async function applySegment(
       xorSlots[r.kinds[i]].push(r.args[i]);
     }
   }
-  const leaders = r.data;
+  // A copy when there are XOR slots: callers (the inspector) keep `r` and read the stored deltas.
+  const leaders = xorSlots.some((x) => x.length) ? r.data.slice() : r.data;
   for (let k = 0; k < 3; k++) {
     if (!xorSlots[k].length) continue;
     const got = await readBaseChunks(baseSrc[k], xorOffsets[k]);

@@ -284,7 +284,6 @@ export async function applySegment(
   // The rebuilt hash over every record's digest, in record order.
   const digests = new Uint8Array(n * 32);
   const zeroDigest = zeroDigestOf(core);
-  let ok = true;
   try {
     const sd = await slotDigests;
     for (let i = 0; i < n; i++) {
@@ -305,8 +304,7 @@ export async function applySegment(
   }
   const rebuiltHash = new RebuiltHash(core);
   rebuiltHash.update(r.kinds, r.indexes, digests, 0, n);
-  ok = rebuiltHash.hex() === meta.segments[segNo].rebuiltHash;
-  if (!ok) {
+  if (rebuiltHash.hex() !== meta.segments[segNo].rebuiltHash) {
     await inFlight.catch(() => {});
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }

@@ -24,6 +24,10 @@
  *   - cloudlet synthesis (decode + verify + apply) into raw and qcow2 outputs, checked
  *     byte-identical against the custom images;
  *   - `xz -d -T1` over the overlay's own segments (split layout), for the throughput target;
+ *   - the honest peer: cloudlet's own classes (same dedup, same XOR choices, taken from its
+ *     overlay) with each image's records then payload as ONE xz -9e stream (bench/_honest_peer.ts):
+ *     what independent segments cost in size, at most;
+ *   - cloudlet with each --profile (fast, balanced, small): size, creation CPU and RSS, synthesis;
  *   - peers, disk and memory separately then summed: xdelta3 -e -9 -S djw, zstd --patch-from
  *     --long=31 -19, and xz -9 of the changed 4 KiB chunks (plus their indexes); each decoded
  *     back to full images and checked.
@@ -421,6 +425,87 @@ function measurePeers(p: Pair, work: string): PeerResult[] {
   });
 }
 
+// ---------------------------------------------------------------------------
+// The honest peer (cloudlet's own classes, one xz -9e stream per image; bench/_honest_peer.ts)
+// and cloudlet's --profile choices, measured on the same pair in the same run.
+
+interface HonestResult {
+  bytes: { disk: number; memory: number; total: number };
+  /** CPU seconds of the two xz -9e runs (the classes come from cloudlet's overlay, not timed). */
+  cpu: number;
+  /** xz -d -T1 of both streams. */
+  decode: { wall: number; cpu: number };
+}
+
+function measureHonest(p: Pair, overlay: string, work: string): HonestResult {
+  log(`${p.name}: honest peer (cloudlet's classes, xz -9e per image)`);
+  const dir = join(work, "honest");
+  rmSync(dir, { recursive: true, force: true });
+  const run = timed(process.execPath, ["--import", "tsx", join(REPO, "bench/_honest_peer.ts"), overlay, "--keep", dir]);
+  const j = JSON.parse(run.stdout.trim().split("\n").pop()!);
+  const streams = readdirSync(dir).filter((f) => f.endsWith(".xz")).map((f) => join(dir, f));
+  const d = timed("xz", ["-d", "-T1", "-c", "--", ...streams], { outFile: "/dev/null" });
+  rmSync(dir, { recursive: true, force: true });
+  return { bytes: { disk: j.bytes.disk, memory: j.bytes.memory, total: j.bytes.total }, cpu: j.cpu, decode: { wall: d.wall, cpu: d.user + d.sys } };
+}
+
+const PROFILES_MEASURED = ["fast", "balanced", "small"] as const;
+
+interface ProfileResult {
+  profile: string;
+  bytes: number;
+  segments: number;
+  create: { wall: number; cpu: number; rssMiB: number };
+  /** Synthesis, qcow2 out (engine seconds, process CPU). */
+  synth: { internal: number; cpu: number; rssMiB: number };
+}
+
+/** One creation and one synthesis per --profile, interleaved in one loop so that the load is shared alike. */
+function measureProfiles(p: Pair, home: string, work: string): ProfileResult[] {
+  return PROFILES_MEASURED.map((profile) => {
+    log(`${p.name}: cloudlet overlay --profile ${profile}`);
+    const out = join(work, `profile-${profile}.overlay`);
+    rmSync(out, { force: true });
+    const { run, json } = cloudletCreate(p, home, out, ["--profile", profile]);
+    const synth = cloudletSynth(p, home, out, join(work, "profile-synth"), "qcow2");
+    rmSync(join(work, "profile-synth"), { recursive: true, force: true });
+    rmSync(out, { force: true });
+    return {
+      profile,
+      bytes: json.bytes,
+      segments: json.segments,
+      create: { wall: run.wall, cpu: run.user + run.sys, rssMiB: run.rssMiB },
+      synth: { internal: synth.json.seconds, cpu: synth.run.user + synth.run.sys, rssMiB: synth.run.rssMiB },
+    };
+  });
+}
+
+/** The report's lines for the honest peer and the profiles of one pair. */
+function reportHonest(cl: CloudletResult, peers: PeerResult[], honest: HonestResult | undefined, profiles: ProfileResult[] | undefined): string[] {
+  const L: string[] = [];
+  if (honest) {
+    const r = cl.bytes / honest.bytes.total;
+    L.push("Honest peer (the same classes and dedup as cloudlet, taken from its overlay; each image's records then payload as ONE `xz -9e -T1` stream: the lower bound of what independent segments cost):", "");
+    L.push("| | disk B | memory B | total B | cloudlet / it | xz CPU s | decode s (wall / CPU) |");
+    L.push("|---|---:|---:|---:|---:|---:|---:|");
+    L.push(`| honest peer | ${honest.bytes.disk} | ${honest.bytes.memory} | ${honest.bytes.total} | **${f2(r)}** | ${f2(honest.cpu)} | ${f2(honest.decode.wall)} / ${f2(honest.decode.cpu)} |`);
+    for (const pe of peers) L.push(`| ${pe.tool} | ${pe.bytes.disk} | ${pe.bytes.memory} | ${pe.bytes.total} | ${f2(cl.bytes / pe.bytes.total)} | ${f2(pe.create.cpu)} | ${f2(pe.decode.wall)} / ${f2(pe.decode.cpu)} |`);
+    L.push("");
+    L.push(`- size against the honest peer: cloudlet ${cl.bytes} B / ${honest.bytes.total} B = **${f2(r)}x** (target <= 0.90x): **${r <= 0.9 ? "met" : "missed"}**`, "");
+  }
+  if (profiles?.length) {
+    const bal = profiles.find((x) => x.profile === "balanced");
+    L.push("`--profile` (one run each, interleaved; synthesis with qcow2 output):", "");
+    L.push("| profile | overlay B | vs balanced | vs honest peer | segments | create CPU s | create wall s | create RSS MiB | synthesis engine s | synthesis CPU s |");
+    L.push("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (const x of profiles) {
+      L.push(`| ${x.profile} | ${x.bytes} | ${bal ? f2(x.bytes / bal.bytes) : "–"} | ${honest ? f2(x.bytes / honest.bytes.total) : "–"} | ${x.segments} | ${f2(x.create.cpu)} | ${f2(x.create.wall)} | ${f1(x.create.rssMiB)} | ${f2(x.synth.internal)} | ${f2(x.synth.cpu)} |`);
+    }
+    L.push("");
+  }
+  return L;
+}
+
 interface BigResult {
   prepBig: CloudletResult["prep"];
   small: { wall: number[]; internal: number[]; cpu: number[] };
@@ -493,7 +578,7 @@ function machine(): string[] {
 
 /** Everything one run measured (also written as JSON, and re-rendered by --from-json). */
 interface Results {
-  all: Record<string, { pair: Pair; cl: CloudletResult; peers: PeerResult[] }>;
+  all: Record<string, { pair: Pair; cl: CloudletResult; peers: PeerResult[]; honest?: HonestResult; profiles?: ProfileResult[] }>;
   big: BigResult | null;
   /** Wall-clock seconds of the whole run. */
   runSeconds?: number;
@@ -504,7 +589,7 @@ interface Results {
 function report({ all, big, runSeconds, loads: ld }: Results): string {
   const L: string[] = [];
   L.push("## Machine", "", ...machine(), "");
-  for (const { pair, cl, peers } of Object.values(all)) {
+  for (const { pair, cl, peers, honest, profiles } of Object.values(all)) {
     L.push(`## Pair ${pair.name}`, "", pair.description, "");
     L.push(`- base disk ${mb(size(pair.baseDisk))} MiB, base memory ${mb(size(pair.baseMem))} MiB; custom disk given to cloudlet: ${pair.customDisk.replace(DATA + "/", "")}`);
     L.push(`- base preparation (once per base${cl.prep.seconds < 0.5 ? "; already prepared by an earlier pair with the same base, so this only opened it" : ""}): ${f2(cl.prep.seconds)} s (process ${f2(cl.prep.wall)} s, peak RSS ${f1(cl.prep.rssMiB)} MiB), prepared data ${mb(cl.prep.indexBytes)} MiB`);
@@ -547,6 +632,7 @@ function report({ all, big, runSeconds, loads: ld }: Results): string {
     const xzdCpu = median(cl.xzd.cpu);
     const synCpu = median(cl.synth.raw.cpu);
     const synCpuQ = median(cl.synth.qcow2.cpu);
+    L.push(...reportHonest(cl, peers, honest, profiles));
     L.push("Targets:", "");
     if (!peers.length) L.push(`- size: peers not run (--no-peers)`);
     else L.push(`- size: cloudlet ${cl.bytes} B vs smallest peer (${bestPeer?.tool}) ${peerMin} B = **${f2(cl.bytes / peerMin)}x** (target <= 0.90x): **${cl.bytes / peerMin <= 0.9 ? "met" : "missed"}**`);
@@ -589,6 +675,7 @@ async function main(): Promise<void> {
       "no-build": { type: "boolean", default: false },
       "no-peers": { type: "boolean", default: false },
       "no-big": { type: "boolean", default: false },
+      "no-profiles": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       "from-json": { type: "string" },
       "free-memory": { type: "boolean", default: false },
@@ -598,7 +685,7 @@ async function main(): Promise<void> {
     strict: true,
   });
   if (v.help) {
-    process.stdout.write("usage: node --import tsx bench/overlay_bench.ts [--reps N] [--pairs vm,mkfs] [--no-build] [--no-peers] [--no-big] [--json] [--from-json RESULTS.json]\n");
+    process.stdout.write("usage: node --import tsx bench/overlay_bench.ts [--reps N] [--pairs vm,mkfs] [--no-build] [--no-peers] [--no-big] [--no-profiles] [--json] [--from-json RESULTS.json]\n");
     return;
   }
   if (v["prepare-base"]) return prepareBase(v.home!, v["base-disk"]!, v["base-mem"]!);
@@ -629,7 +716,7 @@ async function main(): Promise<void> {
   const home = join(runDir, "home");
   const ps = pairs();
   const wanted = v.pairs!.split(",").map((s) => s.trim()).filter(Boolean);
-  const all: Record<string, { pair: Pair; cl: CloudletResult; peers: PeerResult[] }> = {};
+  const all: Results["all"] = {};
   for (const name of wanted) {
     const pair = ps[name];
     if (!pair) throw new Error(`unknown pair ${name} (vm, mkfs)`);
@@ -637,8 +724,10 @@ async function main(): Promise<void> {
     const work = join(runDir, name);
     mkdirSync(work, { recursive: true });
     const cl = measureCloudlet(pair, home, work, reps);
+    const honest = measureHonest(pair, join(work, `c${reps - 1}.overlay`), work);
+    const profiles = v["no-profiles"] ? undefined : measureProfiles(pair, home, work);
     const peers = v["no-peers"] ? [] : measurePeers(pair, work);
-    all[name] = { pair, cl, peers };
+    all[name] = { pair, cl, peers, honest, profiles };
   }
   let big: BigResult | null = null;
   if (!v["no-big"] && ps.vm) {

@@ -5,6 +5,7 @@ import { core } from "./_core.ts";
 import { assertBytes } from "./_bytes.ts";
 import { runTool } from "./_tools.ts";
 import { randomBytes, vectorInput } from "../ts/core/vectors.ts";
+import { PRESET_X86 } from "../ts/overlay/codec.ts";
 
 const xzTool = (args: string[], input: Uint8Array) => runTool("xz", args, input);
 
@@ -47,6 +48,25 @@ test("the xz CLI decodes our output, and we decode the CLI's", async () => {
   // Two streams back to back, as `xz -d` accepts.
   const two = new Uint8Array([...(await xzTool(["-z", "-c"], data.subarray(0, 1000))), ...(await xzTool(["-z", "-c"], data.subarray(1000, 5000)))]);
   assertBytes(await pipe(two, core.xzDecompressStream(), 333), data.subarray(0, 5000));
+});
+
+test("PRESET_X86 puts the x86 BCJ filter first: xz -d reads it, it is smaller for machine code, a bad preset is still refused", async () => {
+  // x86-like code: many E8 (call rel32) with targets that repeat as absolute addresses once the filter converts them.
+  const code = new Uint8Array(1 << 20);
+  for (let o = 0; o + 5 <= code.length; o += 8) {
+    const target = 0x4000 + ((o * 7) % 64) * 16;
+    code[o] = 0xe8;
+    new DataView(code.buffer).setInt32(o + 1, target - (o + 5), true);
+    code[o + 5] = 0x48;
+    code[o + 6] = 0x89;
+    code[o + 7] = 0xc7;
+  }
+  const plain = core.xzCompress(code, 6);
+  const x86 = core.xzCompress(code, 6 | PRESET_X86);
+  assertBytes(await xzTool(["-d", "-c"], x86), code);
+  assertBytes(core.xzDecompressExact(x86, code.length), code);
+  assert.ok(x86.length < plain.length / 2, `x86 filter: ${x86.length} vs ${plain.length} bytes`);
+  assert.throws(() => core.xzCompress(code, 10 | PRESET_X86), /preset/);
 });
 
 test("pulls are bounded: a 64 MiB zero stream decodes in pieces of at most 1 MiB", async () => {

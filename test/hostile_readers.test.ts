@@ -8,13 +8,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { promises as fsp, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { core } from "./_core.ts";
 import { cloudlet, CLOUDLET, type CliResult } from "./_cli.ts";
 import { scratchDir, writeImageSet, type ImageSet } from "./_images.ts";
 import { goldenImages } from "./golden/_images.ts";
-import { decodeMeta, decodePackedHead, decodePackHeader, encodeMeta, encodePackHeader, HEADER_BYTES, type OverlayMeta, RebuiltHash } from "../ts/overlay/format.ts";
+import { decodeMeta, decodePackedHead, decodePackHeader, encodeMeta, encodePackHeader, HEADER_BYTES, type OverlayMeta, RebuiltHash, segmentFileName } from "../ts/overlay/format.ts";
 import { openPackedStream } from "../ts/overlay/stream_reader.ts";
 import { printable, printableJson } from "../ts/printable.ts";
 import { toHex } from "../ts/core/vectors.ts";
@@ -293,5 +293,13 @@ test("11.2 the writer still makes the golden v1 overlay's segments: same rebuilt
   assert.equal(r.code, 0, r.stderr);
   const got = decodeMeta(core, await readBytes(out), out);
   assert.deepEqual(got.segments.map((s) => s.rebuiltHash), want.segments.map((s) => s.rebuiltHash));
-  assert.deepEqual(got.segments, want.segments);
+  // Since issue 15 the writer puts the x86 filter before LZMA2 in mostly-disk segments: the
+  // compressed bytes (and so their size and hash) may differ, what they hold must not.
+  const content = (s: OverlayMeta["segments"][number]) => ({ ...s, compressedSize: 0, hash: "" });
+  assert.deepEqual(got.segments.map(content), want.segments.map(content));
+  for (let i = 0; i < want.segments.length; i++) {
+    const old = core.xzDecompressExact(readFileSync(join(dirname(golden), segmentFileName("golden", i))), want.segments[i].rawSize);
+    const now = core.xzDecompressExact(await readBytes(join(g, segmentFileName("again", i))), got.segments[i].rawSize);
+    assert.ok(Buffer.from(now).equals(Buffer.from(old)), `segment ${i + 1} holds the same payload`);
+  }
 });

@@ -321,3 +321,23 @@ test("a codec that fails is reported as such, never as a corrupt segment of a go
     await ov.close();
   }
 });
+
+test("--profile: an unknown name is a usage error; a profile's choices yield to --segment-size; fast and small overlays synthesize", async () => {
+  const args = (out: string, extra: string[]) => ["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", out, "--json", ...extra];
+  const bad = await cloudlet(args(join(dir, "p-bad"), ["--profile", "tiny"]));
+  assert.equal(bad.code, 2, "a usage error");
+  assert.equal(bad.stderr.trim(), 'cloudlet: --profile must be fast, balanced, small, not "tiny"');
+  assert.deepEqual(await listing(dir).then((l) => l.filter((f) => f.startsWith("p-bad"))), [], "nothing written");
+  const base64k = JSON.parse((await cloudlet(["inspect", "--json", packed])).stdout);
+  const segs: Record<string, number> = {};
+  for (const [name, extra] of [["fast", ["--profile", "fast"]], ["small", ["--profile", "small"]], ["small64k", ["--profile", "small", "--segment-size", "64K"]]] as const) {
+    const out = join(dir, `p-${name}.overlay`);
+    const r = await cloudlet(args(out, [...extra]));
+    assert.equal(r.code, 0, r.stderr);
+    segs[name] = JSON.parse(r.stdout).segments;
+    const s = await synth(out, join(dir, `p-${name}-out`), set, ["--json"]);
+    assert.equal(s.code, 0, s.stderr);
+  }
+  assert.equal(segs.small64k, base64k.segments.length ?? base64k.segments, "--segment-size overrides the profile's");
+  assert.ok(segs.small < segs.small64k, `4 MiB segments are fewer than 64 KiB ones (${segs.small} vs ${segs.small64k})`);
+});

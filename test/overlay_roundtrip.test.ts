@@ -67,7 +67,7 @@ test("chunks shared between memory and disk dedupe against each other, and repea
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-test("every segment of a seed-layout overlay decodes with xz -d", async () => {
+test("every segment of a seed-layout overlay decodes with xz -d; disk segments use the x86 filter", async () => {
   const dir = await scratchDir("xzd");
   const set = await writeImageSet(dir, 5, 4 << 20, 2 << 20, 30);
   const made = await createOverlayFiles(core, { baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, out: join(dir, "seed.overlay-meta"), home: join(dir, "home"), segmentBytes: 32 << 10 });
@@ -80,6 +80,16 @@ test("every segment of a seed-layout overlay decodes with xz -d", async () => {
     // The same bytes the core decodes: the payload synthesis uses.
     assertBytes(decoded, core.xzDecompressExact(await read(file), made.meta.segments[i].rawSize), `segment ${i + 1}`);
   }
+  // Disk segments put the x86 filter before LZMA2, memory segments do not (as `xz -lvv` reports the chain).
+  const seen = { disk: 0, memory: 0 };
+  for (let i = 0; i < made.meta.segments.length; i++) {
+    const kinds = new Set(made.meta.segments[i].ranges.map(([k]) => k));
+    if (kinds.size !== 1) continue;
+    const chain = new TextDecoder().decode(await runTool("xz", ["--robot", "-lvv", join(dir, `seed-${i + 1}.xz`)])).split("\n").find((l) => l.startsWith("block\t"))!;
+    if (kinds.has(0)) (seen.disk++, assert.match(chain, /\t--x86 --lzma2=/, `disk segment ${i + 1}`));
+    if (kinds.has(1)) (seen.memory++, assert.match(chain, /\t--lzma2=/, `memory segment ${i + 1}`));
+  }
+  assert.ok(seen.disk > 0 && seen.memory > 0, `both kinds seen: ${JSON.stringify(seen)}`);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

@@ -7,6 +7,7 @@ import { defaultMachine } from "../../ts/home/machine_defaults.ts";
 import { cloudletHome } from "../../ts/home/paths.ts";
 import { inspectMeta, formatBytes } from "../../ts/inspect/report.ts";
 import { checkAppUrl, collectPortForwards } from "../../ts/overlay/launch.ts";
+import { PROFILE_NAMES, PROFILES, type ProfileName } from "../../ts/overlay/codec.ts";
 import { fileIdentity } from "../../ts/home/base_cache.ts";
 import { overlayFromVm } from "../../ts/jobs/vm_overlay.ts";
 import { controller, type Common, bar, out, parseSize, num, diskStride, need, ACCEL_HELP, vmContext, interaction } from "../options.ts";
@@ -33,13 +34,15 @@ export function register(cli: CAC): void {
     .option("--layout <layout>", "packed | split, when -o has no suffix", { default: "packed" })
     .option("--forward <spec>", "Port forward to record, e.g. tcp:2222::22 (repeatable); also -- -redir SPEC")
     .option("--app-url <template>", "Where the VM's app answers, for the phone page's Open button: 'http://{host}:{port:80}/' ({port:N}: the host port forwarded to guest port N)")
-    .option("--segment-size <size>", "Payload bytes per segment", { default: "1M" })
-    .option("--preset <n>", "xz preset 0-9", { default: 6 })
+    .option("--profile <name>", "Size/speed trade: fast (xz -1), balanced (default: 1 MiB segments, xz -6) or small (4 MiB segments); --segment-size and --preset override it")
+    .option("--segment-size <size>", "Payload bytes per segment (default: from --profile, 1M)")
+    .option("--preset <n>", "xz preset 0-9 (default: from --profile, 6; 7-9 equal 6 unless segments exceed 8 MiB, as the dictionary is capped to the segment)")
     .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
     .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
     .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
     .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
     .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
+      const profile = profileOptions(o);
       const core = await loadCoreFromDisk();
       const home = cloudletHome(o.home as string | undefined);
       const forwardSpecs = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
@@ -58,8 +61,7 @@ export function register(cli: CAC): void {
           appUrl,
           out: need(o.output, "-o"),
           layout: o.layout === "split" ? "split" : "packed",
-          segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
-          preset: num(o.preset, "--preset", 0, 9),
+          ...profile,
           diskStride: diskStride(o.diskStride),
           threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
           freeMemory: o.freeMemory !== false,
@@ -77,7 +79,6 @@ export function register(cli: CAC): void {
         throw new CloudletError("BAD_ARGUMENT", `--layout must be packed or split, not "${o.layout}"`);
       })();
       const p = bar(o);
-      const preset = num(o.preset, "--preset", 0, 9);
       const r = await createOverlayFiles(core, {
         baseDisk: need(o.baseDisk, "--base-disk"),
         baseMem,
@@ -91,8 +92,7 @@ export function register(cli: CAC): void {
           const portForwards = collectPortForwards(forwards, (o["--"] as string[]) ?? []);
           return { portForwards, ...(o.appUrl === undefined ? {} : { appUrl: checkAppUrl(String(o.appUrl), portForwards) }) };
         })(),
-        segmentBytes: parseSize(o.segmentSize as string, "--segment-size"),
-        preset,
+        ...profile,
         diskStride: diskStride(o.diskStride),
         threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
         home,
@@ -104,4 +104,15 @@ export function register(cli: CAC): void {
       out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals },
         `wrote ${r.path} (${r.layout}): ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s), rebuilt ${formatBytes(report.sizes.rebuilt)}, ${r.seconds.toFixed(1)} s`);
     });
+}
+
+/** Segment size and preset from --profile, each overridden by --segment-size / --preset when given. */
+function profileOptions(o: Record<string, unknown>): { segmentBytes: number; preset: number } {
+  const name = (o.profile ?? "balanced") as string;
+  if (!(PROFILE_NAMES as readonly string[]).includes(name)) throw new CloudletError("BAD_ARGUMENT", `--profile must be ${PROFILE_NAMES.join(", ")}, not "${name}"`);
+  const p = PROFILES[name as ProfileName];
+  return {
+    segmentBytes: parseSize(o.segmentSize as string | undefined, "--segment-size") ?? p.segmentBytes,
+    preset: o.preset !== undefined ? num(o.preset, "--preset", 0, 9) : p.preset,
+  };
 }

@@ -6,15 +6,17 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { CodecFailure, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import { CodecFailure, type CompressOptions, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
 import { XZ_MEMLIMIT } from "../core/core.ts";
 
 /** A request to a worker (see codec_worker.mjs). */
 interface CodecRequest {
   id: number;
-  op: "compress" | "decompress";
+  op: "compress" | "decompress" | "hash";
   data: Uint8Array;
   rawSize: number;
+  /** compress: x86 BCJ filter first. */
+  x86?: boolean;
 }
 
 /** Default dictionary cap: segments are ~1 MiB, and a larger dictionary only costs memory (bench/README.md). */
@@ -97,28 +99,34 @@ export class WorkerCodec implements SegmentCodec {
     this.pending.clear();
   }
 
-  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number): Promise<Uint8Array> {
+  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false, x86 = false): Promise<Uint8Array> {
     if (this.closed) throw new CodecFailure("codec is closed");
     await this.ready;
     if (this.broken) throw this.broken;
-    // Least-loaded worker; the input is copied once into a transferable buffer.
+    // Least-loaded worker; the input is copied once into a transferable buffer,
+    // unless the caller handed it over (a whole buffer it no longer needs).
     let w = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.load[i] < this.load[w]) w = i;
     const id = this.nextId++;
-    const owned = data.slice();
+    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer);
+    const owned = transfer && whole ? data : data.slice();
     if (this.load[w]++ === 0) this.workers[w].ref();
     return new Promise<Uint8Array>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.workers[w].postMessage({ id, op, data: owned, rawSize } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
+      this.workers[w].postMessage({ id, op, data: owned, rawSize, x86 } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
     });
   }
 
-  compress(raw: Uint8Array): Promise<Uint8Array> {
-    return this.run("compress", raw, 0);
+  compress(raw: Uint8Array, opts?: CompressOptions): Promise<Uint8Array> {
+    return this.run("compress", raw, 0, false, opts?.x86 ?? false);
   }
 
   decompress(xz: Uint8Array, rawSize: number): Promise<Uint8Array> {
     return this.run("decompress", xz, rawSize);
+  }
+
+  hashChunks(data: Uint8Array): Promise<Uint8Array> {
+    return this.run("hash", data, 0, true);
   }
 
   async close(): Promise<void> {

@@ -49,7 +49,11 @@ export class BufferSource implements ByteSource {
 
 /** Destination of one rebuilt image. Chunks past `size` are cut off. Calls are made one at a time. */
 export interface ImageSink {
-  /** Writes whole chunks starting at chunk `first`. */
+  /**
+   * Writes whole chunks starting at chunk `first`. `data` is the caller's
+   * again once the promise resolves (synthesis reuses its buffers): a sink
+   * that keeps bytes past that must copy them.
+   */
   writeChunks(first: number, data: Uint8Array): Promise<void>;
   /** Makes chunks `[first, first+count)` read as zero. */
   zeroChunks(first: number, count: number): Promise<void>;

@@ -106,7 +106,7 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
       signal?.throwIfAborted();
       const recs = await pending.shift()!;
       launch();
-      const applied = await applySegment(core, meta, i, recs, baseSrc, o.sinks, overlay.segmentFile(i), chunks);
+      const applied = await applySegment(core, meta, i, recs, baseSrc, o.sinks, overlay.segmentFile(i), chunks, o.codec);
       await written;
       written = applied.written;
       done += meta.segments[i].compressedSize;
@@ -155,10 +155,39 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
 }
 
 /**
+ * Free batch buffers (APPLY_BATCH chunks each), reused once their writes are
+ * done: a synthesis writes hundreds of MiB through them, and fresh 4 MiB
+ * buffers per batch were a good part of its garbage collection time.
+ */
+const freeBatchBuffers: Uint8Array[] = [];
+function takeBatchBuffer(chunks: number): Uint8Array {
+  const b = freeBatchBuffers.pop() ?? new Uint8Array(APPLY_BATCH * CHUNK);
+  const v = b.subarray(0, chunks * CHUNK);
+  v.fill(0); // ZERO records are skipped, not written, but a reused buffer must not carry old bytes
+  return v;
+}
+function giveBatchBuffer(b: Uint8Array): void {
+  if (freeBatchBuffers.length < 4) freeBatchBuffers.push(new Uint8Array(b.buffer, 0, APPLY_BATCH * CHUNK));
+}
+
+/** BLAKE3 of one zero chunk, per core (the digest every ZERO record rebuilds to). */
+const zeroDigests = new WeakMap<Core, Uint8Array>();
+function zeroDigestOf(core: Core): Uint8Array {
+  let d = zeroDigests.get(core);
+  if (!d) zeroDigests.set(core, (d = core.hash("blake3", new Uint8Array(CHUNK))));
+  return d;
+}
+
+/**
  * Rebuilds every chunk of one decoded segment, issues its writes, and checks
  * the rebuilt hash. Resolves once the check passed; `written` resolves when
  * the sinks have the bytes, so a caller can build the next segment while
  * the file I/O of this one runs (and must await it before finishing).
+ *
+ * The check hashes each distinct chunk once: a data slot once (its SELF
+ * repeats reuse the digest), a base chunk as read, a zero chunk never. With
+ * a codec that has `hashChunks`, the hashing runs on its workers while this
+ * thread reads the base and writes.
  */
 export async function applySegment(
   core: Core,
@@ -169,38 +198,52 @@ export async function applySegment(
   sinks: ImageSink[],
   file: string,
   counts: number[],
+  codec?: Pick<SegmentCodec, "hashChunks">,
 ): Promise<{ written: Promise<void> }> {
   const n = r.kinds.length;
-  const rebuiltHash = new RebuiltHash(core);
-  // Rebuild every stored chunk at once: XOR slots against their same-offset
-  // base chunks (one coalesced read per image, one XOR call), RAW slots as is.
+  const hashOff = codec?.hashChunks?.bind(codec);
+  // `owned`: the buffer may be handed to a worker (it is not used afterwards).
+  const hash = (b: Uint8Array, owned: boolean): Promise<Uint8Array> => (hashOff ? hashOff(owned ? b : b.slice()) : Promise.resolve(core.hashChunks("blake3", b)));
+  // XOR slots are rebuilt against their same-offset base chunks (one
+  // coalesced read and one XOR call per image, on those slots only); RAW
+  // slots are as stored.
   const slotOf = new Int32Array(n).fill(-1);
   const xorOffsets: number[][] = [[], [], []];
   const xorSlots: number[][] = [[], [], []];
+  let slots = 0;
   for (let i = 0; i < n; i++) {
     const c = r.classes[i];
-    if (c === ChunkClass.Raw || c === ChunkClass.Xor) slotOf[i] = r.args[i];
+    if (c === ChunkClass.Raw || c === ChunkClass.Xor) {
+      slotOf[i] = r.args[i];
+      slots++;
+    }
     if (c === ChunkClass.Xor) {
       xorOffsets[r.kinds[i]].push(r.indexes[i] * CHUNK);
       xorSlots[r.kinds[i]].push(r.args[i]);
     }
   }
-  let leaders = r.data;
-  if (xorSlots.some((x) => x.length)) {
-    const base = new Uint8Array(r.data.length);
-    for (let k = 0; k < 3; k++) {
-      if (!xorSlots[k].length) continue;
-      const got = await readBaseChunks(baseSrc[k], xorOffsets[k]);
-      xorSlots[k].forEach((slot, j) => base.set(got.subarray(j * CHUNK, j * CHUNK + CHUNK), slot * CHUNK));
-    }
-    leaders = core.xor(r.data, base);
+  // A copy when there are XOR slots: callers (the inspector) keep `r` and read the stored deltas.
+  const leaders = xorSlots.some((x) => x.length) ? r.data.slice() : r.data;
+  for (let k = 0; k < 3; k++) {
+    if (!xorSlots[k].length) continue;
+    const got = await readBaseChunks(baseSrc[k], xorOffsets[k]);
+    const stored = new Uint8Array(got.length);
+    xorSlots[k].forEach((slot, j) => stored.set(leaders.subarray(slot * CHUNK, slot * CHUNK + CHUNK), j * CHUNK));
+    const rebuilt = core.xor(stored, got);
+    xorSlots[k].forEach((slot, j) => leaders.set(rebuilt.subarray(j * CHUNK, j * CHUNK + CHUNK), slot * CHUNK));
   }
+  // Digests of the data slots, computed while the batches below are built.
+  const slotDigests = slots ? hash(leaders.subarray(0, slots * CHUNK), false) : Promise.resolve(new Uint8Array(0));
+  slotDigests.catch(() => {}); // awaited below
+  // Digests of the base chunks, per batch: [records, digests].
+  const baseDigests: Array<Promise<[number[], Uint8Array]>> = [];
   let inFlight: Promise<void> = Promise.resolve();
   for (let s = 0; s < n; s += APPLY_BATCH) {
     const e = Math.min(n, s + APPLY_BATCH);
-    const buf = new Uint8Array((e - s) * CHUNK);
+    const buf = takeBatchBuffer(e - s);
     const baseAt: number[][] = [[], []];
     const basePos: number[][] = [[], []];
+    const baseRec: number[][] = [[], []];
     for (let i = s; i < e; i++) {
       const at = (i - s) * CHUNK;
       switch (r.classes[i]) {
@@ -211,6 +254,7 @@ export async function applySegment(
           const k = r.classes[i] === ChunkClass.BaseMemory ? 1 : 0;
           baseAt[k].push(r.args[i]);
           basePos[k].push(at);
+          baseRec[k].push(i);
           break;
         }
         case ChunkClass.Raw:
@@ -226,8 +270,11 @@ export async function applySegment(
       if (!baseAt[k].length) continue;
       const got = await readBaseChunks(baseSrc[k === 1 ? ImageKind.Memory : ImageKind.Disk], baseAt[k]);
       basePos[k].forEach((at, j) => buf.set(got.subarray(j * CHUNK, j * CHUNK + CHUNK), at));
+      const recs = baseRec[k];
+      const p = hash(got, true).then((d): [number[], Uint8Array] => [recs, d]);
+      p.catch(() => {}); // awaited below
+      baseDigests.push(p);
     }
-    rebuiltHash.update(r.kinds, r.indexes, core.hashChunks("blake3", buf), s, e - s);
     // Write runs of consecutive chunks of one kind in one call; zero runs as
     // zero. The writes of this batch are issued in order and waited for only
     // after the next batch is built, so the file I/O overlaps the CPU work;
@@ -243,13 +290,36 @@ export async function applySegment(
       counts[r.kinds[i]] += j - i;
       i = j;
     }
-    const batch = Promise.all(writes).then(() => {});
+    // The buffer is reused only after its writes succeeded (a failed write aborts everything anyway).
+    const batch = Promise.all(writes).then(() => giveBatchBuffer(buf));
     batch.catch(() => {}); // awaited by the caller; this only keeps an early failure from being "unhandled"
     await inFlight;
     inFlight = batch;
   }
-  const got = rebuiltHash.hex();
-  if (got !== meta.segments[segNo].rebuiltHash) {
+  // The rebuilt hash over every record's digest, in record order.
+  const digests = new Uint8Array(n * 32);
+  const zeroDigest = zeroDigestOf(core);
+  try {
+    const sd = await slotDigests;
+    for (let i = 0; i < n; i++) {
+      const c = r.classes[i];
+      if (c === ChunkClass.Zero) digests.set(zeroDigest, i * 32);
+      else if (c === ChunkClass.Raw || c === ChunkClass.Xor || c === ChunkClass.Self) {
+        const slot = slotOf[c === ChunkClass.Self ? r.args[i] : i];
+        digests.set(sd.subarray(slot * 32, slot * 32 + 32), i * 32);
+      }
+    }
+    for (const p of baseDigests) {
+      const [recs, d] = await p;
+      recs.forEach((rec, j) => digests.set(d.subarray(j * 32, j * 32 + 32), rec * 32));
+    }
+  } catch (e) {
+    await inFlight.catch(() => {});
+    throw e;
+  }
+  const rebuiltHash = new RebuiltHash(core);
+  rebuiltHash.update(r.kinds, r.indexes, digests, 0, n);
+  if (rebuiltHash.hex() !== meta.segments[segNo].rebuiltHash) {
     await inFlight.catch(() => {});
     throw new CloudletError("VERIFY_FAILED", `segment ${segNo + 1}: the rebuilt chunks do not match the overlay's check (is the base intact?)`, file);
   }

@@ -1,0 +1,143 @@
+/**
+ * Size experiments for the segment layout, offline: takes the per-image files the honest peer
+ * extracts (bench/_honest_peer.ts --keep DIR: records then data chunks per image) and compresses
+ * the data chunks with the xz CLI in independent blocks (`--block-size`, each block restarts the
+ * dictionary, like cloudlet's segments), in different orders and with different settings. Only
+ * the data chunks are compared (records are the same in every variant).
+ *
+ *   node --import tsx bench/_segment_sim.ts DIR [--variants "a;b;..."]
+ */
+import { spawnSync } from "node:child_process";
+import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const CHUNK = 4096;
+const RECORD = 24;
+
+/** Data chunks of one extracted image file. */
+function dataChunks(file: string): Uint8Array[] {
+  const b = readFileSync(file);
+  // Recount exactly: records r satisfy r*24 + d(r)*4096 = length.
+  let r = 0;
+  let d = 0;
+  for (; r * RECORD < b.length; r++) {
+    if (r * RECORD + d * CHUNK === b.length) break;
+    const cls = b[r * RECORD + 1];
+    if (cls === 4 || cls === 5) d++;
+  }
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < d; i++) out.push(b.subarray(r * RECORD + i * CHUNK, r * RECORD + (i + 1) * CHUNK));
+  return out;
+}
+
+/** Cheap 32-bit hash of a window (FNV-1a over 32-bit words). */
+function fnv(b: Uint8Array, s: number, e: number): number {
+  let h = 0x811c9dc5;
+  for (let i = s; i < e; i++) h = Math.imul(h ^ b[i], 0x01000193);
+  return h >>> 0;
+}
+
+/** Order: chunks sharing any of their 256-byte sub-block hashes (non-trivial ones) go next to each other. */
+function clusterOrder(chunks: Uint8Array[], sub = 256): number[] {
+  const parent = chunks.map((_, i) => i);
+  const find = (x: number): number => {
+    while (parent[x] !== x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  const seen = new Map<number, number>();
+  const counts = new Map<number, number>();
+  const hs: number[][] = chunks.map((c) => {
+    const h: number[] = [];
+    for (let o = 0; o < CHUNK; o += sub) {
+      let allSame = true;
+      for (let i = o + 1; i < o + sub; i++) if (c[i] !== c[o]) { allSame = false; break; }
+      if (allSame) continue; // runs of one byte say nothing
+      const x = fnv(c, o, o + sub);
+      h.push(x);
+      counts.set(x, (counts.get(x) ?? 0) + 1);
+    }
+    return h;
+  });
+  hs.forEach((h, i) => {
+    for (const x of h) {
+      if ((counts.get(x) ?? 0) > 64) continue; // common blocks link unrelated chunks
+      const j = seen.get(x);
+      if (j === undefined) seen.set(x, i);
+      else parent[find(i)] = find(j);
+    }
+  });
+  const groups = new Map<number, number[]>();
+  chunks.forEach((_, i) => {
+    const r = find(i);
+    let g = groups.get(r);
+    if (!g) groups.set(r, (g = []));
+    g.push(i);
+  });
+  // Groups in order of their first member (keeps image order for singletons).
+  return [...groups.values()].sort((a, b) => a[0] - b[0]).flat();
+}
+
+/** Order by a content signature: the byte-value histogram class (share of zero bytes, of ASCII). */
+function classOrder(chunks: Uint8Array[]): number[] {
+  const key = chunks.map((c) => {
+    let z = 0;
+    let a = 0;
+    for (let i = 0; i < CHUNK; i++) {
+      const x = c[i];
+      if (x === 0) z++;
+      else if ((x >= 32 && x < 127) || x === 10) a++;
+    }
+    return Math.floor((z / CHUNK) * 8) * 16 + Math.floor((a / CHUNK) * 8);
+  });
+  return chunks.map((_, i) => i).sort((x, y) => key[x] - key[y] || x - y);
+}
+
+function xzSize(file: string, args: string[]): number {
+  const r = spawnSync("xz", [...args, "-T1", "-k", "-f", "-c", file], { maxBuffer: 1 << 30 });
+  if (r.status !== 0) throw new Error(String(r.stderr));
+  return r.stdout.length;
+}
+
+const dir = process.argv[2];
+const only = process.argv.includes("--variants") ? process.argv[process.argv.indexOf("--variants") + 1].split(";") : null;
+const kinds = ["disk", "memory"];
+const result: Record<string, Record<string, number>> = {};
+for (let k = 0; k < 2; k++) {
+  const chunks = dataChunks(join(dir, `image${k}.bin`));
+  const write = (order: number[], f: string) => {
+    const b = new Uint8Array(order.length * CHUNK);
+    order.forEach((c, i) => b.set(chunks[c], i * CHUNK));
+    writeFileSync(f, b);
+    return f;
+  };
+  const ident = chunks.map((_, i) => i);
+  const t0 = performance.now();
+  const orders: Record<string, number[]> = { image: ident, cluster: clusterOrder(chunks), cluster1k: clusterOrder(chunks, 1024), hist: classOrder(chunks) };
+  const sigSeconds = (performance.now() - t0) / 1000;
+  const variants: Record<string, [string, string[]]> = {
+    "image,-9e,single": ["image", ["-9e"]],
+    "image,-6,1M": ["image", ["-6", "--block-size=1MiB"]],
+    "image,-6e,1M": ["image", ["-6e", "--block-size=1MiB"]],
+    "image,-6,2M": ["image", ["-6", "--block-size=2MiB"]],
+    "image,-6,4M": ["image", ["-6", "--block-size=4MiB"]],
+    "image,-6,8M": ["image", ["-6", "--block-size=8MiB"]],
+    "image,x86,-6,1M": ["image", ["--x86", "--lzma2=preset=6,dict=1MiB", "--block-size=1MiB"]],
+    "image,lc0,-6,1M": ["image", ["--lzma2=preset=6,dict=1MiB,lc=0", "--block-size=1MiB"]],
+    "image,pb0,-6,1M": ["image", ["--lzma2=preset=6,dict=1MiB,pb=0", "--block-size=1MiB"]],
+    "image,nice273,-6,1M": ["image", ["--lzma2=preset=6,dict=1MiB,nice=273", "--block-size=1MiB"]],
+    "cluster,-6,1M": ["cluster", ["-6", "--block-size=1MiB"]],
+    "cluster1k,-6,1M": ["cluster1k", ["-6", "--block-size=1MiB"]],
+    "hist,-6,1M": ["hist", ["-6", "--block-size=1MiB"]],
+    "cluster,-9e,single": ["cluster", ["-9e"]],
+  };
+  result[kinds[k]] = { chunks: chunks.length, sigSeconds };
+  for (const [name, [ord, args]] of Object.entries(variants)) {
+    if (only && !only.includes(name)) continue;
+    const f = write(orders[ord], join(dir, `sim${k}.bin`));
+    result[kinds[k]][name] = xzSize(f, args);
+    process.stderr.write(`${kinds[k]} ${name}: ${result[kinds[k]][name]}\n`);
+    rmSync(f);
+  }
+}
+process.stdout.write(JSON.stringify(result, null, 1) + "\n");
+void statSync;

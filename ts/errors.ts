@@ -3,7 +3,7 @@
  * (when there is one) and a message a user can act on; the CLI prints them
  * without a stack trace. Anything else that escapes is a bug.
  */
-import { printable } from "./printable.ts";
+import { printable, printableLines } from "./printable.ts";
 
 /** Stable error codes. Never change or reuse a value: scripts match on them. */
 export type ErrorCode =
@@ -100,7 +100,8 @@ export class CloudletError extends Error {
 
   /** The one-line message a user sees; control characters from a file or a peer are shown as escapes. */
   get userMessage(): string {
-    return printable(this.file ? `${this.file}: ${this.message}` : this.message);
+    // The file name on one line whatever it holds; the message keeps its own line breaks (a serial tail, say).
+    return (this.file ? `${printable(this.file)}: ` : "") + printableLines(this.message);
   }
 }
 

@@ -35,6 +35,15 @@ export function printable(s: string): string {
 }
 
 /**
+ * {@link printable} line by line: the text's own line breaks stay (a serial
+ * tail in an error reads as lines), every other control character is shown
+ * as an escape, so no line can move the cursor or rewrite another.
+ */
+export function printableLines(s: string): string {
+  return s.split("\n").map(printable).join("\n");
+}
+
+/**
  * JSON text whose strings hold no raw control character: JSON.stringify
  * escapes C0 already; this also escapes DEL, C1 and the bidi controls as
  * `\uXXXX`, which parses back to the same value.

@@ -268,7 +268,17 @@ export function renderLaunch(el: HTMLElement, r: InspectReport): void {
       row("memory", field("launch.memoryMiB", l.memoryMiB, `${int(l.memoryMiB)} MiB`)),
       row("vCPUs", field("launch.vcpus", l.vcpus)),
       ...(r.memoryFree
-        ? [row("free at snapshot", bytesField("launch.memoryFreeBytes", r.memoryFree.bytes), r.memoryFree.reportingBalloon ? " (reported by the guest; not stored)" : " (never written; not stored)")]
+        ? [
+            row("free at snapshot", bytesField("launch.memoryFreeBytes", r.memoryFree.bytes), " (the meta's figure; free pages are not stored)"),
+            row(
+              "free memory",
+              bytesField("memoryFree.bytes", r.memoryFree.bytes),
+              " of ",
+              bytesField("memoryFree.of", r.memoryFree.of),
+              ", ",
+              field("memoryFree.reportingBalloon", r.memoryFree.reportingBalloon, `reporting balloon: ${r.memoryFree.reportingBalloon}`),
+            ),
+          ]
         : []),
     ),
     l.portForwards.length

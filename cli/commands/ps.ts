@@ -10,6 +10,6 @@ export function register(cli: CAC): void {
     .command("ps", "List synthesized VMs")
     .action(async (o: Common) => {
       const vms = await psVms(cloudletHome(o.home));
-      out(o, vms, vms.length ? vms.map((v) => `${v.id}  ${v.alive ? "running" : "dead   "}  ${v.host.padEnd(5)} ${v.ports.map((p) => `${v.hostAddress}:${p.hostPort}->${p.guestPort}`).join(" ")}  ${v.created}`).join("\n") : "no synthesized VMs");
+      out(o, vms, vms.length ? vms.map((v) => `${v.id}  ${v.state === "removed" ? "removed (its early start was cut off: cloudlet died while it filled)" : v.state.padEnd(7)}  ${v.host.padEnd(5)} ${v.ports.map((p) => `${v.hostAddress}:${p.hostPort}->${p.guestPort}`).join(" ")}  ${v.created}`).join("\n") : "no synthesized VMs");
     });
 }

@@ -340,11 +340,13 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     checkBase(meta, opened.id, o.overlayPath);
     // The VM's folder names its base while it fills, so the base cannot be deleted under it.
     await fsp.writeFile(join(imageDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: SYNTH_FILES.qcow2, earlyStart: true }, null, 2) + "\n");
-    sinks.push(
-      await RawImageSink.create(paths.disk, sizes[ImageKind.Disk], files.disk, false),
-      await RawImageSink.create(paths.memory, sizes[ImageKind.Memory], files.memory, false),
-      await RawImageSink.create(paths.state, sizes[ImageKind.State], null, false),
-    );
+    const created = await Promise.allSettled([
+      RawImageSink.create(paths.disk, sizes[ImageKind.Disk], files.disk, false),
+      RawImageSink.create(paths.memory, sizes[ImageKind.Memory], files.memory, false),
+      RawImageSink.create(paths.state, sizes[ImageKind.State], null, false),
+    ]);
+    for (const c of created) if (c.status === "fulfilled") sinks.push(c.value);
+    for (const c of created) if (c.status === "rejected") throw c.reason;
     readers.push(await FileSource.open(sinks[0].file.tmp), await FileSource.open(sinks[1].file.tmp), await FileSource.open(sinks[2].file.tmp));
     const lz = (lazy = new LazyOverlay(ctx.core, overlay, opened, codec, sinks as [RawImageSink, RawImageSink, RawImageSink], [readers[0], readers[1]]));
     const failed = lz.failed();
@@ -354,17 +356,6 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     for (const s of stateSegments) await Promise.race([lz.apply(s), failed]);
     const state = parseDeviceState(await readAt(readers[2], 0, sizes[ImageKind.State]), `${o.overlayPath} (device state)`);
 
-    // Meanwhile every base byte is checked against the overlay's base id, as in full synthesis.
-    const baseChecked = verifyBaseBytes(ctx.core, meta, opened.disk, opened.memory, { digests: opened.digests, knownZero: { disk: await holeChunkRuns(files.disk, CHUNK), memory: await holeChunkRuns(files.memory, CHUNK) }, signal });
-    baseChecked.catch((e) => lz.fail(e));
-    const delay = Number(process.env[FILL_DELAY_ENV] ?? 0) || 0;
-    const filled = (async () => {
-      await lz.fill(signal, delay);
-      await baseChecked;
-      await Promise.all(sinks.map((s) => s.finish()));
-      await Promise.all(sinks.map((s) => s.commit()));
-    })();
-    filled.catch((e) => lz.fail(e));
 
     // The disk: an NBD export under a local qcow2 top layer whose header already names disk.raw.
     await runCommandOk(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-u", "-b", paths.disk, "-F", "raw", paths.top, String(sizes[ImageKind.Disk])], { signal, what: "qemu-img create (lazy disk top layer)" });
@@ -410,6 +401,22 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     pc.complete.catch((e) => lz.fail(e));
     await Promise.race([pc.resumed, failed]);
     const resumedMs = performance.now() - t0;
+    // The background starts once the guest runs (on 2 cores it would slow the resume): every
+    // segment in order, and every base byte checked against the overlay's base id, as in full synthesis.
+    const opened_ = opened;
+    const baseChecked = (async () => {
+      const knownZero = { disk: await holeChunkRuns(files.disk, CHUNK), memory: await holeChunkRuns(files.memory, CHUNK) };
+      await verifyBaseBytes(ctx.core, meta, opened_.disk, opened_.memory, { digests: opened_.digests, knownZero, signal });
+    })();
+    baseChecked.catch((e) => lz.fail(e));
+    const delay = Number(process.env[FILL_DELAY_ENV] ?? 0) || 0;
+    const filled = (async () => {
+      await lz.fill(signal, delay);
+      await baseChecked;
+      await Promise.all(sinks.map((s) => s.finish()));
+      await Promise.all(sinks.map((s) => s.commit()));
+    })();
+    filled.catch((e) => lz.fail(e));
     const where = ports.map((p) => `${p.proto} ${hostAddress}:${p.hostPort} -> guest port ${p.guestPort}`).join(", ") || "no port forwards";
     say(ctx, `early start: VM ${vmId} resumed after ${(resumedMs / 1000).toFixed(1)} s (${where}); filling ${meta.segments.length} segments in the background`);
 

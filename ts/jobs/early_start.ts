@@ -336,8 +336,8 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
   const onAbort = () => lazy?.fail(new CloudletError("CANCELLED", "early start cancelled; the VM was stopped"));
   ctx.signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    opened = await openBase(ctx.core, { disk: files.disk, memory: files.memory, machine: base.machine, dir: base.dir, needIndex: false, progress: ctx.progress, signal });
-    checkBase(meta, opened.id, o.overlayPath);
+    const ob = (opened = await openBase(ctx.core, { disk: files.disk, memory: files.memory, machine: base.machine, dir: base.dir, needIndex: false, progress: ctx.progress, signal }));
+    checkBase(meta, ob.id, o.overlayPath);
     // The VM's folder names its base while it fills, so the base cannot be deleted under it.
     await fsp.writeFile(join(imageDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: SYNTH_FILES.qcow2, earlyStart: true }, null, 2) + "\n");
     const created = await Promise.allSettled([
@@ -348,14 +348,13 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     for (const c of created) if (c.status === "fulfilled") sinks.push(c.value);
     for (const c of created) if (c.status === "rejected") throw c.reason;
     readers.push(await FileSource.open(sinks[0].file.tmp), await FileSource.open(sinks[1].file.tmp), await FileSource.open(sinks[2].file.tmp));
-    const lz = (lazy = new LazyOverlay(ctx.core, overlay, opened, codec, sinks as [RawImageSink, RawImageSink, RawImageSink], [readers[0], readers[1]]));
+    const lz = (lazy = new LazyOverlay(ctx.core, overlay, ob, codec, sinks as [RawImageSink, RawImageSink, RawImageSink], [readers[0], readers[1]]));
     const failed = lz.failed();
 
     // Before the resume: the device state. The overlay marks no boot set (yet), so nothing else.
     const stateSegments = lz.segmentsWith(ImageKind.State);
     for (const s of stateSegments) await Promise.race([lz.apply(s), failed]);
     const state = parseDeviceState(await readAt(readers[2], 0, sizes[ImageKind.State]), `${o.overlayPath} (device state)`);
-
 
     // The disk: an NBD export under a local qcow2 top layer whose header already names disk.raw.
     await runCommandOk(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-u", "-b", paths.disk, "-F", "raw", paths.top, String(sizes[ImageKind.Disk])], { signal, what: "qemu-img create (lazy disk top layer)" });
@@ -403,10 +402,9 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     const resumedMs = performance.now() - t0;
     // The background starts once the guest runs (on 2 cores it would slow the resume): every
     // segment in order, and every base byte checked against the overlay's base id, as in full synthesis.
-    const opened_ = opened;
     const baseChecked = (async () => {
       const knownZero = { disk: await holeChunkRuns(files.disk, CHUNK), memory: await holeChunkRuns(files.memory, CHUNK) };
-      await verifyBaseBytes(ctx.core, meta, opened_.disk, opened_.memory, { digests: opened_.digests, knownZero, signal });
+      await verifyBaseBytes(ctx.core, meta, ob.disk, ob.memory, { digests: ob.digests, knownZero, signal });
     })();
     baseChecked.catch((e) => lz.fail(e));
     const delay = Number(process.env[FILL_DELAY_ENV] ?? 0) || 0;

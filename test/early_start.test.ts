@@ -209,22 +209,39 @@ test("early start: a corrupt segment in the background part stops the VM, names 
   await noneLeft(f.home);
 });
 
-test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps stops and removes; require refuses the virsh host", async () => {
+test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the next start end; Ctrl-C leaves nothing; require refuses", async () => {
   const f = await shared();
   const H = ["--home", f.home];
-  let pid = 0;
-  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "20000" }, onSpawn: (p) => (pid = p) });
-  let filling: { id: string } | null = null;
-  for (let i = 0; i < 300 && !filling; i++) {
-    await sleep(200);
-    filling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { state: string }) => v.state === "filling") ?? null;
+  /** Starts an early start whose fill never gets far; resolves once ps shows it filling. */
+  const startFilling = async () => {
+    let pid = 0;
+    const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "20000" }, onSpawn: (p) => (pid = p) });
+    let filling: { id: string } | null = null;
+    for (let i = 0; i < 300 && !filling; i++) {
+      await sleep(200);
+      filling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { state: string }) => v.state === "filling") ?? null;
+    }
+    assert.ok(filling, "the VM was filling");
+    return { run, pid, id: filling.id };
+  };
+  for (const cleaner of ["ps", "the next start"] as const) {
+    const { run, pid, id } = await startFilling();
+    process.kill(pid, "SIGKILL");
+    await run;
+    assert.equal(await qemuCount(f.home), 1, "QEMU outlives its source (frozen in postcopy-paused)");
+    if (cleaner === "ps") {
+      const ps = ok(await cloudlet(["ps", ...H, "--json"]));
+      assert.deepEqual(ps.map((v: { id: string; state: string }) => [v.id, v.state]), [[id, "removed"]]);
+    } else {
+      ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--no-run", "--json"]));
+      assert.deepEqual(ok(await cloudlet(["ps", ...H, "--json"])), []);
+    }
+    await noneLeft(f.home);
   }
-  assert.ok(filling, "the VM was filling");
-  process.kill(pid, "SIGKILL");
-  await run;
-  assert.equal(await qemuCount(f.home), 1, "QEMU outlives its source (frozen in postcopy-paused)");
-  const ps = ok(await cloudlet(["ps", ...H, "--json"]));
-  assert.deepEqual(ps.map((v: { id: string; state: string }) => [v.id, v.state]), [[filling.id, "removed"]]);
+  const { run, pid } = await startFilling();
+  process.kill(pid, "SIGINT");
+  const interrupted = await run;
+  assert.equal(interrupted.code, 130, interrupted.stderr);
   await noneLeft(f.home);
 
   const virsh = await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--host", "virsh", "--early-start=require"]);

@@ -20,7 +20,9 @@ import { openOverlay } from "../ts/node/overlay_files.ts";
 import { openBase } from "../ts/home/base_cache.ts";
 import { FileSource, RawImageSink } from "../ts/node/files.ts";
 import { WorkerCodec } from "../ts/node/codec_pool.ts";
-import { LazyOverlay } from "../ts/jobs/early_start.ts";
+import { LazyOverlay, synthesizeEarly } from "../ts/jobs/early_start.ts";
+import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
+import { Registry } from "../ts/home/registry.ts";
 import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
 import { CHUNK, ImageKind, type MachineConfig } from "../ts/overlay/format.ts";
 
@@ -184,6 +186,30 @@ test("early start: a page and a chunk of later segments are served first, verifi
     await overlay.close();
     await fsp.rm(dir, { recursive: true, force: true });
   }
+});
+
+test("early start: a boot set of leading segments is applied before the resume and its pages go first", async () => {
+  const f = await shared();
+  const core = await loadCoreFromDisk();
+  const overlay = await openOverlay(core, f.overlay);
+  try {
+    const boot = 6;
+    const memPages = overlay.meta.segments.slice(0, boot).reduce((t, s) => t + s.ranges.filter(([k]) => k === ImageKind.Memory).reduce((u, r) => u + r[2], 0), 0);
+    assert.ok(memPages > 0, "the leading segments hold memory");
+    const base = await new Registry(f.home).getBase("tiny");
+    const vm = await synthesizeEarly({ core, home: f.home, hostChoice: { host: "qemu" } }, base, overlay, { overlayPath: f.overlay, autoPorts: true, bootSegments: boot });
+    try {
+      assert.ok(vm.early.segmentsBeforeResume >= boot, JSON.stringify(vm.early));
+      assert.equal(vm.early.pagesBeforeResume, memPages);
+      const status = await untilAnswer(`http://127.0.0.1:${vm.ports[0].hostPort}/cgi-bin/status`);
+      assert.equal(/boot_id=(\S+)/.exec(status)?.[1], f.bootId);
+    } finally {
+      await stopSynthesized(f.home, vm.vmId);
+    }
+  } finally {
+    await overlay.close();
+  }
+  await noneLeft(f.home);
 });
 
 test("early start: a corrupt segment in the background part stops the VM, names the segment, leaves nothing", async () => {

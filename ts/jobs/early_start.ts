@@ -90,8 +90,10 @@ export interface EarlyStartReport {
   chunksOnDemand: number;
   /** Segments whose application a request raised ahead of the background order. */
   segmentsOnDemand: number;
-  /** Segments applied before the VM resumed (those holding device state: the overlay marks no boot set). */
+  /** Segments applied before the VM resumed: the boot set (when given) and those holding device state. */
   segmentsBeforeResume: number;
+  /** Guest RAM pages of the boot set, sent before the device state. */
+  pagesBeforeResume: number;
   /** Segments in the overlay. */
   segments: number;
 }
@@ -114,6 +116,12 @@ export interface EarlyStartOptions {
   hostAddress?: string;
   autoPorts?: boolean;
   threads?: number;
+  /**
+   * How many leading segments form the boot set: applied before the resume,
+   * their memory pages sent before the device state. The overlay format marks
+   * no boot set yet, so `cloudlet synthesis` passes none (0).
+   */
+  bootSegments?: number;
 }
 
 /**
@@ -177,10 +185,10 @@ export class LazyOverlay {
     return this.overlay.meta.segments.flatMap((s, i) => (s.ranges.some(([k]) => k === kind) ? [i] : []));
   }
 
-  /** The chunks of `kind` listed in segments, in segment order (the background order of postcopy). */
-  chunksInSegmentOrder(kind: number): number[] {
+  /** The chunks of `kind` listed in segments (all, or the first `count`), in segment order (the background order of postcopy). */
+  chunksInSegmentOrder(kind: number, count = Infinity): number[] {
     const out: number[] = [];
-    for (const s of this.overlay.meta.segments) for (const [k, first, n] of s.ranges) if (k === kind) for (let i = 0; i < n; i++) out.push(first + i);
+    for (const s of this.overlay.meta.segments.slice(0, count)) for (const [k, first, n] of s.ranges) if (k === kind) for (let i = 0; i < n; i++) out.push(first + i);
     return out;
   }
 
@@ -351,9 +359,10 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     const lz = (lazy = new LazyOverlay(ctx.core, overlay, ob, codec, sinks as [RawImageSink, RawImageSink, RawImageSink], [readers[0], readers[1]]));
     const failed = lz.failed();
 
-    // Before the resume: the device state. The overlay marks no boot set (yet), so nothing else.
-    const stateSegments = lz.segmentsWith(ImageKind.State);
-    for (const s of stateSegments) await Promise.race([lz.apply(s), failed]);
+    // Before the resume: the boot set (when given) and the device state.
+    const bootSegments = Math.min(meta.segments.length, Math.max(0, o.bootSegments ?? 0));
+    const before = [...new Set([...Array.from({ length: bootSegments }, (_, i) => i), ...lz.segmentsWith(ImageKind.State)])];
+    for (const s of before) await Promise.race([lz.apply(s), failed]);
     const state = parseDeviceState(await readAt(readers[2], 0, sizes[ImageKind.State]), `${o.overlayPath} (device state)`);
 
     // The disk: an NBD export under a local qcow2 top layer whose header already names disk.raw.
@@ -393,6 +402,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
       state,
       ramBytes: sizes[ImageKind.Memory],
       pages: (i) => lz.chunk(ImageKind.Memory, i),
+      precopy: lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments),
       order: lz.chunksInSegmentOrder(ImageKind.Memory),
       onRequest: (p) => lz.demand(ImageKind.Memory, p),
       signal,
@@ -434,7 +444,8 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
       pagesOnDemand: pc.stats.requestedPages,
       chunksOnDemand,
       segmentsOnDemand: lz.raised[0] + lz.raised[1],
-      segmentsBeforeResume: stateSegments.length,
+      segmentsBeforeResume: before.length,
+      pagesBeforeResume: pc.stats.precopyPages,
       segments: meta.segments.length,
     };
     return { vmId, dir, host: hostAddress, ports, meta, ms: { synthesis: localMs, launch: 0 }, early };

@@ -144,6 +144,7 @@ export class LazyOverlay {
   private failure: unknown = null;
   private readonly onFail: Array<(e: unknown) => void> = [];
   private baseDigests: Array<Promise<Uint8Array> | null> = [null, null];
+  private readonly baseBlocks = new Map<number, Promise<{ bytes: Uint8Array; bad: Uint8Array }>>();
 
   constructor(
     private readonly core: Core,
@@ -297,20 +298,55 @@ export class LazyOverlay {
 
   /** A base chunk, checked against the digest stored when the base was prepared. */
   private async baseChunk(kind: 0 | 1, index: number): Promise<Uint8Array> {
-    const src = kind === 0 ? this.base.disk : this.base.memory;
-    const bytes = await readAt(src, index * CHUNK, CHUNK);
-    const n = Math.ceil(src.size / CHUNK);
-    // All digests of one image at once (16 bytes a chunk): a read per chunk would cost a syscall per page.
-    const all = await (this.baseDigests[kind] ??= this.base.digests.read(kind, 0, n));
-    const got = this.core.hashChunks("blake3", bytes);
-    const want = index < n ? all.subarray(index * SHORT_DIGEST, (index + 1) * SHORT_DIGEST) : null;
-    const zero = index >= n && bytes.every((b) => b === 0);
-    if (want ? !want.every((b, k) => b === got[k]) : !zero) {
+    const block = Math.floor(index / BASE_BLOCK);
+    const key = kind * 2 ** 40 + block;
+    let p = this.baseBlocks.get(key);
+    if (!p) {
+      p = this.readBaseBlock(kind, block);
+      p.catch(() => {});
+      this.baseBlocks.set(key, p);
+      // A few blocks: the background reads the base in order, requests hit the same block rarely.
+      if (this.baseBlocks.size > 16) this.baseBlocks.delete(this.baseBlocks.keys().next().value!);
+    }
+    const { bytes, bad } = await p;
+    const at = index - block * BASE_BLOCK;
+    if (bad[at]) {
+      const src = kind === 0 ? this.base.disk : this.base.memory;
       throw new CloudletError("WRONG_BASE", `base ${kind === 0 ? "disk chunk" : "memory page"} ${index} differs from the base this overlay was made for: the file was changed after it was prepared`, src.name);
     }
-    return bytes;
+    return bytes.slice(at * CHUNK, (at + 1) * CHUNK);
+  }
+
+  /**
+   * Reads and checks BASE_BLOCK base chunks at once: one read and one hash
+   * call instead of one per page (the background asks for every page).
+   */
+  private async readBaseBlock(kind: 0 | 1, block: number): Promise<{ bytes: Uint8Array; bad: Uint8Array }> {
+    const src = kind === 0 ? this.base.disk : this.base.memory;
+    const n = Math.ceil(src.size / CHUNK);
+    const first = block * BASE_BLOCK;
+    const bytes = await readAt(src, first * CHUNK, BASE_BLOCK * CHUNK);
+    // All digests of one image at once (16 bytes a chunk).
+    const all = await (this.baseDigests[kind] ??= this.base.digests.read(kind, 0, n));
+    const got = this.core.hashChunks("blake3", bytes);
+    const bad = new Uint8Array(BASE_BLOCK);
+    for (let i = 0; i < BASE_BLOCK; i++) {
+      const c = first + i;
+      if (c < n) {
+        for (let b = 0; b < SHORT_DIGEST; b++) {
+          if (all[c * SHORT_DIGEST + b] !== got[i * 32 + b]) {
+            bad[i] = 1;
+            break;
+          }
+        }
+      } else if (bytes.subarray(i * CHUNK, (i + 1) * CHUNK).some((x) => x !== 0)) bad[i] = 1; // past the end: zeros
+    }
+    return { bytes, bad };
   }
 }
+
+/** Base chunks read and checked together (256 KiB). */
+const BASE_BLOCK = 64;
 
 /**
  * Rebuilds the VM of `overlay` on `base` lazily: resumes it as soon as its

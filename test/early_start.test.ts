@@ -23,6 +23,7 @@ import { WorkerCodec } from "../ts/node/codec_pool.ts";
 import { LazyOverlay, synthesizeEarly } from "../ts/jobs/early_start.ts";
 import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
 import { Registry } from "../ts/home/registry.ts";
+import { CloudletError } from "../ts/errors.ts";
 import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
 import { CHUNK, ImageKind, type MachineConfig } from "../ts/overlay/format.ts";
 
@@ -175,9 +176,23 @@ test("early start: a page and a chunk of later segments are served first, verifi
     let baseChunk = 0;
     while (lazy.segmentOf(ImageKind.Disk, baseChunk) >= 0) baseChunk++;
     assert.deepEqual(Buffer.from(await lazy.chunk(ImageKind.Disk, baseChunk)), Buffer.from(await fullDisk.read(baseChunk * CHUNK, CHUNK)));
-    // Then the fill applies the rest; the memory equals the full synthesis.
+    // Then the fill applies the rest.
     await lazy.fill(new AbortController().signal);
     assert.ok(lazy.applied.every((a) => a === 1));
+    // A base chunk that differs from the digest recorded for the base is never handed out.
+    const lying = { ...base, digests: { read: async (kind: 0 | 1, first: number, count: number) => {
+      const d = (await base.digests.read(kind, first, count)).slice();
+      const at = (baseChunk - first) * 16;
+      if (kind === 0 && at >= 0 && at < d.length) d[at] ^= 1;
+      return d;
+    } } };
+    const strict = new LazyOverlay(core, overlay, lying, codec, sinks, local);
+    await assert.rejects(strict.chunk(ImageKind.Disk, baseChunk), (e: unknown) => {
+      assert.ok(e instanceof CloudletError && e.code === "WRONG_BASE", String(e));
+      assert.match(e.message, new RegExp(`base disk chunk ${baseChunk} differs`));
+      assert.equal(e.file, join(f.base.dir, "disk.raw"));
+      return true;
+    });
   } finally {
     await Promise.allSettled(sinks.map((s) => s.abort()));
     for (const s of [...local, fullDisk, fullMem]) await s.close();

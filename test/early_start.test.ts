@@ -83,56 +83,66 @@ test("early start: the VM resumes before its overlay is applied, answers while i
   const f = await shared();
   const H = ["--home", f.home];
   // The background waits before each segment, so the VM runs while most of the overlay is not applied.
-  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "1000" } });
+  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "4000" } });
   let filling: { id: string; ports: { hostPort: number }[] } | null = null;
   let done: CliResult | null = null;
   void run.then((r) => (done = r));
-  while (!filling && !done) {
-    const ps = ok(await cloudlet(["ps", ...H, "--json"]));
-    filling = ps.find((v: { state: string }) => v.state === "filling") ?? null;
-    if (!filling) await sleep(200);
-  }
-  assert.ok(filling, `ps never showed the VM filling: ${(done as CliResult | null)?.stderr}`);
-  // While it fills: the app answers through its forwarded port, from the same boot as the overlay's guest.
-  const during = await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000);
-  assert.match(during, /created .* by the customisation script/);
-  assert.equal(/boot_id=(\S+)/.exec(during)?.[1], f.bootId, "the same boot: resumed, not rebooted");
-  const c1 = Number(/counter=(\d+)/.exec(during)?.[1]);
-  const stillFilling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === filling!.id);
-  assert.equal(stillFilling?.state, "filling", "answered before the fill ended");
-
-  const vm = ok(await run);
-  const e = vm.earlyStart;
-  assert.equal(vm.vmId, filling.id);
-  assert.ok(e.resumedMs > 0 && e.resumedMs < e.localMs, JSON.stringify(e));
-  assert.ok(e.pagesOnDemand > 0, "the guest faulted pages in on demand");
-  assert.ok(e.segmentsOnDemand >= 1, "a request raised a segment ahead of the background");
-  assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
-  t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 1 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
   try {
-    assert.equal(ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === vm.vmId)?.state, "running");
-    // Independent of cloudlet now (that process has exited): it keeps counting.
-    const port = vm.ports[0].hostPort;
-    await sleep(2200);
-    const c2 = Number(/counter=(\d+)/.exec(await get(`http://127.0.0.1:${port}/cgi-bin/status`))?.[1]);
-    assert.ok(c1 >= 1 && c2 > c1, `counter continued: ${c1} then ${c2}`);
-    // The synthesized images equal a full synthesis of the same overlay, byte for byte.
-    for (const name of ["disk.raw", "memory.raw", "state.bin"]) {
-      assert.equal(await sameFile(join(vm.dir, "image", name), join(f.full, name)), true, `${name} differs from the full synthesis`);
-    }
-    // The top layer's backing is the local file.
-    const info = JSON.parse(new TextDecoder().decode(await runTool("qemu-img", ["info", "-U", "--output=json", join(vm.dir, "image", "disk.qcow2")])));
-    assert.equal(info["backing-filename"], join(vm.dir, "image", "disk.raw"));
+    await lazyVmChecks();
   } finally {
-    ok(await cloudlet(["stop", vm.vmId, ...H, "--json"]));
+    // A failed check must not leave the VM running: stop whatever this run started.
+    const r = await run;
+    const id = /"vmId": "([0-9a-f]{12})"/.exec(r.stdout)?.[1] ?? (filling as { id: string } | null)?.id;
+    if (id) await cloudlet(["stop", id, ...H]);
   }
-  // Without the delay, for the record: early start against full synthesis on this overlay.
-  const quick = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"]));
-  ok(await cloudlet(["stop", quick.vmId, ...H, "--json"]));
-  const fullRun = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--json"]));
-  ok(await cloudlet(["stop", fullRun.vmId, ...H, "--json"]));
-  t.diagnostic(`no delay: early start resumed ${Math.round(quick.earlyStart.resumedMs)} ms, fully local ${Math.round(quick.earlyStart.localMs)} ms; full synthesis resumed ${Math.round(fullRun.ms.synthesis + fullRun.ms.launch)} ms`);
-  await noneLeft(f.home);
+  async function lazyVmChecks() {
+    while (!filling && !done) {
+      const ps = ok(await cloudlet(["ps", ...H, "--json"]));
+      filling = ps.find((v: { state: string }) => v.state === "filling") ?? null;
+      if (!filling) await sleep(200);
+    }
+    assert.ok(filling, `ps never showed the VM filling: ${(done as CliResult | null)?.stderr}`);
+    // While it fills: the app answers through its forwarded port, from the same boot as the overlay's guest.
+    const during = await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000);
+    assert.match(during, /created .* by the customisation script/);
+    assert.equal(/boot_id=(\S+)/.exec(during)?.[1], f.bootId, "the same boot: resumed, not rebooted");
+    const c1 = Number(/counter=(\d+)/.exec(during)?.[1]);
+    const stillFilling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === filling!.id);
+    assert.equal(stillFilling?.state, "filling", "answered before the fill ended");
+
+    const vm = ok(await run);
+    const e = vm.earlyStart;
+    assert.equal(vm.vmId, filling.id);
+    assert.ok(e.resumedMs > 0 && e.resumedMs < e.localMs, JSON.stringify(e));
+    assert.ok(e.pagesOnDemand > 0, "the guest faulted pages in on demand");
+    assert.ok(e.segmentsOnDemand >= 1, "a request raised a segment ahead of the background");
+    assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
+    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 4 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
+    try {
+      assert.equal(ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === vm.vmId)?.state, "running");
+      // Independent of cloudlet now (that process has exited): it keeps counting.
+      const port = vm.ports[0].hostPort;
+      await sleep(2200);
+      const c2 = Number(/counter=(\d+)/.exec(await get(`http://127.0.0.1:${port}/cgi-bin/status`))?.[1]);
+      assert.ok(c1 >= 1 && c2 > c1, `counter continued: ${c1} then ${c2}`);
+      // The synthesized images equal a full synthesis of the same overlay, byte for byte.
+      for (const name of ["disk.raw", "memory.raw", "state.bin"]) {
+        assert.equal(await sameFile(join(vm.dir, "image", name), join(f.full, name)), true, `${name} differs from the full synthesis`);
+      }
+      // The top layer's backing is the local file.
+      const info = JSON.parse(new TextDecoder().decode(await runTool("qemu-img", ["info", "-U", "--output=json", join(vm.dir, "image", "disk.qcow2")])));
+      assert.equal(info["backing-filename"], join(vm.dir, "image", "disk.raw"));
+    } finally {
+      ok(await cloudlet(["stop", vm.vmId, ...H, "--json"]));
+    }
+    // Without the delay, for the record: early start against full synthesis on this overlay.
+    const quick = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"]));
+    ok(await cloudlet(["stop", quick.vmId, ...H, "--json"]));
+    const fullRun = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--json"]));
+    ok(await cloudlet(["stop", fullRun.vmId, ...H, "--json"]));
+    t.diagnostic(`no delay: early start resumed ${Math.round(quick.earlyStart.resumedMs)} ms, fully local ${Math.round(quick.earlyStart.localMs)} ms; full synthesis resumed ${Math.round(fullRun.ms.synthesis + fullRun.ms.launch)} ms`);
+    await noneLeft(f.home);
+  }
 });
 
 test("early start: a page and a chunk of later segments are served first, verified, before the fill reaches them", async () => {
@@ -298,7 +308,10 @@ test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the 
 
 test("cleanup: the test home goes", async () => {
   const f = await shared().catch(() => null);
-  if (f) await fsp.rm(f.home, { recursive: true, force: true });
+  if (!f) return;
+  // VMs a failed test left behind go first: their QEMUs would outlive the folder.
+  for (const v of ok(await cloudlet(["ps", "--home", f.home, "--json"]))) await cloudlet(["stop", v.id, "--home", f.home]);
+  await fsp.rm(f.home, { recursive: true, force: true });
 });
 
 /** No VM directory and no QEMU of this home. */

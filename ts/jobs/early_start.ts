@@ -58,9 +58,9 @@ export type EarlyStartMode = "auto" | "require";
  */
 export const NO_USERFAULTFD_ENV = "CLOUDLET_NO_USERFAULTFD";
 /**
- * Test switch: milliseconds the background fill waits before each segment,
- * so that a test sees the VM run (and fetch on demand) while most of the
- * overlay is not applied yet. Requests on demand never wait for it.
+ * Test switch: milliseconds the background fill waits before it starts and
+ * before each segment it starts itself, so that a test sees the VM run (and
+ * fetch on demand) before it is fully local. Requests on demand never wait for it.
  */
 export const FILL_DELAY_ENV = "CLOUDLET_EARLY_FILL_DELAY_MS";
 
@@ -244,11 +244,12 @@ export class LazyOverlay {
 
   /**
    * Applies every segment in order, decoding a few ahead. `delayMs` (a test
-   * switch) waits before each segment the fill itself starts.
+   * switch) waits before the fill starts and before each segment it starts itself.
    */
   async fill(signal: AbortSignal, delayMs = 0): Promise<void> {
     const n = this.overlay.meta.segments.length;
     const ahead = Math.max(2, this.codec.parallelism * 2);
+    if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
     for (let i = 0; i < n; i++) {
       signal.throwIfAborted();
       if (this.failure) throw this.failure;

@@ -21,7 +21,22 @@ function report(o: Common, r: VmResult): void {
     return;
   }
   const where = r.ports.map((p) => `  ${p.proto} ${r.host}:${p.hostPort} -> guest port ${p.guestPort}`).join("\n") || "  (no port forwards)";
-  out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms }, `VM ${r.vmId} resumed in ${((r.ms.synthesis + r.ms.launch) / 1000).toFixed(1)} s (synthesis ${(r.ms.synthesis / 1000).toFixed(1)} s, launch ${(r.ms.launch / 1000).toFixed(1)} s). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+  if (r.early) {
+    const e = r.early;
+    out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, earlyStart: e },
+      `VM ${r.vmId} resumed after ${(e.resumedMs / 1000).toFixed(1)} s and was fully local after ${(e.localMs / 1000).toFixed(1)} s (early start); fetched on demand: ${e.pagesOnDemand} memory pages, ${e.chunksOnDemand} disk chunks (${e.segmentsOnDemand} of ${e.segments} segments raised). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+    return;
+  }
+  out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, ...(r.earlyFallback ? { earlyStartFallback: r.earlyFallback } : {}) }, `VM ${r.vmId} resumed in ${((r.ms.synthesis + r.ms.launch) / 1000).toFixed(1)} s (synthesis ${(r.ms.synthesis / 1000).toFixed(1)} s, launch ${(r.ms.launch / 1000).toFixed(1)} s). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+}
+
+/** --early-start: absent, "auto" (no value), or "require". */
+function earlyStartMode(o: Record<string, unknown>): "auto" | "require" | undefined {
+  const v = o.earlyStart;
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return "auto";
+  if (v === "require") return "require";
+  throw new CloudletError("BAD_ARGUMENT", `--early-start takes no value or "require", not "${v}"`);
 }
 
 /** The registered base the overlay at `path` was made on; a clear error naming its id when the registry lacks it. */
@@ -44,6 +59,7 @@ export function register(cli: CAC): void {
     .option("--host <host>", "VM mode: qemu (default) or virsh")
     .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
     .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
+    .option("--early-start [mode]", "VM mode, qemu host: resume the VM before the overlay is applied and fill it in the background (memory by postcopy, disk by NBD); falls back to full synthesis where it cannot run, unless --early-start=require")
     .alias("synthesize")
     .option("--base-disk <file>", "Base disk image (raw; default: the overlay's base in the registry)")
     .option("--base-mem <file>", "Base memory image")
@@ -61,7 +77,7 @@ export function register(cli: CAC): void {
         if (o.baseDisk || o.baseMem) throw new CloudletError("BAD_ARGUMENT", "give either BASE OVERLAY (VM mode) or --base-disk/--base-mem OVERLAY -o DIR (file mode)");
         const p = bar(o);
         const ctx = vmContext(o, p, core);
-        const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined });
+        const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o) });
         p.done();
         report(o, r);
         return;
@@ -72,7 +88,7 @@ export function register(cli: CAC): void {
       if (fromRegistry && !o.output) {
         const p = bar(o);
         const ctx = vmContext(o, p, core);
-        const r = await synthesizeVm(ctx, { base: fromRegistry.id, overlay: overlay!, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined });
+        const r = await synthesizeVm(ctx, { base: fromRegistry.id, overlay: overlay!, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o) });
         p.done();
         report(o, r);
         return;

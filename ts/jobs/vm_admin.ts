@@ -3,7 +3,7 @@ import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { CloudletError } from "../errors.ts";
 import { SYNTH_FILES } from "./file_synthesis.ts";
-import { readVmRecord, recordAlive, stopVm, type VmRecord } from "../vm/vm_records.ts";
+import { ownerAlive, readVmRecord, recordAlive, stopVm, type VmRecord } from "../vm/vm_records.ts";
 import { matchIdPrefix } from "../core/ids.ts";
 import { homePaths } from "../home/paths.ts";
 
@@ -12,8 +12,13 @@ export interface PsRow {
   /** The VM id (`<home>/vms/<id>`) or the session id (`<home>/sessions/<id>`). */
   id: string;
   kind: "vm" | "session";
-  /** running, dead (its QEMU is gone), or pending (a session whose VM is not launched yet). */
-  state: "running" | "dead" | "pending";
+  /**
+   * running; filling (early start: not fully local yet, its cloudlet process
+   * still serves it); dead (its QEMU is gone); pending (a session whose VM is
+   * not launched yet); removed (an early start cut off when its cloudlet
+   * process died: stopped and removed by this listing, shown once).
+   */
+  state: "running" | "filling" | "dead" | "pending" | "removed";
   host: string;
   /** The address the port forwards listen on. */
   hostAddress: string;
@@ -30,6 +35,7 @@ export interface PsRow {
 export async function psVms(home: string): Promise<PsRow[]> {
   const dirs = homePaths(home);
   const out: PsRow[] = [];
+  for (const id of await cleanupAbandonedFills(home)) out.push({ id, kind: "vm", state: "removed", host: "qemu", hostAddress: "", ports: [], created: "" });
   for (const id of (await fsp.readdir(dirs.vms).catch(() => [] as string[])).sort()) {
     const rec = await readVmRecord(join(dirs.vms, id, "vm"));
     if (!rec) continue;
@@ -47,10 +53,29 @@ export async function psVms(home: string): Promise<PsRow[]> {
   return out;
 }
 
+/**
+ * Stops and removes the VMs whose early start was cut off: their record says
+ * "filling" and the cloudlet process that filled them is gone. Such a QEMU
+ * is frozen in postcopy-paused (or dead) and its image files are
+ * half-written. Returns their ids.
+ */
+export async function cleanupAbandonedFills(home: string): Promise<string[]> {
+  const root = homePaths(home).vms;
+  const gone: string[] = [];
+  for (const id of await fsp.readdir(root).catch(() => [] as string[])) {
+    const rec = await readVmRecord(join(root, id, "vm"));
+    if (!rec?.filling || ownerAlive(rec.owner)) continue;
+    await stopVm(join(root, id, "vm"));
+    await fsp.rm(join(root, id), { recursive: true, force: true });
+    gone.push(id);
+  }
+  return gone;
+}
+
 const SESSION_ID_RE = /^[0-9a-f]{32}$/;
 
 function row(id: string, kind: PsRow["kind"], rec: VmRecord, alive: boolean): PsRow {
-  return { id, kind, state: alive ? "running" : "dead", host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards.map((p) => ({ proto: p.proto, hostPort: p.hostPort, guestPort: p.guestPort })), created: rec.createdAt };
+  return { id, kind, state: !alive ? "dead" : rec.filling ? "filling" : "running", host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards.map((p) => ({ proto: p.proto, hostPort: p.hostPort, guestPort: p.guestPort })), created: rec.createdAt };
 }
 
 /**

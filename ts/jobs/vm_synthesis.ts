@@ -13,6 +13,9 @@ import { homePaths } from "../home/paths.ts";
 import { type HostChoice } from "../vm/host_choice.ts";
 import { baseFiles } from "./base_create.ts";
 import { launchSynthesized } from "./vm_launch.ts";
+import { earlyStartBlocker, synthesizeEarly, type EarlyStartMode, type EarlyStartReport } from "./early_start.ts";
+import { cleanupAbandonedFills } from "./vm_admin.ts";
+import { say } from "./context.ts";
 
 export function checkHostMatches(base: BaseRow, c: HostChoice): void {
   if (base.host !== c.host) {
@@ -31,6 +34,8 @@ export interface SynthesizeVmOptions {
   /** Use fresh host ports instead of the overlay's. */
   autoPorts?: boolean;
   threads?: number;
+  /** Resume before the overlay is applied and fill in the background (qemu host; see docs/postcopy.md). */
+  earlyStart?: EarlyStartMode;
 }
 
 /** A synthesized VM that runs. */
@@ -41,6 +46,10 @@ export interface SynthesizedVm {
   ports: PortForward[];
   meta: OverlayMeta;
   ms: { synthesis: number; launch: number };
+  /** Early start: what it measured. */
+  early?: EarlyStartReport;
+  /** Early start was asked for but could not run: why (full synthesis ran instead). */
+  earlyFallback?: string;
 }
 
 /** Rebuilds the VM of an overlay on a registered base and resumes it (or only verifies). */
@@ -50,7 +59,16 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
   try {
     // A wrong base is refused before anything is written.
     checkBase(overlay.meta, base.id, o.overlay);
+    // A VM left filling by a cloudlet that died is frozen: end it before starting another.
+    await cleanupAbandonedFills(ctx.home);
+    let earlyFallback: string | undefined;
+    if (o.earlyStart && !o.noRun) {
+      earlyFallback = (await earlyStartBlocker(ctx.hostChoice, overlay.meta)) ?? undefined;
+      if (earlyFallback && o.earlyStart === "require") throw new CloudletError("BAD_ARGUMENT", `early start cannot run here: ${earlyFallback} (--early-start=require)`);
+      if (earlyFallback) say(ctx, `early start is not possible here: ${earlyFallback}; falling back to full synthesis`);
+    }
     checkHostMatches(base, ctx.hostChoice);
+    if (o.earlyStart && !o.noRun && !earlyFallback) return await synthesizeEarly(ctx, base, overlay, { overlayPath: o.overlay, hostAddress: o.hostAddress, autoPorts: o.autoPorts, threads: o.threads });
     const dirs = homePaths(ctx.home);
     await fsp.mkdir(dirs.vms, { recursive: true });
     const vmId = randomBytes(6).toString("hex");
@@ -78,7 +96,7 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
         return { verified: true, meta: overlay.meta, ms: { synthesis } };
       }
       const vm = await launchSynthesized(ctx, base, files, { runDir: join(dir, "vm"), hostAddress: o.hostAddress, autoPorts: o.autoPorts });
-      return { vmId, dir, host: o.hostAddress ?? "127.0.0.1", ports: vm.portForwards, meta: overlay.meta, ms: { synthesis, launch: performance.now() - t0 - synthesis } };
+      return { vmId, dir, host: o.hostAddress ?? "127.0.0.1", ports: vm.portForwards, meta: overlay.meta, ms: { synthesis, launch: performance.now() - t0 - synthesis }, ...(earlyFallback ? { earlyFallback } : {}) };
     } catch (e) {
       await fsp.rm(dir, { recursive: true, force: true });
       throw e;

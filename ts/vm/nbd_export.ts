@@ -355,14 +355,14 @@ export const LAZY_NODES = { remote: "cl-remote", local: "cl-local", localFile: "
  * the backing is given here, and written into its header only when it
  * becomes the local file).
  */
-export function lazyDiskArgs(o: { topPath: string; socketPath: string; exportName: string; deviceId?: string }): string[] {
+export function lazyDiskArgs(o: { topPath: string; socketPath: string; exportName: string; deviceId?: string; bootIndex?: number }): string[] {
   const esc = (v: string) => v.replace(/,/g, ",,");
   const n = LAZY_NODES;
   return [
     "-blockdev", `driver=nbd,node-name=${n.remote},server.type=unix,server.path=${esc(o.socketPath)},export=${esc(o.exportName)},read-only=on`,
     "-blockdev", `driver=file,node-name=${n.topFile},filename=${esc(o.topPath)},discard=unmap`,
     "-blockdev", `driver=qcow2,node-name=${n.top},file=${n.topFile},backing=${n.remote},discard=unmap,detect-zeroes=unmap`,
-    "-device", `virtio-blk-pci,drive=${n.top},id=${o.deviceId ?? "vblk0"}`,
+    "-device", `virtio-blk-pci,drive=${n.top},id=${o.deviceId ?? "vblk0"}${o.bootIndex !== undefined ? `,bootindex=${o.bootIndex}` : ""}`,
   ];
 }
 

@@ -85,6 +85,8 @@ export interface PostcopyDestination {
   kill(): Promise<void>;
   /** The last lines of the QEMU log. */
   logTail(lines?: number): Promise<string>;
+  /** Lets QEMU outlive this process (once it no longer needs the source): drops the handle and closes this QMP connection. */
+  detach(): void;
 }
 
 /** Starts a destination QEMU for {@link resumePostcopy}; HOST_TOOL error (with QEMU's words) when it does not come up. */
@@ -136,6 +138,10 @@ export async function startPostcopyDestination(opts: PostcopyDestinationOptions)
     },
     kill,
     logTail,
+    detach: () => {
+      child.unref();
+      qmp.close();
+    },
   };
 }
 

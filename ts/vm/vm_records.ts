@@ -49,6 +49,12 @@ export interface VmRecord {
   createdAt: string;
   /** Files handed to the QEMU user while the VM runs, with their owners to give back (virsh). */
   owners?: { path: string; uid: number; gid: number }[];
+  /**
+   * Early start: true while the VM still depends on its owner, the cloudlet
+   * process that fills it (postcopy source and NBD export). A filling VM whose
+   * owner is gone is frozen or dead and is cleaned up (docs/postcopy.md).
+   */
+  filling?: boolean;
 }
 
 /** A record and whether its VM is running. */

@@ -1,0 +1,369 @@
+// Early start (`cloudlet synthesis BASE OVERLAY --early-start`) on real VMs under TCG, through the CLI.
+// One base and one overlay (the built-in guest customised by examples/webapp.sh) serve every test:
+// - the fallback (userfaultfd switched off for the test) resumes by full synthesis and says so in one line;
+// - the lazy VM answers while it fills (ps says "filling"), has the same boot as the fully synthesized
+//   one (resumed, not rebooted), its counter continues, and after the fill its disk and memory images
+//   equal a full synthesis of the same overlay byte for byte;
+// - the providers serve a page and a chunk of later segments out of order, verified;
+// - a corrupt segment in the background part stops the VM with an error naming it, leaving nothing;
+// - a cloudlet killed mid-fill leaves a frozen VM that `ps` ends and removes.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp } from "node:fs";
+import * as http from "node:http";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { cloudlet, type CliResult } from "./_cli.ts";
+import { runTool } from "./_tools.ts";
+import { loadCoreFromDisk } from "../ts/node/core_file.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
+import { openBase } from "../ts/home/base_cache.ts";
+import { FileSource, RawImageSink } from "../ts/node/files.ts";
+import { WorkerCodec } from "../ts/node/codec_pool.ts";
+import { LazyOverlay, synthesizeEarly } from "../ts/jobs/early_start.ts";
+import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
+import { Registry } from "../ts/home/registry.ts";
+import { CloudletError } from "../ts/errors.ts";
+import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
+import { CHUNK, ImageKind, type MachineConfig } from "../ts/overlay/format.ts";
+
+const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
+const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
+
+interface Fixture {
+  home: string;
+  overlay: string;
+  base: { id: string; dir: string; machine: MachineConfig };
+  /** File-mode full synthesis of the overlay (raw disk). */
+  full: string;
+  /** The boot id of the guest inside the overlay (read from a fully synthesized VM). */
+  bootId: string;
+}
+
+const ok = (r: CliResult) => {
+  assert.equal(r.code, 0, `cloudlet failed: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+};
+
+let fixture: Promise<Fixture> | null = null;
+/** The shared base, overlay and full synthesis (every test awaits this; Deno's node:test lacks hooks). */
+function shared(): Promise<Fixture> {
+  fixture ??= (async () => {
+    const home = join(TEST_HOME, `early-${process.pid}`);
+    await fsp.rm(home, { recursive: true, force: true });
+    await fsp.mkdir(home, { recursive: true });
+    await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+    const H = ["--home", home];
+    ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
+    const [base] = ok(await cloudlet(["list-base", ...H, "--json"]));
+    const overlay = join(home, "webapp.overlay");
+    ok(await cloudlet(["overlay", "tiny", ...H, "--script", WEBAPP, "-o", overlay, "--segment-size", "128K", "--json", "--", "-redir", "tcp:0::80"]));
+    const full = join(home, "full");
+    // Through the library: file mode's --machine/--cpu cannot name the reporting balloon of this base.
+    await synthesizeFiles(await loadCoreFromDisk(), { baseDisk: join(base.dir, "disk.raw"), baseMem: join(base.dir, "memory.raw"), machine: base.machine, overlay, outDir: full, diskFormat: "raw", home });
+
+    // The fallback, in text mode: one line says why, then the full synthesis runs and resumes.
+    const fb = await cloudlet(["synthesis", "tiny", overlay, ...H, "--early-start"], { env: { CLOUDLET_NO_USERFAULTFD: "1" } });
+    assert.equal(fb.code, 0, fb.stderr);
+    const said = fb.stderr.split("\n").filter((l) => /early start/.test(l));
+    assert.deepEqual(said, ["cloudlet: early start is not possible here: userfaultfd is unavailable (CLOUDLET_NO_USERFAULTFD is set); falling back to full synthesis"]);
+    const vmId = /cloudlet stop ([0-9a-f]{12})/.exec(fb.stdout)?.[1];
+    const port = Number(/tcp 127\.0\.0\.1:(\d+) -> guest port 80/.exec(fb.stdout)?.[1]);
+    assert.ok(vmId && port, fb.stdout);
+    const status = await untilAnswer(`http://127.0.0.1:${port}/cgi-bin/status`);
+    ok(await cloudlet(["stop", vmId, ...H, "--json"]));
+    const bootId = /boot_id=(\S+)/.exec(status)?.[1];
+    assert.ok(bootId, status);
+    return { home, overlay, base, full, bootId };
+  })();
+  return fixture;
+}
+
+test("early start: the VM resumes before its overlay is applied, answers while it fills, and ends equal to a full synthesis", async (t) => {
+  const f = await shared();
+  const H = ["--home", f.home];
+  // The background waits before each segment, so the VM runs while most of the overlay is not applied.
+  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "4000" } });
+  let filling: { id: string; ports: { hostPort: number }[] } | null = null;
+  let done: CliResult | null = null;
+  void run.then((r) => (done = r));
+  try {
+    await lazyVmChecks();
+  } finally {
+    // A failed check must not leave the VM running: stop whatever this run started.
+    const r = await run;
+    const id = /"vmId": "([0-9a-f]{12})"/.exec(r.stdout)?.[1] ?? (filling as { id: string } | null)?.id;
+    if (id) await cloudlet(["stop", id, ...H]);
+  }
+  async function lazyVmChecks() {
+    while (!filling && !done) {
+      const ps = ok(await cloudlet(["ps", ...H, "--json"]));
+      filling = ps.find((v: { state: string }) => v.state === "filling") ?? null;
+      if (!filling) await sleep(200);
+    }
+    assert.ok(filling, `ps never showed the VM filling: ${(done as CliResult | null)?.stderr}`);
+    // While it fills: the app answers through its forwarded port, from the same boot as the overlay's guest.
+    const during = await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000);
+    assert.match(during, /created .* by the customisation script/);
+    assert.equal(/boot_id=(\S+)/.exec(during)?.[1], f.bootId, "the same boot: resumed, not rebooted");
+    const c1 = Number(/counter=(\d+)/.exec(during)?.[1]);
+    const stillFilling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === filling!.id);
+    assert.equal(stillFilling?.state, "filling", "answered before the fill ended");
+
+    const vm = ok(await run);
+    const e = vm.earlyStart;
+    assert.equal(vm.vmId, filling.id);
+    assert.ok(e.resumedMs > 0 && e.resumedMs < e.localMs, JSON.stringify(e));
+    assert.ok(e.pagesOnDemand > 0, "the guest faulted pages in on demand");
+    assert.ok(e.segmentsOnDemand >= 1, "a request raised a segment ahead of the background");
+    assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
+    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 4 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
+    try {
+      assert.equal(ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === vm.vmId)?.state, "running");
+      // Independent of cloudlet now (that process has exited): it keeps counting.
+      const port = vm.ports[0].hostPort;
+      await sleep(2200);
+      const c2 = Number(/counter=(\d+)/.exec(await get(`http://127.0.0.1:${port}/cgi-bin/status`))?.[1]);
+      assert.ok(c1 >= 1 && c2 > c1, `counter continued: ${c1} then ${c2}`);
+      // The synthesized images equal a full synthesis of the same overlay, byte for byte.
+      for (const name of ["disk.raw", "memory.raw", "state.bin"]) {
+        assert.equal(await sameFile(join(vm.dir, "image", name), join(f.full, name)), true, `${name} differs from the full synthesis`);
+      }
+      // The top layer's backing is the local file.
+      const info = JSON.parse(new TextDecoder().decode(await runTool("qemu-img", ["info", "-U", "--output=json", join(vm.dir, "image", "disk.qcow2")])));
+      assert.equal(info["backing-filename"], join(vm.dir, "image", "disk.raw"));
+    } finally {
+      ok(await cloudlet(["stop", vm.vmId, ...H, "--json"]));
+    }
+    // Without the delay, for the record: early start against full synthesis on this overlay.
+    const quick = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"]));
+    ok(await cloudlet(["stop", quick.vmId, ...H, "--json"]));
+    const fullRun = ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--json"]));
+    ok(await cloudlet(["stop", fullRun.vmId, ...H, "--json"]));
+    t.diagnostic(`no delay: early start resumed ${Math.round(quick.earlyStart.resumedMs)} ms, fully local ${Math.round(quick.earlyStart.localMs)} ms; full synthesis resumed ${Math.round(fullRun.ms.synthesis + fullRun.ms.launch)} ms`);
+    await noneLeft(f.home);
+  }
+});
+
+test("early start: a page and a chunk of later segments are served first, verified, before the fill reaches them", async () => {
+  const f = await shared();
+  const core = await loadCoreFromDisk();
+  const overlay = await openOverlay(core, f.overlay);
+  const dir = join(f.home, "lazy-lib");
+  await fsp.mkdir(dir, { recursive: true });
+  const base = await openBase(core, { disk: join(f.base.dir, "disk.raw"), memory: join(f.base.dir, "memory.raw"), machine: overlay.meta.base.machine, dir: f.base.dir, needIndex: false });
+  const codec = new WorkerCodec(1);
+  const sizes = overlay.meta.imageSizes;
+  const sinks = [
+    await RawImageSink.create(join(dir, "disk.raw"), sizes[0], join(f.base.dir, "disk.raw"), false),
+    await RawImageSink.create(join(dir, "memory.raw"), sizes[1], join(f.base.dir, "memory.raw"), false),
+    await RawImageSink.create(join(dir, "state.bin"), sizes[2], null, false),
+  ] as [RawImageSink, RawImageSink, RawImageSink];
+  const local = [await FileSource.open(sinks[0].file.tmp), await FileSource.open(sinks[1].file.tmp)] as [FileSource, FileSource];
+  const fullDisk = await FileSource.open(join(f.full, "disk.raw"));
+  const fullMem = await FileSource.open(join(f.full, "memory.raw"));
+  try {
+    const lazy = new LazyOverlay(core, overlay, base, codec, sinks, local);
+    const n = overlay.meta.segments.length;
+    // The last segment that holds memory, and the last that holds disk.
+    const memSeg = lazy.segmentsWith(ImageKind.Memory).at(-1)!;
+    const diskSeg = lazy.segmentsWith(ImageKind.Disk).at(-1)!;
+    const page = overlay.meta.segments[memSeg].ranges.find(([k]) => k === ImageKind.Memory)![1];
+    const chunk = overlay.meta.segments[diskSeg].ranges.findLast(([k]) => k === ImageKind.Disk)![1];
+    assert.ok(memSeg > 0, `the overlay has memory past its first segment (${n} segments)`);
+    assert.equal(lazy.ready(ImageKind.Memory, page), false);
+    lazy.demand(ImageKind.Memory, page);
+    lazy.demand(ImageKind.Disk, chunk);
+    assert.deepEqual(Buffer.from(await lazy.chunk(ImageKind.Memory, page)), Buffer.from(await fullMem.read(page * CHUNK, CHUNK)));
+    assert.deepEqual(Buffer.from(await lazy.chunk(ImageKind.Disk, chunk)), Buffer.from(await fullDisk.read(chunk * CHUNK, CHUNK)));
+    // Out of order: those segments were applied, segments before them were not.
+    assert.equal(lazy.applied[memSeg], 1);
+    assert.equal(lazy.applied[diskSeg], 1);
+    const skipped = Array.from(lazy.applied.slice(0, Math.max(memSeg, diskSeg))).filter((a, i) => !a && i !== memSeg && i !== diskSeg);
+    assert.ok(skipped.length > 0, `segments before them still wait: ${lazy.applied.join(",")}`);
+    assert.deepEqual(lazy.raised, [diskSeg === memSeg ? 0 : 1, 1], "each request raised its segment once");
+    // A chunk no segment lists comes from the base, checked against its digest.
+    let baseChunk = 0;
+    while (lazy.segmentOf(ImageKind.Disk, baseChunk) >= 0) baseChunk++;
+    assert.deepEqual(Buffer.from(await lazy.chunk(ImageKind.Disk, baseChunk)), Buffer.from(await fullDisk.read(baseChunk * CHUNK, CHUNK)));
+    // Then the fill applies the rest.
+    await lazy.fill(new AbortController().signal);
+    assert.ok(lazy.applied.every((a) => a === 1));
+    // A base chunk that differs from the digest recorded for the base is never handed out.
+    const lying = { ...base, digests: { read: async (kind: 0 | 1, first: number, count: number) => {
+      const d = (await base.digests.read(kind, first, count)).slice();
+      const at = (baseChunk - first) * 16;
+      if (kind === 0 && at >= 0 && at < d.length) d[at] ^= 1;
+      return d;
+    } } };
+    const strict = new LazyOverlay(core, overlay, lying, codec, sinks, local);
+    await assert.rejects(strict.chunk(ImageKind.Disk, baseChunk), (e: unknown) => {
+      assert.ok(e instanceof CloudletError && e.code === "WRONG_BASE", String(e));
+      assert.match(e.message, new RegExp(`base disk chunk ${baseChunk} differs`));
+      assert.equal(e.file, join(f.base.dir, "disk.raw"));
+      return true;
+    });
+  } finally {
+    await Promise.allSettled(sinks.map((s) => s.abort()));
+    for (const s of [...local, fullDisk, fullMem]) await s.close();
+    await codec.close();
+    await base.close();
+    await overlay.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("early start: a boot set of leading segments is applied before the resume and its pages go first", async () => {
+  const f = await shared();
+  const core = await loadCoreFromDisk();
+  const overlay = await openOverlay(core, f.overlay);
+  try {
+    const boot = 6;
+    const memPages = overlay.meta.segments.slice(0, boot).reduce((t, s) => t + s.ranges.filter(([k]) => k === ImageKind.Memory).reduce((u, r) => u + r[2], 0), 0);
+    assert.ok(memPages > 0, "the leading segments hold memory");
+    const base = await new Registry(f.home).getBase("tiny");
+    const vm = await synthesizeEarly({ core, home: f.home, hostChoice: { host: "qemu" } }, base, overlay, { overlayPath: f.overlay, autoPorts: true, bootSegments: boot });
+    try {
+      assert.ok(vm.early.segmentsBeforeResume >= boot, JSON.stringify(vm.early));
+      assert.equal(vm.early.pagesBeforeResume, memPages);
+      const status = await untilAnswer(`http://127.0.0.1:${vm.ports[0].hostPort}/cgi-bin/status`);
+      assert.equal(/boot_id=(\S+)/.exec(status)?.[1], f.bootId);
+    } finally {
+      await stopSynthesized(f.home, vm.vmId);
+    }
+  } finally {
+    await overlay.close();
+  }
+  await noneLeft(f.home);
+});
+
+test("early start: a corrupt segment in the background part stops the VM, names the segment, leaves nothing", async () => {
+  const f = await shared();
+  const core = await loadCoreFromDisk();
+  const ov = await openOverlay(core, f.overlay);
+  const meta = ov.meta;
+  await ov.close();
+  // The last segment without device state: it is applied after the VM resumed.
+  const bad = meta.segments.findLastIndex((s) => !s.ranges.some(([k]) => k === ImageKind.State));
+  assert.ok(bad >= 0 && meta.segments.some((s) => s.ranges.some(([k]) => k === ImageKind.State)));
+  const bytes = new Uint8Array(await fsp.readFile(f.overlay));
+  const total = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
+  const at = bytes.length - total + meta.segments.slice(0, bad).reduce((t, s) => t + s.compressedSize, 0) + (meta.segments[bad].compressedSize >> 1);
+  bytes[at] ^= 0x55;
+  const corrupt = join(f.home, "corrupt.overlay");
+  await fsp.writeFile(corrupt, bytes);
+  const r = await cloudlet(["synthesis", "tiny", corrupt, "--home", f.home, "--early-start"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "1500" } });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /early start: VM [0-9a-f]{12} resumed/, "it failed in the background part, after the resume");
+  assert.match(r.stderr, new RegExp(`segment ${bad + 1}\\b.*corrupt|corrupt.*segment ${bad + 1}\\b`));
+  assert.doesNotMatch(r.stderr, /\bat .*\.ts:\d+/, "no stack trace");
+  await noneLeft(f.home);
+});
+
+test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the next start end; Ctrl-C leaves nothing; require refuses", async () => {
+  const f = await shared();
+  const H = ["--home", f.home];
+  /** Starts an early start whose fill never gets far; resolves once ps shows it filling. */
+  const startFilling = async () => {
+    let pid = 0;
+    const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "20000" }, onSpawn: (p) => (pid = p) });
+    let filling: { id: string } | null = null;
+    for (let i = 0; i < 300 && !filling; i++) {
+      await sleep(200);
+      filling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { state: string }) => v.state === "filling") ?? null;
+    }
+    assert.ok(filling, "the VM was filling");
+    return { run, pid, id: filling.id };
+  };
+  for (const cleaner of ["ps", "the next start"] as const) {
+    const { run, pid, id } = await startFilling();
+    process.kill(pid, "SIGKILL");
+    await run;
+    assert.equal(await qemuCount(f.home), 1, "QEMU outlives its source (frozen in postcopy-paused)");
+    if (cleaner === "ps") {
+      const ps = ok(await cloudlet(["ps", ...H, "--json"]));
+      assert.deepEqual(ps.map((v: { id: string; state: string }) => [v.id, v.state]), [[id, "removed"]]);
+    } else {
+      ok(await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--no-run", "--json"]));
+      assert.deepEqual(ok(await cloudlet(["ps", ...H, "--json"])), []);
+    }
+    await noneLeft(f.home);
+  }
+  const { run, pid } = await startFilling();
+  process.kill(pid, "SIGINT");
+  const interrupted = await run;
+  assert.equal(interrupted.code, 130, interrupted.stderr);
+  await noneLeft(f.home);
+
+  const virsh = await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--host", "virsh", "--early-start=require"]);
+  assert.equal(virsh.code, 2, virsh.stderr);
+  assert.match(virsh.stderr, /early start cannot run here: the virsh host cannot resume a VM through postcopy/);
+  const noUffd = await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start=require"], { env: { CLOUDLET_NO_USERFAULTFD: "1" } });
+  assert.equal(noUffd.code, 2, noUffd.stderr);
+  assert.match(noUffd.stderr, /userfaultfd is unavailable/);
+  const badValue = await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start=maybe"]);
+  assert.equal(badValue.code, 2);
+  await noneLeft(f.home);
+});
+
+test("cleanup: the test home goes", async () => {
+  const f = await shared().catch(() => null);
+  if (!f) return;
+  // VMs a failed test left behind go first: their QEMUs would outlive the folder.
+  for (const v of ok(await cloudlet(["ps", "--home", f.home, "--json"]))) await cloudlet(["stop", v.id, "--home", f.home]);
+  await fsp.rm(f.home, { recursive: true, force: true });
+});
+
+/** No VM directory and no QEMU of this home. */
+async function noneLeft(home: string): Promise<void> {
+  assert.deepEqual(await fsp.readdir(join(home, "vms")).catch(() => []), [], "no VM directory left");
+  assert.equal(await qemuCount(home), 0, "no QEMU left running");
+}
+
+async function qemuCount(home: string): Promise<number> {
+  const r = await runTool("pgrep", ["-f", `qemu-system-x86_64.*${home}/`]).catch(() => new Uint8Array(0));
+  return new TextDecoder().decode(r).split("\n").filter(Boolean).length;
+}
+
+async function sameFile(a: string, b: string): Promise<boolean> {
+  const [fa, fb] = [await FileSource.open(a), await FileSource.open(b)];
+  try {
+    if (fa.size !== fb.size) return false;
+    for (let off = 0; off < fa.size; off += 4 << 20) {
+      const n = Math.min(4 << 20, fa.size - off);
+      if (Buffer.compare(await fa.read(off, n), await fb.read(off, n)) !== 0) return false;
+    }
+    return true;
+  } finally {
+    await fa.close();
+    await fb.close();
+  }
+}
+
+function get(url: string): Promise<string> {
+  return new Promise((resolve) => {
+    http
+      .get(url, { timeout: 5000, insecureHTTPParser: true }, (res) => {
+        let b = "";
+        res.setEncoding("utf8").on("data", (d: string) => (b += d));
+        res.on("end", () => resolve(b));
+      })
+      .on("error", () => resolve(""))
+      .on("timeout", function (this: http.ClientRequest) {
+        this.destroy();
+      });
+  });
+}
+
+async function untilAnswer(url: string, ms = 30_000): Promise<string> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const b = await get(url);
+    if (b || Date.now() > end) return b;
+    await sleep(200);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

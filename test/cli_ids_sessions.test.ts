@@ -297,6 +297,8 @@ test("items 5 and 6: synthesis --no-run without BASE; client --detach prints the
   const home = join(TEST_HOME, `ids-${process.pid}`);
   await fsp.rm(home, { recursive: true, force: true });
   await fsp.mkdir(home, { recursive: true });
+  // The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
+  await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
   await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
   const ok = async (args: string[]) => {
     const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);

@@ -52,6 +52,8 @@ function shared(): Promise<Fixture> {
     const home = join(TEST_HOME, `early-${process.pid}`);
     await fsp.rm(home, { recursive: true, force: true });
     await fsp.mkdir(home, { recursive: true });
+    // The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
+    await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
     await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
     const H = ["--home", home];
     ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));

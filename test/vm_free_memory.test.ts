@@ -36,6 +36,8 @@ const MiB = 1 << 20;
 const home = join(TEST_HOME, `freemem-${process.pid}`);
 await fsp.rm(home, { recursive: true, force: true });
 await fsp.mkdir(home, { recursive: true });
+// The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
+await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
 await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
 const said: string[] = [];
 const ctx: VmJobContext = { core, home, hostChoice: { host: "qemu" }, say: (l) => said.push(l) };

@@ -294,8 +294,15 @@ test("a killed overlay writer leaves nothing that looks complete", async () => {
   await fsp.writeFile(big.mem, new Uint8Array(48 << 20).map((_, i) => (i * 2654435761) >>> 24));
   const out = join(dir, "killed.overlay");
   let pid = 0;
+  let finished = false;
   const run = cloudlet(["overlay", "--home", home, "--base-disk", big.baseDisk, "--base-mem", big.baseMem, "--disk", big.disk, "--mem", big.mem, "-o", out, "--preset", "9"], { onSpawn: (p) => (pid = p) });
-  await new Promise((r) => setTimeout(r, 2500));
+  void run.then(() => (finished = true));
+  // Kill it while it writes: once its partial output exists (a fixed delay raced a fast machine).
+  for (let i = 0; i < 3000 && !finished; i++) {
+    if ((await fsp.readdir(dir)).some((n) => n.includes("killed") && n.includes(".part-"))) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.ok(!finished, "the writer was still running when its partial output appeared");
   process.kill(pid, "SIGKILL");
   const r = await run;
   assert.ok(r.signal === "SIGKILL" || (r.code !== 0 && r.code !== null), `killed, got code ${r.code} signal ${r.signal}`);

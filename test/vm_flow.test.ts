@@ -175,7 +175,8 @@ test("errors: unknown base, disk not raw, port in use, guest never ready, VM die
   ok(await cloudlet(["overlay", "tiny", ...H, "--script", WEBAPP, "-o", ovPath, "--json", "--", "-redir", `tcp:${taken}::80`]));
   const busy = await cloudlet(["synthesis", "tiny", ovPath, ...H]);
   blocker.close();
-  assert.equal(busy.code, 2, "a host port in use is the user's choice of port: a usage error");
+  assert.equal(busy.code, 75, "a host port in use is a conflict (CONFLICT, exit 75: docs/cli.md)");
+  assert.match(busy.stderr, /--auto-ports/, "the message names --auto-ports");
   assert.match(busy.stderr, new RegExp(`${taken}.*(in use|busy)|(in use|busy).*${taken}`));
   assert.deepEqual(await fsp.readdir(join(home, "vms")).catch(() => []), [], "no VM directory kept");
   await clean(home);

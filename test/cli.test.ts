@@ -22,7 +22,8 @@ test("--help lists the commands; unknown commands and options are usage errors",
 
 test("progress bars with bytes and rate on a terminal, none without one; --json for machines", async () => {
   const dir = await scratchDir("cli");
-  const set = await writeImageSet(dir, 51, 16 << 20, 8 << 20, 50);
+  // Large enough that scanning takes well over the 50 ms under which a phase shows no rate.
+  const set = await writeImageSet(dir, 51, 96 << 20, 32 << 20, 50);
   const home = join(dir, "home");
   const args = ["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", join(dir, "tty.overlay")];
   // `script` gives the command a pseudo-terminal, as a user's shell would.

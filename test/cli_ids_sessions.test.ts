@@ -8,56 +8,23 @@ import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import * as http from "node:http";
 import { join } from "node:path";
-import { spawn, type ChildProcess } from "node:child_process";
-import { cloudlet, CLOUDLET } from "./_cli.ts";
-import { scratchDir, writeImageSet } from "./_images.ts";
-import { core } from "./_core.ts";
-import { decodeMeta, decodePackHeader, HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
-import { Registry } from "../ts/home/registry.ts";
+import { cloudlet } from "./_cli.ts";
+import { registeredBase, serve, type RegisteredBase } from "./_registered_base.ts";
+import { freshHome, WEBAPP } from "./_vm_fixture.ts";
 import { charsToTellApart } from "../ts/core/ids.ts";
 
 const TOKEN = "ids-sessions-token-0123456789abcdef";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Fixture {
-  dir: string;
-  home: string;
-  tokenFile: string;
-  overlay: string;
-  meta: OverlayMeta;
-  headAndMeta: Uint8Array;
-  images: { baseDisk: string; baseMem: string; disk: string; mem: string };
-}
-
-let fixture: Promise<Fixture> | null = null;
+let fixture: Promise<RegisteredBase> | null = null;
 /** A registered base (generated images, plus a stand-in device state so it can be exported) and a file-mode overlay on it. */
-function setup(): Promise<Fixture> {
-  fixture ??= (async () => {
-    const dir = await scratchDir("ids");
-    const home = join(dir, "home");
-    await fsp.mkdir(home, { recursive: true });
-    const set = await writeImageSet(join(dir, "img"), 23, 1 << 20, 1 << 20, 30);
-    const overlay = join(dir, "app.overlay");
-    const r = await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "64K", "-o", overlay]);
-    assert.equal(r.code, 0, r.stderr);
-    const bytes = new Uint8Array(await fsp.readFile(overlay));
-    const head = decodePackHeader(core, bytes.subarray(0, HEADER_BYTES), overlay);
-    const meta = decodeMeta(core, bytes.subarray(HEADER_BYTES, HEADER_BYTES + head.metaLength), overlay);
-    const baseDir = join(home, "bases", meta.base.id);
-    await fsp.mkdir(baseDir, { recursive: true });
-    await fsp.copyFile(set.baseDisk, join(baseDir, "disk.raw"));
-    await fsp.copyFile(set.baseMem, join(baseDir, "memory.raw"));
-    await fsp.writeFile(join(baseDir, "state.bin"), "device state stand-in\n");
-    await new Registry(home).addBase({ id: meta.base.id, name: "gen", created: new Date().toISOString(), dir: baseDir, diskSize: meta.base.diskSize, memorySize: meta.base.memorySize, machine: meta.base.machine, vcpus: 1, boot: null, host: "qemu", source: "test" });
-    const tokenFile = join(dir, "token");
-    await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
-    return { dir, home, tokenFile, overlay, meta, headAndMeta: bytes.subarray(0, head.dataOffset), images: set };
-  })();
+function setup(): Promise<RegisteredBase> {
+  fixture ??= registeredBase({ name: "ids", seed: 23, token: TOKEN, deviceState: true });
   return fixture;
 }
 
 /** An empty home of its own. */
-async function emptyHome(f: Fixture, name: string): Promise<string> {
+async function emptyHome(f: RegisteredBase, name: string): Promise<string> {
   const h = join(f.dir, name);
   await fsp.mkdir(h, { recursive: true });
   return h;
@@ -196,33 +163,6 @@ test("item 13: export-base --zstd/--xz compress, import reads them, and a base a
 
 // ---- item 6 ----
 
-interface Served {
-  port: number;
-  child: ChildProcess;
-  log: () => string;
-  stop(): Promise<void>;
-}
-
-/** Starts `cloudlet serve` on a free loopback port. */
-async function serve(f: Fixture): Promise<Served> {
-  const child = spawn(CLOUDLET, ["serve", "--home", f.home, "--listen", "127.0.0.1:0", "--token-file", f.tokenFile, "--no-announce"], { stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
-  const exited = new Promise<void>((r) => child.on("close", () => r()));
-  for (let i = 0; i < 200 && !/listening on/.test(log); i++) await sleep(100);
-  const m = /listening on https?:\/\/[^:]+:(\d+)/.exec(log);
-  assert.ok(m, `server did not start: ${log}`);
-  return {
-    port: Number(m[1]),
-    child,
-    log: () => log,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGINT");
-      await exited;
-    },
-  };
-}
-
 function request(port: number, method: string, path: string, body?: Uint8Array): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: "127.0.0.1", port, method, path, agent: false, headers: { authorization: `Bearer ${TOKEN}`, ...(body ? { "content-length": String(body.length) } : {}) } }, (res) => {
@@ -290,16 +230,8 @@ test("item 6: stop of a session whose server cannot be reached says to give --se
 
 // ---- item 6, with one real VM (the built-in guest, cached) ----
 
-const TEST_HOME = new URL("../.build/test-home", import.meta.url).pathname;
-const WEBAPP = new URL("../examples/webapp.sh", import.meta.url).pathname;
-
 test("items 5 and 6: synthesis --no-run without BASE; client --detach prints the session id; ps shows the running session with the server log's ports; stop ends it through the server", async () => {
-  const home = join(TEST_HOME, `ids-${process.pid}`);
-  await fsp.rm(home, { recursive: true, force: true });
-  await fsp.mkdir(home, { recursive: true });
-  // The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
-  await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-  await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+  const home = await freshHome("ids");
   const ok = async (args: string[]) => {
     const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
     assert.equal(r.code, 0, r.stderr);
@@ -313,7 +245,7 @@ test("items 5 and 6: synthesis --no-run without BASE; client --detach prints the
   assert.equal(verified.verified, true);
   const tokenFile = join(home, "token");
   await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
-  const s = await serve({ home, tokenFile } as Fixture);
+  const s = await serve({ home, tokenFile });
   try {
     const c = await cloudlet(["client", "--home", home, "-s", `127.0.0.1:${s.port}`, "--token-file", tokenFile, "-o", overlay, "--detach"]);
     assert.equal(c.code, 0, c.stderr);

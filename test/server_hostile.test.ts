@@ -11,84 +11,20 @@ import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import * as http from "node:http";
 import * as net from "node:net";
-import { join } from "node:path";
-import { spawn, type ChildProcess } from "node:child_process";
-import { cloudlet, CLOUDLET } from "./_cli.ts";
-import { scratchDir, writeImageSet } from "./_images.ts";
-import { core } from "./_core.ts";
-import { decodeMeta, decodePackHeader, HEADER_BYTES, type OverlayMeta } from "../ts/overlay/format.ts";
-import { Registry } from "../ts/home/registry.ts";
+import { registeredBase, serve, type RegisteredBase, type Served } from "./_registered_base.ts";
 
 const TOKEN = "hostile-token-0123456789abcdef";
 const AUTH = `Bearer ${TOKEN}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Fixture {
-  dir: string;
-  home: string;
-  tokenFile: string;
-  /** The packed overlay file and its parts. */
-  overlay: string;
-  bytes: Uint8Array;
-  meta: OverlayMeta;
-  /** Header + meta: the body of the meta step. */
-  headAndMeta: Uint8Array;
-  /** Segment data. */
-  data: Uint8Array;
-}
-
-let fixture: Promise<Fixture> | null = null;
+let fixture: Promise<RegisteredBase> | null = null;
 /** A registered base (generated images) and a 64 KiB-segment overlay on it, built once. */
-function setup(): Promise<Fixture> {
-  fixture ??= (async () => {
-    const dir = await scratchDir("hostile");
-    const home = join(dir, "home");
-    await fsp.mkdir(home, { recursive: true });
-    const set = await writeImageSet(join(dir, "img"), 17, 1 << 20, 1 << 20, 30);
-    const overlay = join(dir, "app.overlay");
-    const r = await cloudlet(["overlay", "--home", home, "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "64K", "-o", overlay]);
-    assert.equal(r.code, 0, r.stderr);
-    const bytes = new Uint8Array(await fsp.readFile(overlay));
-    const head = decodePackHeader(core, bytes.subarray(0, HEADER_BYTES), overlay);
-    const meta = decodeMeta(core, bytes.subarray(HEADER_BYTES, HEADER_BYTES + head.metaLength), overlay);
-    assert.ok(meta.segments.length >= 3, `the overlay has ${meta.segments.length} segments`);
-    const baseDir = join(home, "bases", meta.base.id);
-    await fsp.mkdir(baseDir, { recursive: true });
-    await fsp.copyFile(set.baseDisk, join(baseDir, "disk.raw"));
-    await fsp.copyFile(set.baseMem, join(baseDir, "memory.raw"));
-    await new Registry(home).addBase({ id: meta.base.id, name: "gen", created: new Date().toISOString(), dir: baseDir, diskSize: meta.base.diskSize, memorySize: meta.base.memorySize, machine: meta.base.machine, vcpus: 1, boot: null, host: "qemu", source: "test" });
-    const tokenFile = join(dir, "token");
-    await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
-    return { dir, home, tokenFile, overlay, bytes, meta, headAndMeta: bytes.subarray(0, head.dataOffset), data: bytes.subarray(head.dataOffset) };
-  })();
+function setup(): Promise<RegisteredBase> {
+  fixture ??= registeredBase({ name: "hostile", seed: 17, token: TOKEN }).then((f) => {
+    assert.ok(f.meta.segments.length >= 3, `the overlay has ${f.meta.segments.length} segments`);
+    return f;
+  });
   return fixture;
-}
-
-interface Served {
-  port: number;
-  child: ChildProcess;
-  log: () => string;
-  stop(): Promise<void>;
-}
-
-/** Starts `cloudlet serve` on a free loopback port. */
-async function serve(f: Fixture, extra: string[] = []): Promise<Served> {
-  const child = spawn(CLOUDLET, ["serve", "--home", f.home, "--listen", "127.0.0.1:0", "--token-file", f.tokenFile, "--no-announce", ...extra], { stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
-  const exited = new Promise<void>((r) => child.on("close", () => r()));
-  for (let i = 0; i < 200 && !/listening on/.test(log); i++) await sleep(100);
-  const m = /listening on https?:\/\/[^:]+:(\d+)/.exec(log);
-  assert.ok(m, `server did not start: ${log}`);
-  return {
-    port: Number(m[1]),
-    child,
-    log: () => log,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGINT");
-      await exited;
-    },
-  };
 }
 
 interface Reply {
@@ -149,7 +85,7 @@ async function assertServing(s: Served, what: string): Promise<void> {
 }
 
 /** Creates a session and sends its meta; returns the session id. */
-async function sessionWithMeta(f: Fixture, port: number): Promise<string> {
+async function sessionWithMeta(f: RegisteredBase, port: number): Promise<string> {
   const c = await request(port, "POST", "/v1/sessions");
   assert.equal(c.status, 201, c.body);
   const id = JSON.parse(c.body).id as string;
@@ -185,7 +121,7 @@ async function oversizedMeta(port: number, id: string): Promise<string> {
 }
 
 /** A PATCH carrying more bytes than the segment table, chunked, the extra bytes sent before the body ends. */
-async function overlongPatch(f: Fixture, port: number, id: string): Promise<string> {
+async function overlongPatch(f: RegisteredBase, port: number, id: string): Promise<string> {
   const { sock, reply } = await raw(port);
   sock.write(`PATCH /v1/sessions/${id}/data HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH}\r\nUpload-Offset: 0\r\nTransfer-Encoding: chunked\r\n\r\n`);
   await chunk(sock, f.data);
@@ -194,7 +130,7 @@ async function overlongPatch(f: Fixture, port: number, id: string): Promise<stri
 }
 
 /** A PATCH left open mid-segment while another connection DELETEs the session. */
-async function deleteDuringPatch(f: Fixture, port: number, id: string): Promise<{ patch: string; del: Reply }> {
+async function deleteDuringPatch(f: RegisteredBase, port: number, id: string): Promise<{ patch: string; del: Reply }> {
   const { sock, reply } = await raw(port);
   sock.write(`PATCH /v1/sessions/${id}/data HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH}\r\nUpload-Offset: 0\r\nContent-Length: ${f.data.length}\r\n\r\n`);
   sock.write(f.data.subarray(0, 1000));

@@ -7,69 +7,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { promises as fsp } from "node:fs";
-import * as http from "node:http";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { cloudlet, CLOUDLET, type CliResult } from "./_cli.ts";
+import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
-
-const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
-const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
-
-/** A fresh home that shares the built-in guest cache (building it once is enough). */
-async function freshHome(tag: string): Promise<string> {
-  const home = join(TEST_HOME, `flow-${tag}-${process.pid}`);
-  await fsp.rm(home, { recursive: true, force: true });
-  await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-  await fsp.mkdir(home, { recursive: true });
-  await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
-  return home;
-}
-
-function get(url: string): Promise<string> {
-  return new Promise((resolve) => {
-    http
-      .get(url, { timeout: 5000, insecureHTTPParser: true }, (res) => {
-        let b = "";
-        res.setEncoding("utf8").on("data", (d: string) => (b += d));
-        res.on("end", () => resolve(b));
-      })
-      .on("error", () => resolve(""))
-      .on("timeout", function (this: http.ClientRequest) {
-        this.destroy();
-      });
-  });
-}
-
-async function untilAnswer(url: string, ms = 20_000): Promise<string> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const b = await get(url);
-    if (b || Date.now() > end) return b;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-const ok = (r: CliResult) => {
-  assert.equal(r.code, 0, `cloudlet failed: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-};
-
-async function qemuCount(home: string): Promise<number> {
-  const r = await runTool("pgrep", ["-f", `qemu-system-x86_64.*${home}`]).catch(() => new Uint8Array(0));
-  return new TextDecoder().decode(r).split("\n").filter(Boolean).length;
-}
-
-async function ensureLibvirtd(): Promise<void> {
-  const up = await runTool("virsh", ["-c", "qemu:///system", "version"]).then(() => true, () => false);
-  if (up) return;
-  await runTool("sh", ["-c", "virtlogd -d 2>/dev/null; libvirtd -d"]);
-  for (let i = 0; i < 50; i++) {
-    if (await runTool("virsh", ["-c", "qemu:///system", "version"]).then(() => true, () => false)) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { ensureLibvirtd, freshHome, get, ok, qemuCount, TEST_HOME, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
 
 /** Nothing left behind: no temporary base, run or VM directory, no QEMU of this home. */
 async function clean(home: string): Promise<void> {
@@ -82,7 +24,7 @@ async function clean(home: string): Promise<void> {
 for (const host of ["qemu", "virsh"] as const) {
   test(`the whole flow with --host ${host}: base, overlay with a script, synthesis that resumes`, async () => {
     if (host === "virsh") await ensureLibvirtd();
-    const home = await freshHome(host);
+    const home = await freshHome(`flow-${host}`);
     const H = ["--home", home, "--host", host];
     const base = ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
     assert.match(base.id, /^[0-9a-f]{64}$/);
@@ -123,7 +65,7 @@ for (const host of ["qemu", "virsh"] as const) {
 async function exportImport(home: string, ovPath: string): Promise<void> {
   const file = join(home, "tiny.base");
   ok(await cloudlet(["export-base", "tiny", file, "--home", home, "--json"]));
-  const other = await freshHome("import");
+  const other = await freshHome("flow-import");
   const imported = ok(await cloudlet(["import-base", file, "--home", other, "--json"]));
   assert.equal(imported.name, "tiny");
   const vm = ok(await cloudlet(["synthesis", imported.id.slice(0, 12), ovPath, "--home", other, "--json"]));
@@ -137,7 +79,7 @@ async function exportImport(home: string, ovPath: string): Promise<void> {
   bytes[bytes.length >> 1] ^= 0xff;
   const bad = join(home, "bad.base");
   await fsp.writeFile(bad, bytes);
-  const third = await freshHome("import-bad");
+  const third = await freshHome("flow-import-bad");
   const r = await cloudlet(["import-base", bad, "--home", third]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /corrupt|damaged|mismatch/);
@@ -146,7 +88,7 @@ async function exportImport(home: string, ovPath: string): Promise<void> {
 }
 
 test("errors: unknown base, disk not raw, port in use, guest never ready, VM dies, Ctrl-C, libvirtd down, remote libvirt", async () => {
-  const home = await freshHome("errors");
+  const home = await freshHome("flow-errors");
   const H = ["--home", home];
   const unknown = await cloudlet(["synthesis", "nosuchbase", WEBAPP, ...H]);
   assert.equal(unknown.code, 1);

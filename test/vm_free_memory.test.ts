@@ -13,9 +13,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp, readFileSync } from "node:fs";
-import * as http from "node:http";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { core } from "./_core.ts";
 import { ImageKind, ChunkClass } from "../ts/overlay/format.ts";
 import { inspectMeta, renderReport } from "../ts/inspect/report.ts";
@@ -26,50 +24,19 @@ import { synthesizeVm } from "../ts/jobs/vm_synthesis.ts";
 import { stopSynthesized } from "../ts/jobs/vm_admin.ts";
 import type { VmJobContext } from "../ts/jobs/context.ts";
 import { SerialConsole } from "../ts/vm/serial_console.ts";
-import { runTool } from "./_tools.ts";
 import { cloudlet } from "./_cli.ts";
+import { ensureLibvirtd, freshHome, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
 
-const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
-const WEBAPP = readFileSync(fileURLToPath(new URL("../examples/webapp.sh", import.meta.url)), "utf8");
+const WEBAPP_SCRIPT = readFileSync(WEBAPP, "utf8");
 const MiB = 1 << 20;
 
-const home = join(TEST_HOME, `freemem-${process.pid}`);
-await fsp.rm(home, { recursive: true, force: true });
-await fsp.mkdir(home, { recursive: true });
-// The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
-await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+const home = await freshHome("freemem");
 const said: string[] = [];
 const ctx: VmJobContext = { core, home, hostChoice: { host: "qemu" }, say: (l) => said.push(l) };
 const running: string[] = [];
 
-
 /** The lines said since `from`. */
 const saidSince = (from: number) => said.slice(from).join("\n");
-
-function get(url: string): Promise<string> {
-  return new Promise((resolve) => {
-    http
-      .get(url, { timeout: 5000, insecureHTTPParser: true }, (res) => {
-        let b = "";
-        res.setEncoding("utf8").on("data", (d: string) => (b += d));
-        res.on("end", () => resolve(b));
-      })
-      .on("error", () => resolve(""))
-      .on("timeout", function (this: http.ClientRequest) {
-        this.destroy();
-      });
-  });
-}
-
-async function untilAnswer(url: string, ms = 30_000): Promise<string> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const b = await get(url);
-    if (b || Date.now() > end) return b;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 /** Bytes of memory data the overlay stores (raw and XOR chunks of the memory image). */
 function memoryPart(meta: { classCounts: number[][] }): number {
@@ -77,7 +44,7 @@ function memoryPart(meta: { classCounts: number[][] }): number {
   return (row[ChunkClass.Raw] + row[ChunkClass.Xor]) * 4096;
 }
 
-const ALLOC_200 = `${WEBAPP}
+const ALLOC_200 = `${WEBAPP_SCRIPT}
 # A process that allocates and writes 200 MiB, then exits: its pages are free at the snapshot.
 dd if=/dev/urandom of=/dev/null bs=200M count=1 iflag=fullblock 2>&1 | tail -n 1
 `;
@@ -180,7 +147,7 @@ test("a base without the balloon (as made before it) still makes overlays that s
   assert.deepEqual(b.machine, { machine: "pc-i440fx-7.2", cpu: "qemu64", ramMiB: 256 }, "the machine config of an old base");
   assert.equal(b.freeMemory, null);
   const out = join(home, "old.overlay");
-  const o = await overlayFromVm(ctx, { base: "fm-old", customize: { script: WEBAPP }, forwards, out });
+  const o = await overlayFromVm(ctx, { base: "fm-old", customize: { script: WEBAPP_SCRIPT }, forwards, out });
   assert.match(saidSince(from), /free memory: this machine has no reporting balloon/);
   assert.equal(o.meta.base.machine.freePageReporting, undefined);
   const r = await synthesizeVm(ctx, { base: "fm-old", overlay: out, autoPorts: true });
@@ -191,13 +158,6 @@ test("a base without the balloon (as made before it) still makes overlays that s
   await stopSynthesized(home, r.vmId);
   running.splice(running.indexOf(r.vmId), 1);
 });
-
-async function ensureLibvirtd(): Promise<void> {
-  const up = () => runTool("virsh", ["-c", "qemu:///system", "version"]).then(() => true, () => false);
-  if (await up()) return;
-  await runTool("sh", ["-c", "virtlogd -d 2>/dev/null; libvirtd -d"]);
-  for (let i = 0; i < 50 && !(await up()); i++) await new Promise((r) => setTimeout(r, 200));
-}
 
 test("virsh: the memballoon reports, the 200 MiB stay out, and the synthesized VM serves its page", async () => {
   await ensureLibvirtd();

@@ -29,8 +29,6 @@
  *
  * The destination runs the same device command line as the VM that saved the
  * state, with `-object memory-backend-memfd,id=mem,size=N,share=on`.
- *
- * QmpLite below is a cut-down copy of ts/host/vm/qmp.ts (this module may not import ts/host).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, promises as fsp } from "node:fs";
@@ -54,6 +52,7 @@ import {
   writeRamSetup,
   type SavedDeviceState,
 } from "./migration_stream.ts";
+import { QmpClient } from "./qmp.ts";
 
 /** Supplies one verified page (PAGE_SIZE bytes) of guest RAM by index; rejects when the page cannot be had or verified. */
 export type PageProvider = (pageIndex: number) => Promise<Uint8Array>;
@@ -74,7 +73,7 @@ export interface PostcopyDestinationOptions {
 /** A QEMU started with `-incoming defer`, waiting for cloudlet's postcopy stream. */
 export interface PostcopyDestination {
   readonly pid: number;
-  readonly qmp: QmpLite;
+  readonly qmp: QmpClient;
   /** The QEMU log (stdout and stderr). */
   readonly logPath: string;
   /** Resolves when QEMU has exited (never rejects). */
@@ -120,9 +119,9 @@ export async function startPostcopyDestination(opts: PostcopyDestinationOptions)
     if (!done) child.kill("SIGKILL");
     await exited;
   };
-  let qmp: QmpLite;
+  let qmp: QmpClient;
   try {
-    qmp = await QmpLite.connect(qmpPath, () => !done);
+    qmp = await QmpClient.connect(qmpPath, { alive: () => !done });
   } catch (e) {
     await kill();
     throw new CloudletError("HOST_TOOL", `${binary} did not start as a postcopy destination: ${(await logTail()) || (e as Error).message}`, logPath, { cause: e });
@@ -483,9 +482,11 @@ export function resumePostcopy(opts: ResumePostcopyOptions): PostcopyResume {
   let source: PostcopySource | null = null;
   let stop = false;
   const resumedWait = (async () => {
-    while (!stop) {
-      if (dest.qmp.events.some((e) => e.event === "RESUME")) return performance.now() - t0;
-      await dest.qmp.nextEvent(1000);
+    for (let seen = 0; !stop; ) {
+      const read = dest.qmp.eventsSince(seen);
+      seen = read.next;
+      if (read.events.some((e) => e.event === "RESUME")) return performance.now() - t0;
+      await dest.qmp.nextEvent(1000, seen);
     }
     throw new CloudletError("GUEST", "postcopy stopped before the guest resumed");
   })();
@@ -549,12 +550,12 @@ export function resumePostcopy(opts: ResumePostcopyOptions): PostcopyResume {
 async function migrationFailed(dest: PostcopyDestination, stopped: () => boolean): Promise<never> {
   let seen = 0;
   while (!stopped()) {
-    const ev = dest.qmp.events.slice(seen);
-    seen += ev.length;
-    if (ev.some((e) => e.event === "MIGRATION" && (e.data as { status?: string })?.status === "failed")) {
+    const read = dest.qmp.eventsSince(seen);
+    seen = read.next;
+    if (read.events.some((e) => e.event === "MIGRATION" && (e.data as { status?: string })?.status === "failed")) {
       throw new CloudletError("GUEST", `the postcopy migration failed in QEMU: ${(await dest.logTail()) || "no message"}`, dest.logPath);
     }
-    await dest.qmp.nextEvent(1000);
+    await dest.qmp.nextEvent(1000, seen);
   }
   return new Promise<never>(() => {});
 }
@@ -588,126 +589,5 @@ async function connectUnix(path: string, alive: () => boolean): Promise<Socket> 
     if (s) return s;
     if (i > 2000 || !alive()) throw new CloudletError("GUEST", "QEMU did not open its incoming migration socket", path);
     await sleep(5);
-  }
-}
-
-/** An event QEMU sent on QMP. */
-export interface QmpLiteEvent {
-  event: string;
-  data?: unknown;
-}
-
-/** A minimal QMP client (a cut-down copy of ts/host/vm/qmp.ts): commands, and events kept in order. */
-export class QmpLite {
-  readonly events: QmpLiteEvent[] = [];
-  private nextId = 1;
-  private buf = "";
-  private closed = false;
-  private readonly pending = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; cmd: string }>();
-  private waiters: (() => void)[] = [];
-
-  private constructor(
-    private readonly sock: Socket,
-    readonly path: string,
-  ) {
-    sock.setEncoding("utf8");
-    sock.on("data", (d: string) => {
-      this.buf += d;
-      for (let nl; (nl = this.buf.indexOf("\n")) >= 0; ) {
-        const line = this.buf.slice(0, nl).trim();
-        this.buf = this.buf.slice(nl + 1);
-        if (line) this.onMessage(line);
-      }
-    });
-    sock.on("error", () => {});
-    sock.on("close", () => {
-      this.closed = true;
-      for (const p of this.pending.values()) p.reject(new CloudletError("GUEST", `QMP ${p.cmd}: QEMU exited`, path));
-      this.pending.clear();
-      this.notify();
-    });
-  }
-
-  /** Connects (retrying while QEMU starts) and leaves capabilities negotiation. */
-  static async connect(path: string, alive: () => boolean, timeoutMs = 30_000): Promise<QmpLite> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const s = await new Promise<Socket | null>((resolve) => {
-        const c = connect(path);
-        c.once("error", () => (c.destroy(), resolve(null)));
-        c.once("connect", () => resolve(c));
-      });
-      if (s) {
-        const q = new QmpLite(s, path);
-        await q.execute("qmp_capabilities");
-        return q;
-      }
-      if (!alive()) throw new CloudletError("GUEST", "QEMU exited before its QMP socket answered", path);
-      if (Date.now() > deadline) throw new CloudletError("HOST_TOOL", "QMP socket did not answer", path);
-      await sleep(10);
-    }
-  }
-
-  /** Runs a command; HOST_TOOL error with QEMU's description when it fails. */
-  execute<T = unknown>(cmd: string, args?: Record<string, unknown>, timeoutMs = 30_000): Promise<T> {
-    if (this.closed) return Promise.reject(new CloudletError("GUEST", `QMP ${cmd}: QEMU is gone`, this.path));
-    const id = `pc-${this.nextId++}`;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new CloudletError("HOST_TOOL", `QMP ${cmd} got no answer`, this.path));
-      }, timeoutMs);
-      this.pending.set(id, { cmd, resolve: (v) => (clearTimeout(timer), resolve(v as T)), reject: (e) => (clearTimeout(timer), reject(e)) });
-      this.sock.write(JSON.stringify(args ? { execute: cmd, arguments: args, id } : { execute: cmd, id }) + "\n");
-    });
-  }
-
-  /** Resolves at the next event (or when the connection closes, or after `timeoutMs`). */
-  nextEvent(timeoutMs: number): Promise<void> {
-    if (this.closed) return sleep(Math.min(timeoutMs, 50));
-    return new Promise((resolve) => {
-      const t = setTimeout(done, timeoutMs);
-      const self = this;
-      function done() {
-        clearTimeout(t);
-        self.waiters = self.waiters.filter((w) => w !== done);
-        resolve();
-      }
-      this.waiters.push(done);
-    });
-  }
-
-  /** Closes the connection (QEMU keeps running). */
-  close(): void {
-    this.sock.destroy();
-  }
-
-  private notify() {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  private onMessage(line: string) {
-    let msg: Record<string, unknown>;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      return;
-    }
-    if ("QMP" in msg) return;
-    if ("event" in msg) {
-      this.events.push(msg as unknown as QmpLiteEvent);
-      if (this.events.length > 1000) this.events.shift();
-      this.notify();
-      return;
-    }
-    const p = typeof msg.id === "string" ? this.pending.get(msg.id) : undefined;
-    if (!p) return;
-    this.pending.delete(msg.id as string);
-    if ("error" in msg) {
-      const e = msg.error as { desc?: string; class?: string };
-      p.reject(new CloudletError("HOST_TOOL", `QMP ${p.cmd} failed: ${e.desc ?? e.class ?? "unknown error"}`, this.path));
-    } else p.resolve(msg.return);
   }
 }

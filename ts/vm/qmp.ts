@@ -11,6 +11,12 @@
  *
  * Replies carry the request id, so several commands may be in flight. When
  * the socket closes (QEMU exited), every pending command fails.
+ *
+ * Events are numbered from 0 in the order they arrive, and a number never
+ * changes when old events are dropped; a reader keeps the number it has read
+ * up to and asks {@link QmpClient.eventsSince} for the rest (an index into
+ * `events` would shift once the list is full, and the reader would miss or
+ * reread events).
  */
 import { connect, type Socket } from "node:net";
 import { CloudletError } from "../errors.ts";
@@ -34,9 +40,19 @@ export interface QmpConnectOptions {
 /** How many events are kept; older ones are dropped. */
 const MAX_EVENTS = 1000;
 
+/** What {@link QmpClient.eventsSince} returns. */
+export interface QmpEventsRead {
+  /** The events numbered `from` and on that are still kept, oldest first. */
+  events: QmpEvent[];
+  /** The number to read from next time (one past the newest event). */
+  next: number;
+  /** How many events from `from` on were dropped before this read (the reader fell more than 1000 behind). */
+  missed: number;
+}
+
 /** A QMP connection after the capabilities handshake. */
 export class QmpClient {
-  /** Events received so far (oldest first, at most 1000). */
+  /** The newest events received (oldest first, at most 1000); indexes shift as old ones drop, so read with {@link eventsSince}. */
   readonly events: QmpEvent[] = [];
   /** Resolves when the connection is closed, by either side. */
   readonly closed: Promise<void>;
@@ -45,6 +61,9 @@ export class QmpClient {
   private buf = "";
   private isClosed = false;
   private greeting: ((v: unknown) => void) | null = null;
+  /** How many events were dropped from the front of `events`: the number of `events[0]`. */
+  private dropped = 0;
+  private eventWaiters: (() => void)[] = [];
 
   private constructor(
     private readonly sock: Socket,
@@ -60,6 +79,7 @@ export class QmpClient {
       const err = new CloudletError("GUEST", `QMP connection to ${path} closed: QEMU exited`);
       for (const p of this.pending.values()) p.reject(err);
       this.pending.clear();
+      this.wakeEventWaiters();
       onClosed();
     });
   }
@@ -101,6 +121,38 @@ export class QmpClient {
         reject: (e) => (clearTimeout(timer), reject(e)),
       });
       this.sock.write(JSON.stringify(args ? { execute: cmd, arguments: args, id } : { execute: cmd, id }) + "\n");
+    });
+  }
+
+  /** The number the next event will get: how many events have arrived, dropped ones included. */
+  get eventCount(): number {
+    return this.dropped + this.events.length;
+  }
+
+  /** The events numbered `from` and on (see the module doc), and where to read from next. */
+  eventsSince(from: number): QmpEventsRead {
+    const wanted = Math.max(0, from);
+    const start = Math.max(wanted, this.dropped);
+    return { events: this.events.slice(start - this.dropped), next: this.eventCount, missed: start - wanted };
+  }
+
+  /**
+   * Resolves once an event numbered `after` or later has arrived (at once if
+   * one has; without `after`, at the next event), when the connection closes,
+   * or after `timeoutMs`. Once closed it waits up to 50 ms, so a polling loop
+   * does not spin.
+   */
+  nextEvent(timeoutMs: number, after = this.eventCount): Promise<void> {
+    if (this.eventCount > after) return Promise.resolve();
+    if (this.isClosed) return new Promise((r) => setTimeout(r, Math.min(timeoutMs, 50)));
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.eventWaiters = this.eventWaiters.filter((w) => w !== done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.eventWaiters.push(done);
     });
   }
 
@@ -147,7 +199,11 @@ export class QmpClient {
     }
     if ("event" in msg) {
       this.events.push(msg as unknown as QmpEvent);
-      if (this.events.length > MAX_EVENTS) this.events.shift();
+      if (this.events.length > MAX_EVENTS) {
+        this.events.shift();
+        this.dropped++;
+      }
+      this.wakeEventWaiters();
       return;
     }
     const p = typeof msg.id === "string" ? this.pending.get(msg.id) : undefined;
@@ -157,6 +213,12 @@ export class QmpClient {
       const e = msg.error as { class?: string; desc?: string };
       p.reject(new CloudletError("HOST_TOOL", `QMP ${p.cmd} failed: ${e.desc ?? e.class ?? "unknown error"}`, this.path));
     } else p.resolve(msg.return);
+  }
+
+  private wakeEventWaiters() {
+    const waiters = this.eventWaiters;
+    this.eventWaiters = [];
+    for (const w of waiters) w();
   }
 }
 

@@ -36,6 +36,8 @@ export interface SynthesizeVmOptions {
   threads?: number;
   /** Resume before the overlay is applied and fill in the background (qemu host; see docs/postcopy.md). */
   earlyStart?: EarlyStartMode;
+  /** Early start: apply the overlay's boot set (format 2) before the resume (default true; `--no-boot-set` for comparisons). */
+  bootSet?: boolean;
 }
 
 /** A synthesized VM that runs. */
@@ -68,7 +70,7 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
       if (earlyFallback) say(ctx, `early start is not possible here: ${earlyFallback}; falling back to full synthesis`);
     }
     checkHostMatches(base, ctx.hostChoice);
-    if (o.earlyStart && !o.noRun && !earlyFallback) return await synthesizeEarly(ctx, base, overlay, { overlayPath: o.overlay, hostAddress: o.hostAddress, autoPorts: o.autoPorts, threads: o.threads });
+    if (o.earlyStart && !o.noRun && !earlyFallback) return await synthesizeEarly(ctx, base, overlay, { overlayPath: o.overlay, hostAddress: o.hostAddress, autoPorts: o.autoPorts, threads: o.threads, bootSegments: o.bootSet === false ? 0 : (overlay.meta.bootSet?.segments ?? 0) });
     const dirs = homePaths(ctx.home);
     await fsp.mkdir(dirs.vms, { recursive: true });
     const vmId = randomBytes(6).toString("hex");

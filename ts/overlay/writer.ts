@@ -390,6 +390,7 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
       // The boot set: the device state (nothing resumes without it), then what
       // the warm-up touched, in first-touch order; segments end where it ends.
       const touched = { pages: 0, chunks: 0 };
+      const counted = new Uint8Array(n);
       for (let e = 0; e < n; e++) if (entries.kinds[e] === ImageKind.State && !assigned[e]) take(e);
       for (const [kind, index] of o.workingSet.touches) {
         if (kind !== ImageKind.Disk && kind !== ImageKind.Memory) continue;
@@ -401,7 +402,10 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
           // Only a repeat whose leader was split off (see take) is still left: it comes with its own leader later.
           if (!assigned[e] && entries.classes[e] !== ChunkClass.Self) take(e);
         }
-        if (assigned[e]) touched[kind === ImageKind.Memory ? "pages" : "chunks"]++;
+        if (assigned[e] && !counted[e]) {
+          counted[e] = 1;
+          touched[kind === ImageKind.Memory ? "pages" : "chunks"]++;
+        }
       }
       cut();
       if (segmentsPlan.length) boot = { segments: segmentsPlan.length, ...touched };

@@ -8,6 +8,8 @@
  * the serial console), the VM is thrown away, and the overlay is written
  * again with those chunks first: the boot set.
  */
+import * as http from "node:http";
+import * as https from "node:https";
 import { basename, join } from "node:path";
 import { CloudletError } from "../errors.ts";
 import { type OverlayMeta, type PortForward } from "../overlay/format.ts";
@@ -115,16 +117,29 @@ async function runWarmup(ctx: VmJobContext, vm: { runDir: string; hostAddress: s
   let last = "no answer yet";
   for (;;) {
     ctx.signal?.throwIfAborted();
-    try {
-      const res = await fetch(url, { redirect: "manual", signal: AbortSignal.timeout(Math.max(1, Math.min(10_000, deadline - Date.now()))) });
-      await res.arrayBuffer().catch(() => {});
-      if (res.status >= 200 && res.status < 400) return;
-      last = `HTTP ${res.status}`;
-    } catch (e) {
-      last = (e as Error)?.message ?? String(e);
-    }
+    const status = await httpStatus(url, Math.max(1, Math.min(10_000, deadline - Date.now())));
+    if (typeof status === "number" && status >= 200 && status < 400) return;
+    last = typeof status === "number" ? `HTTP ${status}` : status;
     if (Date.now() >= deadline) throw new CloudletError("GUEST", `the warm-up address ${url} did not answer 2xx/3xx within ${(timeoutMs / 1000).toFixed(0)} s (last: ${last})`);
     ctx.status?.(`warm-up: waiting for ${url} | ${last}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * The status of a GET of `url` (its body read and dropped), or why there was
+ * none. node:http with the lenient parser: small guest servers (busybox httpd
+ * CGI) answer in ways fetch() refuses.
+ */
+function httpStatus(url: string, timeoutMs: number): Promise<number | string> {
+  return new Promise((resolve) => {
+    const get = url.startsWith("https:") ? https.get : http.get;
+    const req = get(url, { timeout: timeoutMs, insecureHTTPParser: true, rejectUnauthorized: false }, (res) => {
+      res.on("data", () => {});
+      res.on("end", () => resolve(res.statusCode ?? "no status"));
+      res.on("error", (e) => resolve(e.message));
+    });
+    req.on("error", (e) => resolve(e.message));
+    req.on("timeout", () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+  });
 }

@@ -57,7 +57,8 @@ test("a recorded working set goes first: the boot set's segments hold the device
   const touches: Array<[number, number]> = [];
   late(mChanged).forEach((m, i) => touches.push([ImageKind.Memory, m], [ImageKind.Disk, late(dChanged)[i]]));
   const unchangedDisk = [...Array(disk.length / CHUNK).keys()].find((c) => !dChanged.includes(c))!;
-  touches.push([ImageKind.Disk, unchangedDisk], [ImageKind.Memory, 900], [ImageKind.Memory, mChanged.at(-1)!]);
+  const unchangedMem = [...Array(mem.length / CHUNK).keys()].filter((c) => !mChanged.includes(c)).slice(3, 5);
+  touches.push([ImageKind.Disk, unchangedDisk], [ImageKind.Memory, 900], [ImageKind.Memory, unchangedMem[1]], [ImageKind.Memory, unchangedMem[0]], [ImageKind.Memory, mChanged.at(-1)!]);
   const home = join(dir, "home");
   const made = await createOverlayFiles(core, {
     baseDisk: set.baseDisk, baseMem: set.baseMem, disk: set.disk, mem: set.mem, state, out: join(dir, "w.overlay"), home, segmentBytes: 64 << 10,
@@ -71,17 +72,19 @@ test("a recorded working set goes first: the boot set's segments hold the device
   assert.equal(boot.reason, "warmup-url http://{host}:{port:80}/");
   assert.equal(boot.pages, 7, "6 late pages and the repeat (a touch repeated counts once)");
   assert.equal(boot.chunks, 6, "the unchanged disk chunk is the base's, not the overlay's");
+  // Unchanged memory pages are listed as base pages (ascending runs), for early start to send first.
+  assert.deepEqual(boot.basePages, unchangedMem[1] === unchangedMem[0] + 1 ? [[unchangedMem[0], 2]] : [[unchangedMem[0], 1], [unchangedMem[1], 1]]);
   assert.ok(boot.segments >= 1 && boot.segments < meta.segments.length, JSON.stringify(boot));
   const head = covered(meta, 0, boot.segments);
   const tail = covered(meta, boot.segments, meta.segments.length);
-  for (const [k, i] of touches) if (k !== ImageKind.Disk || i !== unchangedDisk) assert.ok(head.has(`${k}:${i}`), `touched ${k}:${i} is in the boot set`);
+  for (const [k, i] of touches) if (!(k === ImageKind.Disk && i === unchangedDisk) && !(k === ImageKind.Memory && unchangedMem.includes(i))) assert.ok(head.has(`${k}:${i}`), `touched ${k}:${i} is in the boot set`);
   assert.ok(head.has(`${ImageKind.Memory}:10`), "the repeat's leader came with it");
   for (let c = 0; c * CHUNK < 20_000; c++) assert.ok(head.has(`${ImageKind.State}:${c}`), `device state chunk ${c} is in the boot set`);
   // Nothing else in the boot set but repeats pulled along by their leaders (equal content to a touched
   // chunk), and the tail keeps image order.
   const content = (k: number, i: number) => Buffer.from((k === ImageKind.Disk ? disk : mem).subarray(i * CHUNK, (i + 1) * CHUNK)).toString("base64");
   const touchedContent = new Set(touches.map(([k, i]) => content(k, i)));
-  const wanted = new Set([...touches.map(([k, i]) => `${k}:${i}`), `${ImageKind.Memory}:10`, ...[0, 1, 2, 3, 4].map((c) => `${ImageKind.State}:${c}`)]);
+  const wanted = new Set([...touches.filter(([k, i]) => !(k === ImageKind.Memory && unchangedMem.includes(i))).map(([k, i]) => `${k}:${i}`), `${ImageKind.Memory}:10`, ...[0, 1, 2, 3, 4].map((c) => `${ImageKind.State}:${c}`)]);
   for (const key of head) {
     if (wanted.has(key)) continue;
     const [k, i] = key.split(":").map(Number);
@@ -104,7 +107,7 @@ test("a recorded working set goes first: the boot set's segments hold the device
   // inspect shows it, as text and JSON.
   const text = await cloudlet(["inspect", made.path, "--home", home]);
   assert.equal(text.code, 0, text.stderr);
-  assert.match(text.stdout, new RegExp(`boot set +segments 1-${boot.segments} \\(.*% of the segments\\): 7 memory pages, 6 disk chunks; warmup-url http://\\{host\\}:\\{port:80\\}/`));
+  assert.match(text.stdout, new RegExp(`boot set +segments 1-${boot.segments} \\(.*% of the segments\\): 7 memory pages, 6 disk chunks, and 2 base memory pages sent first; warmup-url http://\\{host\\}:\\{port:80\\}/`));
   assert.match(text.stdout, /format +v2,/);
   const json = await cloudlet(["inspect", made.path, "--home", home, "--json"]);
   const j = JSON.parse(json.stdout);
@@ -142,11 +145,15 @@ test("format: version 1 metas still read (without a boot set); a boot set needs 
   assertBytes(await read(r.memory), await read(set.mem), "memory from the v1 overlay");
 
   const json = (m: OverlayMeta) => JSON.parse(new TextDecoder().decode(encodeMeta(core, m).subarray(64)));
-  const withBoot = { ...made.meta, version: 2, bootSet: { segments: 1, reason: "warmup-script w.sh", pages: 3, chunks: 2 } };
+  const withBoot = { ...made.meta, version: 2, bootSet: { segments: 1, reason: "warmup-script w.sh", pages: 3, chunks: 2, basePages: [[0, 2], [5, 1]] as Array<[number, number]> } };
   assert.deepEqual(validateMeta(json(withBoot), "m").bootSet, withBoot.bootSet);
   assert.throws(() => validateMeta({ ...json(withBoot), version: 1 }, "m"), /boot_set needs format version 2/);
   assert.throws(() => validateMeta({ ...json(withBoot), boot_set: { ...json(withBoot).boot_set, segments: made.meta.segments.length + 1 } }, "m"), /boot_set\.segments must be an integer in \[1, /);
   assert.throws(() => validateMeta({ ...json(withBoot), boot_set: { ...json(withBoot).boot_set, reason: 7 } }, "m"), /boot_set\.reason must be a string/);
+  assert.throws(() => validateMeta({ ...json(withBoot), boot_set: { ...json(withBoot).boot_set, base_pages: [[5, 1], [0, 2]] } }, "m"), /base_pages are not ascending, separate runs/);
+  assert.throws(() => validateMeta({ ...json(withBoot), boot_set: { ...json(withBoot).boot_set, base_pages: [[0, 2], [2, 1]] } }, "m"), /base_pages are not ascending, separate runs/);
+  const pages = made.meta.imageSizes[ImageKind.Memory] / CHUNK;
+  assert.throws(() => validateMeta({ ...json(withBoot), boot_set: { ...json(withBoot).boot_set, base_pages: [[pages - 1, 2]] } }, "m"), /lie past the end of the .*memory image/);
   assert.throws(() => validateMeta({ ...json(withBoot), version: 3 }, "m"), /format version 3 is not supported \(this cloudlet reads versions 1 and 2\)/);
   // A header that disagrees with its body is refused.
   const bytes = encodeMeta(core, withBoot);

@@ -80,7 +80,7 @@ export function register(cli: CAC): void {
         const w = r.warmup;
         out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory, ...(boot ? { bootSet: boot } : {}), ...(w ? { warmup: w } : {}) },
           `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rebuilt ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s` +
-            (boot && w ? `\nboot set: ${boot.segments} leading segment(s), ${formatBytes(boot.compressed)} (${(boot.fraction * 100).toFixed(1)}% of the segments), ${boot.pages} memory pages and ${boot.chunks} disk chunks the warm-up touched; recording took ${w.recordSeconds.toFixed(1)} s (first encode ${w.firstEncodeSeconds.toFixed(1)} s, VM resumed in ${w.resumeSeconds.toFixed(1)} s, warm-up ${w.warmupSeconds.toFixed(1)} s)` : ""));
+            (boot && w ? `\nboot set: ${boot.segments} leading segment(s), ${formatBytes(boot.compressed)} (${(boot.fraction * 100).toFixed(1)}% of the segments), ${boot.pages} memory pages and ${boot.chunks} disk chunks the warm-up touched (and ${boot.basePages} base memory pages listed); recording took ${w.recordSeconds.toFixed(1)} s (first encode ${w.firstEncodeSeconds.toFixed(1)} s, VM resumed in ${w.resumeSeconds.toFixed(1)} s, warm-up ${w.warmupSeconds.toFixed(1)} s)` : ""));
         return;
       }
       if (o.warmupUrl !== undefined || o.warmupScript !== undefined) throw new CloudletError("BAD_ARGUMENT", "--warmup-url and --warmup-script need VM mode (cloudlet overlay BASE ...): file mode has no VM to warm up, and keeps image order");

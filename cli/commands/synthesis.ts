@@ -27,9 +27,10 @@ function report(o: Common & Record<string, unknown>, r: VmResult): void {
     const b = r.meta.bootSet;
     const used = b && o.bootSet !== false;
     const bootBytes = used ? r.meta.segments.slice(0, b.segments).reduce((t, s) => t + s.compressedSize, 0) : 0;
-    const bootSet = used ? { segments: b.segments, bytes: bootBytes, pages: b.pages, chunks: b.chunks, reason: b.reason } : null;
+    const basePages = used ? b.basePages.reduce((t, r) => t + r[1], 0) : 0;
+    const bootSet = used ? { segments: b.segments, bytes: bootBytes, pages: b.pages, chunks: b.chunks, basePages, reason: b.reason } : null;
     const bootLine = used
-      ? `boot set: ${b.segments} of ${e.segments} segments (${formatBytes(bootBytes)}; ${b.pages} pages, ${b.chunks} disk chunks) applied before the resume`
+      ? `boot set: ${b.segments} of ${e.segments} segments (${formatBytes(bootBytes)}; ${b.pages} pages, ${b.chunks} disk chunks) and ${basePages} base pages applied before the resume`
       : b ? "boot set: not used (--no-boot-set)" : "boot set: none in this overlay";
     out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, earlyStart: { ...e, bootSet } },
       `${bootLine}\nVM ${r.vmId} resumed after ${(e.resumedMs / 1000).toFixed(1)} s and was fully local after ${(e.localMs / 1000).toFixed(1)} s (early start); fetched on demand: ${e.pagesOnDemand} memory pages, ${e.chunksOnDemand} disk chunks (${e.segmentsOnDemand} of ${e.segments} segments raised). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);

@@ -68,7 +68,7 @@ export interface InspectReport {
    */
   memoryFree?: { bytes: number; of: number; reportingBalloon: boolean };
   /** The boot set (format version 2), when the overlay has one: its segments, why, and its share of the overlay. */
-  bootSet?: { segments: number; reason: string; pages: number; chunks: number; compressed: number; raw: number; fraction: number };
+  bootSet?: { segments: number; reason: string; pages: number; chunks: number; basePages: number; compressed: number; raw: number; fraction: number };
 }
 
 /** Builds the report from a meta. */
@@ -113,7 +113,8 @@ export function inspectMeta(meta: OverlayMeta, file: string, overlayBytes: numbe
       ? (() => {
           const lead = meta.segments.slice(0, meta.bootSet.segments);
           const bc = lead.reduce((t, s) => t + s.compressedSize, 0);
-          return { bootSet: { ...meta.bootSet, compressed: bc, raw: lead.reduce((t, s) => t + s.rawSize, 0), fraction: compressed ? bc / compressed : 0 } };
+          const b = meta.bootSet;
+          return { bootSet: { segments: b.segments, reason: b.reason, pages: b.pages, chunks: b.chunks, basePages: b.basePages.reduce((t, r) => t + r[1], 0), compressed: bc, raw: lead.reduce((t, s) => t + s.rawSize, 0), fraction: compressed ? bc / compressed : 0 } };
         })()
       : {}),
   };
@@ -147,7 +148,7 @@ export function renderReport(r: InspectReport): string {
   lines.push(`launch       ${r.launch.memoryMiB} MiB, ${r.launch.vcpus} vCPU, ports ${fwd}`);
   if (r.bootSet) {
     const b = r.bootSet;
-    lines.push(`boot set     segments 1-${b.segments} (${formatBytes(b.compressed)}, ${(b.fraction * 100).toFixed(1)}% of the segments): ${b.pages} memory pages, ${b.chunks} disk chunks; ${printable(b.reason)}`);
+    lines.push(`boot set     segments 1-${b.segments} (${formatBytes(b.compressed)}, ${(b.fraction * 100).toFixed(1)}% of the segments): ${b.pages} memory pages, ${b.chunks} disk chunks, and ${b.basePages} base memory pages sent first; ${printable(b.reason)}`);
   }
   if (r.memoryFree) {
     const f = r.memoryFree;

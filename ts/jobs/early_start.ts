@@ -122,6 +122,8 @@ export interface EarlyStartOptions {
    * passes the meta's boot set (format version 2), or 0 when it has none.
    */
   bootSegments?: number;
+  /** Base memory pages of the boot set (the meta's `basePages`, expanded): sent before the device state too. */
+  bootBasePages?: number[];
   /**
    * Record a working set instead of keeping the VM (`cloudlet overlay
    * --warmup-*`): the VM runs demand-only (no background fill or push, so
@@ -456,7 +458,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
       state,
       ramBytes: sizes[ImageKind.Memory],
       pages: (i) => lz.chunk(ImageKind.Memory, i),
-      precopy: lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments),
+      precopy: [...lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments), ...(o.bootBasePages ?? [])],
       order: o.record ? [] : lz.chunksInSegmentOrder(ImageKind.Memory),
       demandOnly: Boolean(o.record),
       onRequest: (p) => {

@@ -237,6 +237,13 @@ export interface BootSet {
   pages: number;
   /** Disk chunks the warm-up read that the overlay stores, all in the boot set. */
   chunks: number;
+  /**
+   * Memory pages the warm-up touched that equal the base's (so no segment
+   * holds them), as ascending [first page, count] runs: early start sends
+   * them from the base before the resume too, so the guest does not fault on
+   * them one by one. Empty when none.
+   */
+  basePages: Array<[number, number]>;
 }
 
 /** The overlay meta. */
@@ -522,7 +529,7 @@ function metaToJson(m: OverlayMeta): unknown {
       ranges: s.ranges,
     })),
     // Version 2 only, and only when recorded: a meta without one keeps its exact v1 shape.
-    ...(m.bootSet ? { boot_set: { segments: m.bootSet.segments, reason: m.bootSet.reason, pages: m.bootSet.pages, chunks: m.bootSet.chunks } } : {}),
+    ...(m.bootSet ? { boot_set: { segments: m.bootSet.segments, reason: m.bootSet.reason, pages: m.bootSet.pages, chunks: m.bootSet.chunks, base_pages: m.bootSet.basePages } } : {}),
   };
 }
 
@@ -671,11 +678,25 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
   if (j.boot_set !== undefined) {
     if (version < 2) fail(file, "meta field boot_set needs format version 2, but the meta says version 1");
     const bs = obj(j.boot_set, "boot_set", file);
+    const memPages = chunksOf[ImageKind.Memory];
+    let prevEnd = -2;
+    const basePages = arr(bs.base_pages, "boot_set.base_pages", file, LIMITS.ranges - totalRanges).map((r, k) => {
+      const ra = arr(r, `boot_set.base_pages[${k}]`, file, 2);
+      if (ra.length !== 2) fail(file, `boot_set.base_pages[${k}] must be [first, count]`);
+      const first = int(ra[0], `boot_set.base_pages[${k}] first`, file, memPages);
+      const n = int(ra[1], `boot_set.base_pages[${k}] count`, file, memPages, 1);
+      if (first + n > memPages) fail(file, `boot_set.base_pages[${k}]: pages ${first}..${first + n - 1} lie past the end of the ${imageSizes[ImageKind.Memory]}-byte memory image`);
+      // Ascending and not touching: one canonical form per page set.
+      if (first <= prevEnd + 1) fail(file, "boot_set.base_pages are not ascending, separate runs");
+      prevEnd = first + n - 1;
+      return ra as [number, number];
+    });
     meta.bootSet = {
       segments: int(bs.segments, "boot_set.segments", file, segments.length, 1),
       reason: str(bs.reason, "boot_set.reason", file, 1024),
-      pages: int(bs.pages, "boot_set.pages", file, Math.ceil(imageSizes[ImageKind.Memory] / CHUNK)),
-      chunks: int(bs.chunks, "boot_set.chunks", file, Math.ceil(imageSizes[ImageKind.Disk] / CHUNK)),
+      pages: int(bs.pages, "boot_set.pages", file, memPages),
+      chunks: int(bs.chunks, "boot_set.chunks", file, chunksOf[ImageKind.Disk]),
+      basePages,
     };
   }
   return meta;

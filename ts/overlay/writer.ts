@@ -351,7 +351,7 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
   // ---- pass 2: segment, encode, compress -------------------------------------
   const assigned = new Uint8Array(n);
   const segmentsPlan: number[][] = [];
-  let boot: { segments: number; pages: number; chunks: number } | null = null;
+  let boot: { segments: number; pages: number; chunks: number; basePages: Array<[number, number]> } | null = null;
   {
     let cur: number[] = [];
     let bytes = 0;
@@ -391,11 +391,16 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
       // the warm-up touched, in first-touch order; segments end where it ends.
       const touched = { pages: 0, chunks: 0 };
       const counted = new Uint8Array(n);
+      const basePages: number[] = [];
       for (let e = 0; e < n; e++) if (entries.kinds[e] === ImageKind.State && !assigned[e]) take(e);
       for (const [kind, index] of o.workingSet.touches) {
         if (kind !== ImageKind.Disk && kind !== ImageKind.Memory) continue;
         const e = entryOf(kind, index);
-        if (e < 0) continue; // unchanged: the base's, not in the overlay
+        if (e < 0) {
+          // Unchanged: the base's, not in the overlay. Memory pages are listed, for early start to send first.
+          if (kind === ImageKind.Memory) basePages.push(index);
+          continue;
+        }
         if (!assigned[e]) {
           // A repeat travels with its leader (which must be in the same segment).
           if (entries.classes[e] === ChunkClass.Self && !assigned[leaderOf[e]]) take(leaderOf[e]);
@@ -408,7 +413,7 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
         }
       }
       cut();
-      if (segmentsPlan.length) boot = { segments: segmentsPlan.length, ...touched };
+      if (segmentsPlan.length) boot = { segments: segmentsPlan.length, ...touched, basePages: pageRuns(basePages) };
     }
     for (let e = 0; e < n; e++) if (!assigned[e]) take(e);
     cut();
@@ -554,3 +559,14 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
 }
 
 const KIND_NAMES_L = ["disk", "memory", "device state"];
+
+/** Page indexes (any order, repeats allowed) as ascending, separate [first, count] runs. */
+function pageRuns(pages: number[]): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (const p of [...new Set(pages)].sort((a, b) => a - b)) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === p) last[1]++;
+    else runs.push([p, 1]);
+  }
+  return runs;
+}

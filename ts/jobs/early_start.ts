@@ -458,7 +458,8 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
       state,
       ramBytes: sizes[ImageKind.Memory],
       pages: (i) => lz.chunk(ImageKind.Memory, i),
-      precopy: [...lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments), ...(o.bootBasePages ?? [])],
+      // Base pages only where nothing waits (a meta that lists a page a later segment holds must not stall the resume).
+      precopy: [...lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments), ...(o.bootBasePages ?? []).filter((p) => p * CHUNK < sizes[ImageKind.Memory] && lz.ready(ImageKind.Memory, p))],
       order: o.record ? [] : lz.chunksInSegmentOrder(ImageKind.Memory),
       demandOnly: Boolean(o.record),
       onRequest: (p) => {

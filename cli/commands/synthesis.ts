@@ -69,7 +69,7 @@ export function register(cli: CAC): void {
     .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
     .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
     .option("--early-start [mode]", "VM mode, qemu host: resume the VM before the overlay is applied and fill it in the background (memory by postcopy, disk by NBD); falls back to full synthesis where it cannot run, unless --early-start=require; the overlay's boot set (made by overlay --warmup-url/--warmup-script) is applied before the resume")
-    .option("--no-boot-set", "VM mode, --early-start: ignore the overlay's boot set and resume on the device state alone (for comparisons)")
+    .option("--no-boot-set", "VM mode, --early-start: ignore the overlay's boot set and resume on the device state alone, for comparisons (default: apply the boot set)")
     .alias("synthesize")
     .option("--base-disk <file>", "Base disk image (raw; default: the overlay's base in the registry)")
     .option("--base-mem <file>", "Base memory image")

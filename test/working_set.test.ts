@@ -126,6 +126,21 @@ test("a recorded working set goes first: the boot set's segments hold the device
   const refused = await cloudlet(["overlay", "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "-o", join(dir, "x.overlay"), "--warmup-url", "http://{host}:{port:80}/", "--home", home]);
   assert.equal(refused.code, 2, refused.stderr);
   assert.match(refused.stderr, /--warmup-url and --warmup-script need VM mode/);
+  // VM mode: usage errors come before anything runs (the base need not even exist).
+  const script = join(dir, "w.sh");
+  await fsp.writeFile(script, "true\n");
+  const vmMode = (args: string[]) => cloudlet(["overlay", "nosuchbase", "--script", script, "-o", join(dir, "y.overlay"), "--home", home, ...args]);
+  for (const [args, message] of [
+    [["--warmup-url", "http://{host}:{port:80}/", "--warmup-script", script], /give --warmup-url or --warmup-script, not both/],
+    [["--warmup-url", "http://127.0.0.1:8080/", "--", "-redir", "tcp:8080::80"], /--warmup-url must reach the guest through a port forward, named as \{port:GUESTPORT\}/],
+    [["--warmup-url", "http://{host}:{port:81}/", "--", "-redir", "tcp:8080::80"], /--warmup-url uses \{port:81\}, but no TCP port forward goes to guest port 81/],
+    [["--warmup-script", join(dir, "missing.sh")], /cannot read the warm-up script/],
+  ] as const) {
+    const r = await vmMode([...args]);
+    assert.notEqual(r.code, 0, r.stderr);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+  }
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

@@ -3,7 +3,7 @@ import type { CAC } from "cac";
 import { promises as fsp } from "node:fs";
 import { basename } from "node:path";
 import type { Interaction } from "../../ts/jobs/context.ts";
-import type { Warmup } from "../../ts/jobs/warmup.ts";
+import { checkWarmup, type Warmup } from "../../ts/jobs/warmup.ts";
 import { CloudletError } from "../../ts/errors.ts";
 import { loadCoreFromDisk } from "../../ts/node/core_file.ts";
 import { createOverlayFiles } from "../../ts/jobs/file_overlay.ts";
@@ -61,6 +61,8 @@ export function register(cli: CAC): void {
         const forwards = collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []);
         const appUrl = o.appUrl === undefined ? undefined : checkAppUrl(String(o.appUrl), forwards);
         const warmup = await warmupOption(o, how);
+        // Usage errors before anything runs (overlayFromVm checks again, for library callers).
+        if (warmup) checkWarmup(warmup, forwards);
         const r = await overlayFromVm(ctx, {
           base: baseRef,
           customize: how,

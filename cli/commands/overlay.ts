@@ -46,6 +46,7 @@ export function register(cli: CAC): void {
     .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
     .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
     .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
+    .example("cloudlet overlay tiny --script examples/webapp.sh --warmup-url 'http://{host}:{port:80}/' -o app.overlay -- -redir tcp:8080::80")
     .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
     .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
       const profile = profileOptions(o);

@@ -6,7 +6,9 @@
 //   equal a full synthesis of the same overlay byte for byte;
 // - the providers serve a page and a chunk of later segments out of order, verified;
 // - a corrupt segment in the background part stops the VM with an error naming it, leaving nothing;
-// - a cloudlet killed mid-fill leaves a frozen VM that `ps` ends and removes.
+// - a cloudlet killed mid-fill leaves a frozen VM that `ps` ends and removes;
+// - overlay --warmup-url records a working set and writes it first (the boot set), which early start applies
+//   before the resume, fetching fewer pages on demand than without it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
@@ -305,6 +307,76 @@ test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the 
   assert.match(noUffd.stderr, /userfaultfd is unavailable/);
   const badValue = await cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start=maybe"]);
   assert.equal(badValue.code, 2);
+  await noneLeft(f.home);
+});
+
+test("working set: overlay --warmup-url records what the warm-up touched and writes it first; early start applies that boot set and fetches less on demand", async (t) => {
+  const f = await shared();
+  const H = ["--home", f.home];
+  const ws = join(f.home, "warm.overlay");
+  const made = ok(await cloudlet(["overlay", "tiny", ...H, "--script", WEBAPP, "--warmup-url", "http://{host}:{port:80}/cgi-bin/status", "-o", ws, "--segment-size", "128K", "--json", "--", "-redir", "tcp:0::80"]));
+  const boot = made.bootSet;
+  assert.ok(boot, `the overlay has a boot set: ${JSON.stringify(made)}`);
+  assert.equal(boot.reason, "warmup-url http://{host}:{port:80}/cgi-bin/status");
+  assert.ok(boot.segments >= 1 && boot.segments < made.segments, JSON.stringify(boot));
+  assert.ok(boot.pages > 0 && made.warmup.pagesTouched >= boot.pages, JSON.stringify(made.warmup));
+  await noneLeft(f.home);
+  // The boot set's segments come first and hold the device state and the recorded pages (the writer's
+  // placement is checked chunk by chunk in test/working_set.test.ts).
+  const core = await loadCoreFromDisk();
+  const ov = await openOverlay(core, ws);
+  const meta = ov.meta;
+  await ov.close();
+  assert.equal(meta.version, 2);
+  const mb = meta.bootSet!;
+  assert.deepEqual([mb.segments, mb.reason, mb.pages, mb.chunks, mb.basePages.reduce((n, r) => n + r[1], 0)], [boot.segments, boot.reason, boot.pages, boot.chunks, boot.basePages]);
+  assert.equal(boot.pages + boot.basePages, made.warmup.pagesTouched, "every touched page is in the boot set: from its segments or listed as the base's");
+  const lead = meta.segments.slice(0, boot.segments);
+  const count = (segs: typeof lead, kind: number) => segs.reduce((n, s) => n + s.ranges.filter(([k]) => k === kind).reduce((u, r) => u + r[2], 0), 0);
+  // All of the device state the overlay stores (its zero chunks need no record) is in the boot set.
+  assert.ok(count(lead, ImageKind.State) > 0);
+  assert.ok(count(lead, ImageKind.Memory) >= boot.pages && count(lead, ImageKind.Disk) >= boot.chunks);
+  assert.equal(count(meta.segments.slice(boot.segments), ImageKind.State), 0);
+
+  /** An early start of `ws` with a slow fill; the app asked as soon as ps shows the VM filling. */
+  const early = async (extra: string[]) => {
+    const t0 = performance.now();
+    const run = cloudlet(["synthesis", "tiny", ws, ...H, "--early-start", "--json", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "1500" } });
+    let done: CliResult | null = null;
+    void run.then((r) => (done = r));
+    let filling: { id: string; ports: { hostPort: number }[] } | null = null;
+    while (!filling && !done) {
+      filling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { state: string }) => v.state === "filling") ?? null;
+      if (!filling) await sleep(100);
+    }
+    assert.ok(filling, `ps never showed the VM filling: ${(done as CliResult | null)?.stderr}`);
+    const answer = await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000);
+    const answerMs = performance.now() - t0;
+    const r = await run;
+    const vm = ok(r);
+    ok(await cloudlet(["stop", vm.vmId, ...H, "--json"]));
+    assert.equal(/boot_id=(\S+)/.exec(answer)?.[1], f.bootId, "resumed, not rebooted");
+    return { e: vm.earlyStart, answerMs, stderr: r.stderr };
+  };
+  const withBoot = await early([]);
+  const without = await early(["--no-boot-set"]);
+  assert.equal(withBoot.e.bootSet.segments, boot.segments);
+  assert.ok(withBoot.e.pagesBeforeResume >= boot.pages + boot.basePages, JSON.stringify(withBoot.e));
+  assert.equal(without.e.bootSet, null);
+  assert.equal(without.e.pagesBeforeResume, 0);
+  assert.ok(withBoot.e.pagesOnDemand < without.e.pagesOnDemand, `fewer pages on demand with the boot set: ${withBoot.e.pagesOnDemand} against ${without.e.pagesOnDemand}`);
+  // The text output names the boot set.
+  const text = await cloudlet(["synthesis", "tiny", ws, ...H, "--early-start"]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, new RegExp(`^boot set: ${boot.segments} of ${meta.segments.length} segments \\(.*; ${boot.pages} pages, ${boot.chunks} disk chunks\\) and ${boot.basePages} base pages applied before the resume`, "m"));
+  ok(await cloudlet(["stop", /cloudlet stop ([0-9a-f]{12})/.exec(text.stdout)![1], ...H, "--json"]));
+  const bootBytes = lead.reduce((n, s) => n + s.compressedSize, 0);
+  const allBytes = meta.segments.reduce((n, s) => n + s.compressedSize, 0);
+  t.diagnostic(`boot set: ${boot.segments} of ${meta.segments.length} segments, ${bootBytes} of ${allBytes} bytes (${((bootBytes / allBytes) * 100).toFixed(1)}%), ${boot.pages} pages, ${boot.chunks} chunks, ${boot.basePages} base pages; ` +
+    `warm-up touched ${made.warmup.pagesTouched} pages, ${made.warmup.chunksTouched} chunks; creation ${made.seconds.toFixed(1)} s final encode + ${made.warmup.recordSeconds.toFixed(1)} s recording (first encode ${made.warmup.firstEncodeSeconds.toFixed(1)} s)`);
+  for (const [name, r] of [["with boot set", withBoot], ["without", without]] as const) {
+    t.diagnostic(`${name}: first answer ${Math.round(r.answerMs)} ms, resumed ${Math.round(r.e.resumedMs)} ms, ${r.e.pagesOnDemand} pages and ${r.e.chunksOnDemand} chunks on demand, ${r.e.pagesBeforeResume} pages before the resume`);
+  }
   await noneLeft(f.home);
 });
 

@@ -76,7 +76,7 @@ export { decodeMeta } from "./overlay/format.ts";
 /** The overlay format version this build writes, and the constants of its layout. */
 export { FORMAT_VERSION, CHUNK, ImageKind, KIND_NAMES, ChunkClass, CLASS_NAMES } from "./overlay/format.ts";
 /** The format's types: the meta and what it records. */
-export type { OverlayMeta, MachineConfig, LaunchConfig, PortForward, SegmentInfo, ClassCounts } from "./overlay/format.ts";
+export type { OverlayMeta, MachineConfig, LaunchConfig, PortForward, SegmentInfo, ClassCounts, BootSet } from "./overlay/format.ts";
 /** Parses a port forward as `cloudlet overlay --forward` takes it: tcp:HOST::GUEST or hostfwd=tcp::HOST-:GUEST. */
 export { parsePortForward } from "./overlay/launch.ts";
 

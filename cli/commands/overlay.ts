@@ -1,5 +1,9 @@
 /** `cloudlet overlay`: create a VM overlay: resume BASE, customise it, and keep what changed (or compare image files with --base-disk ...). */
 import type { CAC } from "cac";
+import { promises as fsp } from "node:fs";
+import { basename } from "node:path";
+import type { Interaction } from "../../ts/jobs/context.ts";
+import { checkWarmup, type Warmup } from "../../ts/jobs/warmup.ts";
 import { CloudletError } from "../../ts/errors.ts";
 import { loadCoreFromDisk } from "../../ts/node/core_file.ts";
 import { createOverlayFiles } from "../../ts/jobs/file_overlay.ts";
@@ -19,7 +23,9 @@ export function register(cli: CAC): void {
     .option("--script <file>", "VM mode: customise by running this shell script in the guest over the serial console")
     .option("--console", "VM mode: customise interactively on the serial console (Ctrl-] when done)")
     .option("--vnc", "VM mode: customise through VNC (press Enter when done)")
-    .option("--timeout <s>", "VM mode: time limit for the script, including the wait for the guest's shell, seconds")
+    .option("--timeout <s>", "VM mode: time limit for the script (including the wait for the guest's shell) and for the warm-up, seconds")
+    .option("--warmup-url <template>", "VM mode: after the snapshot, resume the VM once more (early start's lazy path), poll this address until it answers 2xx/3xx, and write the memory pages and disk chunks it touched first, as the boot set: 'http://{host}:{port:80}/' as for --app-url")
+    .option("--warmup-script <file>", "VM mode: as --warmup-url, but the warm-up runs this shell script in the guest over the serial console")
     .option("--no-free-memory", "VM mode: snapshot at once, without waiting for the guest to report its free memory, so free pages travel in the overlay (default: wait for it)")
     .option("--login <user[:file]>", "VM mode: log in as USER (password: first line of FILE) when the serial console asks for a login")
     .option("--host <host>", "VM mode: qemu (default) or virsh")
@@ -40,6 +46,7 @@ export function register(cli: CAC): void {
     .option("--machine <type>", "QEMU machine type of the base (part of the base id)")
     .option("--cpu <model>", "QEMU CPU model of the base (part of the base id)")
     .option("--disk-stride <bytes>", "Match chunks against base-disk blocks every 4096 (default) or every 512 bytes (for disks whose file system is not 4 KiB-aligned; 8x the index)", { default: 4096 })
+    .example("cloudlet overlay tiny --script examples/webapp.sh --warmup-url 'http://{host}:{port:80}/' -o app.overlay -- -redir tcp:8080::80")
     .example("cloudlet overlay --base-disk base.raw --base-mem base.mem --disk top.qcow2 --mem custom.mem -o app -- -redir tcp:8080::80")
     .action(async (baseRef: string | undefined, o: Common & Record<string, unknown>) => {
       const profile = profileOptions(o);
@@ -54,6 +61,9 @@ export function register(cli: CAC): void {
         const ctx = vmContext(o, p, core);
         const forwards = collectPortForwards(forwardSpecs, (o["--"] as string[]) ?? []);
         const appUrl = o.appUrl === undefined ? undefined : checkAppUrl(String(o.appUrl), forwards);
+        const warmup = await warmupOption(o, how);
+        // Usage errors before anything runs (overlayFromVm checks again, for library callers).
+        if (warmup) checkWarmup(warmup, forwards);
         const r = await overlayFromVm(ctx, {
           base: baseRef,
           customize: how,
@@ -65,13 +75,18 @@ export function register(cli: CAC): void {
           diskStride: diskStride(o.diskStride),
           threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined,
           freeMemory: o.freeMemory !== false,
+          warmup,
         });
         p.done();
         const report = inspectMeta(r.meta, r.path, r.bytes);
-        out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory },
-          `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rebuilt ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s`);
+        const boot = report.bootSet;
+        const w = r.warmup;
+        out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, customizeSeconds: r.customizeSeconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals, launch: r.meta.launch, freeMemory: r.freeMemory, ...(boot ? { bootSet: boot } : {}), ...(w ? { warmup: w } : {}) },
+          `wrote ${r.path}: ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s) (rebuilt ${formatBytes(report.sizes.rebuilt)}); encoding took ${r.seconds.toFixed(1)} s` +
+            (boot && w ? `\nboot set: ${boot.segments} leading segment(s), ${formatBytes(boot.compressed)} (${(boot.fraction * 100).toFixed(1)}% of the segments), ${boot.pages} memory pages and ${boot.chunks} disk chunks the warm-up touched (and ${boot.basePages} base memory pages listed); recording took ${w.recordSeconds.toFixed(1)} s (first encode ${w.firstEncodeSeconds.toFixed(1)} s, VM resumed in ${w.resumeSeconds.toFixed(1)} s, warm-up ${w.warmupSeconds.toFixed(1)} s)` : ""));
         return;
       }
+      if (o.warmupUrl !== undefined || o.warmupScript !== undefined) throw new CloudletError("BAD_ARGUMENT", "--warmup-url and --warmup-script need VM mode (cloudlet overlay BASE ...): file mode has no VM to warm up, and keeps image order");
       const baseMem = need(o.baseMem, "--base-mem");
       const machine = defaultMachine((await fileIdentity(baseMem)).size, o.machine as string | undefined, o.cpu as string | undefined);
       const forwards = ([] as string[]).concat((o.forward as string | string[] | undefined) ?? []);
@@ -104,6 +119,19 @@ export function register(cli: CAC): void {
       out(o, { path: r.path, layout: r.layout, bytes: r.bytes, seconds: r.seconds, baseId: r.meta.base.id, segments: r.meta.segments.length, classes: report.classTotals },
         `wrote ${r.path} (${r.layout}): ${formatBytes(r.bytes)} in ${r.meta.segments.length} segment(s), rebuilt ${formatBytes(report.sizes.rebuilt)}, ${r.seconds.toFixed(1)} s`);
     });
+}
+
+/** The warm-up from --warmup-url / --warmup-script (with --timeout and --login), or undefined. */
+async function warmupOption(o: Record<string, unknown>, how: Interaction): Promise<Warmup | undefined> {
+  if (o.warmupUrl === undefined && o.warmupScript === undefined) return undefined;
+  if (o.warmupUrl !== undefined && o.warmupScript !== undefined) throw new CloudletError("BAD_ARGUMENT", "give --warmup-url or --warmup-script, not both");
+  const timeoutMs = how.timeoutMs;
+  if (o.warmupUrl !== undefined) return { url: String(o.warmupUrl), timeoutMs };
+  const file = String(o.warmupScript);
+  const text = await fsp.readFile(file, "utf8").catch(() => {
+    throw new CloudletError("MISSING_INPUT", "cannot read the warm-up script", file);
+  });
+  return { script: { text, name: basename(file) }, login: how.login, timeoutMs };
 }
 
 /** Segment size and preset from --profile, each overridden by --segment-size / --preset when given. */

@@ -10,12 +10,13 @@ import { synthesizeVm } from "../../ts/jobs/vm_synthesis.ts";
 import { baseFiles } from "../../ts/jobs/base_create.ts";
 import { openOverlay } from "../../ts/node/overlay_files.ts";
 import { type BaseRow, Registry } from "../../ts/home/registry.ts";
+import { formatBytes } from "../../ts/inspect/report.ts";
 import { controller, type Common, bar, out, num, need, ACCEL_HELP, vmContext } from "../options.ts";
 
 type VmResult = Awaited<ReturnType<typeof synthesizeVm>>;
 
 /** Prints the result of VM mode. */
-function report(o: Common, r: VmResult): void {
+function report(o: Common & Record<string, unknown>, r: VmResult): void {
   if ("verified" in r) {
     out(o, { verified: true, baseId: r.meta.base.id, ms: r.ms }, `verified: the overlay rebuilds correctly on its base (${(r.ms.synthesis / 1000).toFixed(1)} s); no VM started (--no-run)`);
     return;
@@ -23,8 +24,16 @@ function report(o: Common, r: VmResult): void {
   const where = r.ports.map((p) => `  ${p.proto} ${r.host}:${p.hostPort} -> guest port ${p.guestPort}`).join("\n") || "  (no port forwards)";
   if (r.early) {
     const e = r.early;
-    out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, earlyStart: e },
-      `VM ${r.vmId} resumed after ${(e.resumedMs / 1000).toFixed(1)} s and was fully local after ${(e.localMs / 1000).toFixed(1)} s (early start); fetched on demand: ${e.pagesOnDemand} memory pages, ${e.chunksOnDemand} disk chunks (${e.segmentsOnDemand} of ${e.segments} segments raised). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
+    const b = r.meta.bootSet;
+    const used = b && o.bootSet !== false;
+    const bootBytes = used ? r.meta.segments.slice(0, b.segments).reduce((t, s) => t + s.compressedSize, 0) : 0;
+    const basePages = used ? b.basePages.reduce((t, r) => t + r[1], 0) : 0;
+    const bootSet = used ? { segments: b.segments, bytes: bootBytes, pages: b.pages, chunks: b.chunks, basePages, reason: b.reason } : null;
+    const bootLine = used
+      ? `boot set: ${b.segments} of ${e.segments} segments (${formatBytes(bootBytes)}; ${b.pages} pages, ${b.chunks} disk chunks) and ${basePages} base pages applied before the resume`
+      : b ? "boot set: not used (--no-boot-set)" : "boot set: none in this overlay";
+    out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, earlyStart: { ...e, bootSet } },
+      `${bootLine}\nVM ${r.vmId} resumed after ${(e.resumedMs / 1000).toFixed(1)} s and was fully local after ${(e.localMs / 1000).toFixed(1)} s (early start); fetched on demand: ${e.pagesOnDemand} memory pages, ${e.chunksOnDemand} disk chunks (${e.segmentsOnDemand} of ${e.segments} segments raised). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
     return;
   }
   out(o, { vmId: r.vmId, endpoint: r.host, ports: r.ports, dir: r.dir, ms: r.ms, ...(r.earlyFallback ? { earlyStartFallback: r.earlyFallback } : {}) }, `VM ${r.vmId} resumed in ${((r.ms.synthesis + r.ms.launch) / 1000).toFixed(1)} s (synthesis ${(r.ms.synthesis / 1000).toFixed(1)} s, launch ${(r.ms.launch / 1000).toFixed(1)} s). Reach it at:\n${where}\nstop it with: cloudlet stop ${r.vmId}`);
@@ -59,7 +68,8 @@ export function register(cli: CAC): void {
     .option("--host <host>", "VM mode: qemu (default) or virsh")
     .option("--connect <uri>", "VM mode: local libvirt URI for --host virsh (default qemu:///system)")
     .option("--accel <accel>", `VM mode: ${ACCEL_HELP}`)
-    .option("--early-start [mode]", "VM mode, qemu host: resume the VM before the overlay is applied and fill it in the background (memory by postcopy, disk by NBD); falls back to full synthesis where it cannot run, unless --early-start=require")
+    .option("--early-start [mode]", "VM mode, qemu host: resume the VM before the overlay is applied and fill it in the background (memory by postcopy, disk by NBD); falls back to full synthesis where it cannot run, unless --early-start=require; the overlay's boot set (made by overlay --warmup-url/--warmup-script) is applied before the resume")
+    .option("--no-boot-set", "VM mode, --early-start: ignore the overlay's boot set and resume on the device state alone, for comparisons (default: apply the boot set)")
     .alias("synthesize")
     .option("--base-disk <file>", "Base disk image (raw; default: the overlay's base in the registry)")
     .option("--base-mem <file>", "Base memory image")
@@ -77,7 +87,7 @@ export function register(cli: CAC): void {
         if (o.baseDisk || o.baseMem) throw new CloudletError("BAD_ARGUMENT", "give either BASE OVERLAY (VM mode) or --base-disk/--base-mem OVERLAY -o DIR (file mode)");
         const p = bar(o);
         const ctx = vmContext(o, p, core);
-        const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o) });
+        const r = await synthesizeVm(ctx, { base: first!, overlay: second, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o), bootSet: o.bootSet !== false });
         p.done();
         report(o, r);
         return;
@@ -88,7 +98,7 @@ export function register(cli: CAC): void {
       if (fromRegistry && !o.output) {
         const p = bar(o);
         const ctx = vmContext(o, p, core);
-        const r = await synthesizeVm(ctx, { base: fromRegistry.id, overlay: overlay!, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o) });
+        const r = await synthesizeVm(ctx, { base: fromRegistry.id, overlay: overlay!, noRun: o.run === false, hostAddress: o.bind as string, autoPorts: Boolean(o.autoPorts), threads: o.threads ? num(o.threads, "--threads", 1, 256) : undefined, earlyStart: earlyStartMode(o), bootSet: o.bootSet !== false });
         p.done();
         report(o, r);
         return;

@@ -67,6 +67,8 @@ export interface InspectReport {
    * written, or reported free by the guest), when the overlay records it.
    */
   memoryFree?: { bytes: number; of: number; reportingBalloon: boolean };
+  /** The boot set (format version 2), when the overlay has one: its segments, why, and its share of the overlay. */
+  bootSet?: { segments: number; reason: string; pages: number; chunks: number; basePages: number; compressed: number; raw: number; fraction: number };
 }
 
 /** Builds the report from a meta. */
@@ -107,6 +109,14 @@ export function inspectMeta(meta: OverlayMeta, file: string, overlayBytes: numbe
     ...(meta.launch.memoryFreeBytes !== undefined
       ? { memoryFree: { bytes: meta.launch.memoryFreeBytes, of: meta.imageSizes[1], reportingBalloon: meta.base.machine.freePageReporting === true } }
       : {}),
+    ...(meta.bootSet
+      ? (() => {
+          const lead = meta.segments.slice(0, meta.bootSet.segments);
+          const bc = lead.reduce((t, s) => t + s.compressedSize, 0);
+          const b = meta.bootSet;
+          return { bootSet: { segments: b.segments, reason: b.reason, pages: b.pages, chunks: b.chunks, basePages: b.basePages.reduce((t, r) => t + r[1], 0), compressed: bc, raw: lead.reduce((t, s) => t + s.rawSize, 0), fraction: compressed ? bc / compressed : 0 } };
+        })()
+      : {}),
   };
 }
 
@@ -136,6 +146,10 @@ export function renderReport(r: InspectReport): string {
   lines.push(`sizes        overlay ${formatBytes(r.sizes.overlay)}, segments ${formatBytes(r.sizes.compressed)} compressed / ${formatBytes(r.sizes.raw)} raw, rebuilt ${formatBytes(r.sizes.rebuilt)} (${r.sizes.ratio.toFixed(1)}x)`);
   const fwd = r.launch.portForwards.map((p) => `${p.proto}:${p.hostPort || "auto"}->${p.guestPort}`).join(", ") || "none";
   lines.push(`launch       ${r.launch.memoryMiB} MiB, ${r.launch.vcpus} vCPU, ports ${fwd}`);
+  if (r.bootSet) {
+    const b = r.bootSet;
+    lines.push(`boot set     segments 1-${b.segments} (${formatBytes(b.compressed)}, ${(b.fraction * 100).toFixed(1)}% of the segments): ${b.pages} memory pages, ${b.chunks} disk chunks, and ${b.basePages} base memory pages sent first; ${printable(b.reason)}`);
+  }
   if (r.memoryFree) {
     const f = r.memoryFree;
     lines.push(`free memory  ${formatBytes(f.bytes)} of ${formatBytes(f.of)} free at the snapshot (${f.of ? ((100 * f.bytes) / f.of).toFixed(0) : 0}%; not stored), ${f.reportingBalloon ? "reported by the guest's balloon" : "no reporting balloon"}`);

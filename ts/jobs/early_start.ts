@@ -118,10 +118,28 @@ export interface EarlyStartOptions {
   threads?: number;
   /**
    * How many leading segments form the boot set: applied before the resume,
-   * their memory pages sent before the device state. The overlay format marks
-   * no boot set yet, so `cloudlet synthesis` passes none (0).
+   * their memory pages sent before the device state. `cloudlet synthesis`
+   * passes the meta's boot set (format version 2), or 0 when it has none.
    */
   bootSegments?: number;
+  /** Base memory pages of the boot set (the meta's `basePages`, expanded): sent before the device state too. */
+  bootBasePages?: number[];
+  /**
+   * Record a working set instead of keeping the VM (`cloudlet overlay
+   * --warmup-*`): the VM runs demand-only (no background fill or push, so
+   * every first touch is a request), `touched` hears every memory page the
+   * guest faults on and every disk chunk it reads, `warmup` runs once the VM
+   * resumed, and then the VM is stopped and its folder removed.
+   */
+  record?: WorkingSetRecorder;
+}
+
+/** See {@link EarlyStartOptions.record}. */
+export interface WorkingSetRecorder {
+  /** A memory page (kind 1) was requested or a disk chunk (kind 0) read; called again for later reads of a chunk. */
+  touched(kind: 0 | 1, index: number): void;
+  /** The warm-up, run once the VM resumed; the VM is thrown away when it settles. */
+  warmup(vm: { runDir: string; hostAddress: string; ports: PortForward[] }): Promise<void>;
 }
 
 /**
@@ -413,6 +431,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
         ready: (c) => lz.ready(ImageKind.Disk, c),
         prioritize: (c) => lz.demand(ImageKind.Disk, c),
         chunk: async (c) => {
+          o.record?.touched(ImageKind.Disk, c);
           lz.demand(ImageKind.Disk, c);
           const b = await lz.chunk(ImageKind.Disk, c);
           return b.subarray(0, Math.min(CHUNK, diskSize - c * CHUNK));
@@ -439,14 +458,26 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
       state,
       ramBytes: sizes[ImageKind.Memory],
       pages: (i) => lz.chunk(ImageKind.Memory, i),
-      precopy: lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments),
-      order: lz.chunksInSegmentOrder(ImageKind.Memory),
-      onRequest: (p) => lz.demand(ImageKind.Memory, p),
+      // Base pages only where nothing waits (a meta that lists a page a later segment holds must not stall the resume).
+      precopy: [...lz.chunksInSegmentOrder(ImageKind.Memory, bootSegments), ...(o.bootBasePages ?? []).filter((p) => p * CHUNK < sizes[ImageKind.Memory] && lz.ready(ImageKind.Memory, p))],
+      order: o.record ? [] : lz.chunksInSegmentOrder(ImageKind.Memory),
+      demandOnly: Boolean(o.record),
+      onRequest: (p) => {
+        o.record?.touched(ImageKind.Memory, p);
+        lz.demand(ImageKind.Memory, p);
+      },
       signal,
     });
     pc.complete.catch((e) => lz.fail(e));
     await Promise.race([pc.resumed, failed]);
     const resumedMs = performance.now() - t0;
+    if (o.record) {
+      // Recording: the warm-up, then the VM goes (it was never meant to stay).
+      say(ctx, `warm-up: VM resumed after ${(resumedMs / 1000).toFixed(1)} s; recording the pages and chunks it touches`);
+      await Promise.race([o.record.warmup({ runDir, hostAddress, ports }), failed]);
+      const early = { resumedMs, localMs: performance.now() - t0, pagesOnDemand: pc.stats.requestedPages, chunksOnDemand: nbd.stats.waited, segmentsOnDemand: lz.raised[0] + lz.raised[1], segmentsBeforeResume: before.length, pagesBeforeResume: pc.stats.precopyPages, segments: meta.segments.length };
+      throw new RecordingDone({ vmId, dir, host: hostAddress, ports, meta, ms: { synthesis: early.localMs, launch: 0 }, early });
+    }
     // The background starts once the guest runs (on 2 cores it would slow the resume): every
     // segment in order, and every base byte checked against the overlay's base id, as in full synthesis.
     const baseChecked = (async () => {
@@ -487,7 +518,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     };
     return { vmId, dir, host: hostAddress, ports, meta, ms: { synthesis: localMs, launch: 0 }, early };
   } catch (e) {
-    lazy?.fail(e);
+    lazy?.fail(e instanceof RecordingDone ? new CloudletError("CANCELLED", "the warm-up VM was stopped") : e);
     stop.abort();
     // The VM first (it must not run on a missing page), then everything it was built from.
     await dest?.kill();
@@ -496,6 +527,8 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     for (const r of readers) await r.close().catch(() => {});
     readers.length = 0;
     await fsp.rm(dir, { recursive: true, force: true });
+    // A recording ends the same way as a failure: nothing of the VM is kept.
+    if (e instanceof RecordingDone) return e.vm;
     throw e;
   } finally {
     ctx.signal?.removeEventListener("abort", onAbort);
@@ -503,6 +536,11 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     await codec.close();
     await opened?.close();
   }
+}
+
+/** Thrown past the rest of synthesizeEarly once a recording's warm-up is done, so that its cleanup runs. */
+class RecordingDone {
+  constructor(readonly vm: EarlyStartedVm) {}
 }
 
 /** The qcow2 host's launch line with guest RAM in a memfd (postcopy) and the disk lazy (NBD under a qcow2 top). */

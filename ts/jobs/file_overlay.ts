@@ -6,7 +6,7 @@ import { CloudletError } from "../errors.ts";
 import { DEFAULT_PRESET } from "../overlay/codec.ts";
 import { type LaunchConfig, type MachineConfig, type OverlayMeta } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
-import { writeOverlay } from "../overlay/writer.ts";
+import { writeOverlay, type WorkingSetOrder } from "../overlay/writer.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../home/base_cache.ts";
 import { dictCapFor, WorkerCodec } from "../node/codec_pool.ts";
 import type { DiskStride } from "../overlay/base_scan.ts";
@@ -54,6 +54,8 @@ export interface CreateOverlayOptions {
   progress?: ProgressFn;
   /** Cancellation. */
   signal?: AbortSignal;
+  /** A recorded working set to write first, as the boot set (VM mode with a warm-up; see writeOverlay). */
+  workingSet?: WorkingSetOrder;
 }
 
 /** What {@link createOverlayFiles} made. */
@@ -117,6 +119,7 @@ export async function createOverlayFiles(core: Core, o: CreateOverlayOptions): P
       version: CLOUDLET_VERSION,
       progress: o.progress,
       signal: o.signal,
+      workingSet: o.workingSet,
     });
     const metaBytes = where.layout === "packed" ? (await fsp.stat(where.path)).size : r.compressedBytes + (await fsp.stat(where.path)).size;
     return { path: where.path, layout: where.layout, meta: r.meta, bytes: metaBytes, seconds: (performance.now() - t0) / 1000 };

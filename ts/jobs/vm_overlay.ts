@@ -14,6 +14,10 @@ import { sharedTempDir } from "../node/files.ts";
 import { makeHost } from "../vm/host_choice.ts";
 import { baseFiles } from "./base_create.ts";
 import { checkHostMatches } from "./vm_synthesis.ts";
+import { CloudletError } from "../errors.ts";
+import { openOverlay } from "../node/overlay_files.ts";
+import type { WorkingSetOrder } from "../overlay/writer.ts";
+import { checkWarmup, recordWorkingSet, type Warmup, warmupBlocker } from "./warmup.ts";
 
 /** Options for {@link overlayFromVm}. */
 export interface OverlayFromVmOptions {
@@ -35,13 +39,35 @@ export interface OverlayFromVmOptions {
   threads?: number;
   /** Wait for free page reporting before the snapshot (default true; `--no-free-memory`). */
   freeMemory?: boolean;
+  /** Record the working set with this warm-up after the snapshot, and write it first as the boot set (`--warmup-url`, `--warmup-script`). */
+  warmup?: Warmup;
+}
+
+/** What the working-set recording cost and found (see {@link overlayFromVm}). */
+export interface WarmupReport {
+  /** Why: the meta's boot_set.reason. */
+  reason: string;
+  /** Seconds of the first encode (image order, for the lazy VM to run from). */
+  firstEncodeSeconds: number;
+  /** Seconds from the start of the lazy VM to its resume, and of the warm-up itself. */
+  resumeSeconds: number;
+  warmupSeconds: number;
+  /** Seconds of the whole recording (first encode, lazy VM, warm-up, clean-up); the final encode is `seconds`. */
+  recordSeconds: number;
+  /** Distinct memory pages and disk chunks the warm-up touched (stored in the overlay or not). */
+  pagesTouched: number;
+  chunksTouched: number;
 }
 
 /** Resumes a base, lets the user customise it, and writes the overlay. */
-export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number; freeMemory: FreeMemoryReport | null; snapshotMs: number }> {
+export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions): Promise<CreatedOverlay & { customizeSeconds: number; freeMemory: FreeMemoryReport | null; snapshotMs: number; warmup?: WarmupReport }> {
   const base = await new Registry(ctx.home).getBase(o.base);
   checkHostMatches(base, ctx.hostChoice);
   const files = baseFiles(base);
+  // Before the customisation, so that a warm-up that cannot run costs the user nothing.
+  const reason = o.warmup ? checkWarmup(o.warmup, o.forwards) : null;
+  const blocker = o.warmup ? await warmupBlocker(ctx.hostChoice, (await fsp.stat(files.disk)).size) : null;
+  if (blocker) throw new CloudletError("BAD_ARGUMENT", `the warm-up cannot run here: ${blocker} (it resumes the VM through early start's lazy path); leave out --warmup-url/--warmup-script to write the overlay without a boot set`);
   const dirs = homePaths(ctx.home);
   await fsp.mkdir(dirs.runs, { recursive: true });
   const run = await sharedTempDir(join(dirs.runs, "overlay-"));
@@ -77,26 +103,50 @@ export async function overlayFromVm(ctx: VmJobContext, o: OverlayFromVmOptions):
     vm = null;
     sayFreeMemory(ctx, base.machine, snap.freeMemory, o.freeMemory === false);
     const launch: Partial<LaunchConfig> = { portForwards: o.forwards, memoryMiB: base.machine.ramMiB, vcpus: base.vcpus, ...(o.appUrl !== undefined ? { appUrl: o.appUrl } : {}) };
-    const made = await createOverlayFiles(ctx.core, {
-      baseDisk: files.disk,
-      baseMem: files.memory,
-      machine: base.machine,
-      baseDir: base.dir,
-      disk: join(run, "disk.qcow2"),
-      mem: join(run, "memory.raw"),
-      state: join(run, "state.bin"),
-      out: o.out,
-      layout: o.layout,
-      launch,
-      segmentBytes: o.segmentBytes,
-      preset: o.preset,
-      diskStride: o.diskStride,
-      threads: o.threads,
-      home: ctx.home,
-      progress: ctx.progress,
-      signal: ctx.signal,
-    });
-    return { ...made, customizeSeconds, freeMemory: snap.freeMemory, snapshotMs: snap.ms.total };
+    const encode = (out: string, layout: "packed" | "split" | undefined, workingSet?: WorkingSetOrder) =>
+      createOverlayFiles(ctx.core, {
+        baseDisk: files.disk,
+        baseMem: files.memory,
+        machine: base.machine,
+        baseDir: base.dir,
+        disk: join(run, "disk.qcow2"),
+        mem: join(run, "memory.raw"),
+        state: join(run, "state.bin"),
+        out,
+        layout,
+        launch,
+        segmentBytes: o.segmentBytes,
+        preset: o.preset,
+        diskStride: o.diskStride,
+        threads: o.threads,
+        home: ctx.home,
+        progress: ctx.progress,
+        signal: ctx.signal,
+        workingSet,
+      });
+    let warmup: WarmupReport | undefined;
+    let workingSet: WorkingSetOrder | undefined;
+    if (o.warmup && reason) {
+      // The simple way: an overlay in image order for the lazy VM to run from,
+      // then the real one with what the warm-up touched first (a second encode).
+      const t1 = performance.now();
+      say(ctx, "warm-up: writing a first overlay in image order to resume the VM from");
+      const first = await encode(join(run, "warmup.overlay"), "packed");
+      const firstEncodeSeconds = first.seconds;
+      const reader = await openOverlay(ctx.core, first.path);
+      let rec;
+      try {
+        rec = await recordWorkingSet(ctx, base, reader, { overlayPath: first.path, warmup: o.warmup, reason, threads: o.threads });
+      } finally {
+        await reader.close();
+        await fsp.rm(first.path, { force: true });
+      }
+      workingSet = rec.order;
+      warmup = { reason, firstEncodeSeconds, resumeSeconds: rec.resumedMs / 1000, warmupSeconds: rec.warmupMs / 1000, recordSeconds: (performance.now() - t1) / 1000, pagesTouched: rec.pages, chunksTouched: rec.chunks };
+      say(ctx, "warm-up: writing the overlay with the working set first");
+    }
+    const made = await encode(o.out, o.layout, workingSet);
+    return { ...made, customizeSeconds, freeMemory: snap.freeMemory, snapshotMs: snap.ms.total, ...(warmup ? { warmup } : {}) };
   } catch (e) {
     await vm?.stop().catch(() => {});
     vm = null;

@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { CloudletError } from "../errors.ts";
-import { type OverlayMeta, type PortForward } from "../overlay/format.ts";
+import { type BootSet, type OverlayMeta, type PortForward } from "../overlay/format.ts";
 import { checkBase } from "../overlay/synthesis.ts";
 import { synthesizeReader } from "./file_synthesis.ts";
 import { openOverlay } from "../node/overlay_files.ts";
@@ -36,6 +36,8 @@ export interface SynthesizeVmOptions {
   threads?: number;
   /** Resume before the overlay is applied and fill in the background (qemu host; see docs/postcopy.md). */
   earlyStart?: EarlyStartMode;
+  /** Early start: apply the overlay's boot set (format 2) before the resume (default true; `--no-boot-set` for comparisons). */
+  bootSet?: boolean;
 }
 
 /** A synthesized VM that runs. */
@@ -50,6 +52,11 @@ export interface SynthesizedVm {
   early?: EarlyStartReport;
   /** Early start was asked for but could not run: why (full synthesis ran instead). */
   earlyFallback?: string;
+}
+
+/** Early start's boot set options from a meta's boot set (none when absent). */
+function bootOptions(b: BootSet | undefined): { bootSegments: number; bootBasePages: number[] } {
+  return { bootSegments: b?.segments ?? 0, bootBasePages: (b?.basePages ?? []).flatMap(([first, n]) => Array.from({ length: n }, (_, i) => first + i)) };
 }
 
 /** Rebuilds the VM of an overlay on a registered base and resumes it (or only verifies). */
@@ -68,7 +75,7 @@ export async function synthesizeVm(ctx: VmJobContext, o: SynthesizeVmOptions): P
       if (earlyFallback) say(ctx, `early start is not possible here: ${earlyFallback}; falling back to full synthesis`);
     }
     checkHostMatches(base, ctx.hostChoice);
-    if (o.earlyStart && !o.noRun && !earlyFallback) return await synthesizeEarly(ctx, base, overlay, { overlayPath: o.overlay, hostAddress: o.hostAddress, autoPorts: o.autoPorts, threads: o.threads });
+    if (o.earlyStart && !o.noRun && !earlyFallback) return await synthesizeEarly(ctx, base, overlay, { overlayPath: o.overlay, hostAddress: o.hostAddress, autoPorts: o.autoPorts, threads: o.threads, ...bootOptions(o.bootSet === false ? undefined : overlay.meta.bootSet) });
     const dirs = homePaths(ctx.home);
     await fsp.mkdir(dirs.vms, { recursive: true });
     const vmId = randomBytes(6).toString("hex");

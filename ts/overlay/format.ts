@@ -1,5 +1,5 @@
 /**
- * The cloudlet VM overlay format, version 1. This module owns it: every byte
+ * The cloudlet VM overlay format, version 2 (reads 1 and 2). This module owns it: every byte
  * that is written or read goes through here.
  *
  * An overlay is a meta plus segments. It is stored either in the seed's
@@ -9,7 +9,7 @@
  * ```text
  * META (NAME.overlay-meta, and bytes [64, 64+M) of a packed file)
  *   0   8  magic "CLOVMETA"
- *   8   4  format version, u32 LE (1)           -- not the package version
+ *   8   4  format version, u32 LE (2; 1 read)   -- not the package version
  *  12   4  flags, u32 LE (0; reserved)
  *  16   8  body length M-64, u64 LE (<= LIMITS.metaBytes)
  *  24  32  BLAKE3 of the body
@@ -18,7 +18,7 @@
  *
  * PACKED FILE (NAME.overlay)
  *   0   8  magic "CLOVPACK" ("CLOVPART" while being written: never complete)
- *   8   4  format version, u32 LE (1)
+ *   8   4  format version, u32 LE (2; 1 read)
  *  12   4  flags (0)
  *  16   8  meta offset (64)
  *  24   8  meta length M
@@ -65,8 +65,15 @@ import type { Core } from "../core/core.ts";
 import { toHex } from "../core/vectors.ts";
 import { CloudletError } from "../errors.ts";
 
-/** Format version written and accepted. Separate from the package version. */
-export const FORMAT_VERSION = 1;
+/**
+ * Format version written. Separate from the package version. Version 2 added
+ * the optional boot set (`boot_set` in the meta, {@link BootSet}); nothing
+ * else changed, so version 1 overlays are read as before (without one).
+ */
+export const FORMAT_VERSION = 2;
+/** Format versions read. */
+export const READ_VERSIONS: readonly number[] = [1, 2];
+const versionNotSupported = (version: number) => `overlay format version ${version} is not supported (this cloudlet reads versions ${READ_VERSIONS.join(" and ")})`;
 /** Segment payload version. */
 export const SEGMENT_VERSION = 1;
 /** Chunk size: disk blocks and memory pages alike. */
@@ -215,6 +222,30 @@ export interface SegmentInfo {
 /** Per (kind, class): number of chunks. Informational, for inspect. */
 export type ClassCounts = number[][];
 
+/**
+ * The boot set (format version 2): the leading segments that hold the
+ * overlay's working set, recorded when it was made (device state first, then
+ * the memory pages and disk chunks a warm-up touched, in first-touch order).
+ * Early start applies them before it resumes the VM.
+ */
+export interface BootSet {
+  /** How many leading segments form it (at least 1). */
+  segments: number;
+  /** Why, e.g. `warmup-url http://{host}:{port:80}/` or `warmup-script NAME`. */
+  reason: string;
+  /** Memory pages the warm-up touched that the overlay stores, all in the boot set. */
+  pages: number;
+  /** Disk chunks the warm-up read that the overlay stores, all in the boot set. */
+  chunks: number;
+  /**
+   * Memory pages the warm-up touched that equal the base's (so no segment
+   * holds them), as ascending [first page, count] runs: early start sends
+   * them from the base before the resume too, so the guest does not fault on
+   * them one by one. Empty when none.
+   */
+  basePages: Array<[number, number]>;
+}
+
 /** The overlay meta. */
 export interface OverlayMeta {
   /** Format version (FORMAT_VERSION). */
@@ -242,6 +273,8 @@ export interface OverlayMeta {
   creator: { tool: string; version: string; created: string };
   /** Chunk counts per [kind][class], as recorded at creation. */
   classCounts: ClassCounts;
+  /** The boot set (version 2 only); absent when none was recorded (file mode, or no warm-up). */
+  bootSet?: BootSet;
 }
 
 function fail(file: string, msg: string): never {
@@ -263,7 +296,7 @@ export function encodeMeta(core: Core, meta: OverlayMeta): Uint8Array {
   const out = new Uint8Array(HEADER_BYTES + body.length);
   const v = new DataView(out.buffer);
   out.set(META_MAGIC, 0);
-  v.setUint32(8, FORMAT_VERSION, true);
+  v.setUint32(8, meta.version, true);
   v.setBigUint64(16, BigInt(body.length), true);
   out.set(core.hash("blake3", body), 24);
   out.set(body, HEADER_BYTES);
@@ -280,7 +313,7 @@ export function metaBodyLength(header: Uint8Array, file: string): number {
   if (header.length < HEADER_BYTES) throw new CloudletError("TRUNCATED", `overlay meta is truncated (${header.length} of ${HEADER_BYTES} header bytes)`, file);
   const v = new DataView(header.buffer, header.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
-  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(version)) fail(file, versionNotSupported(version));
   if (v.getUint32(12, true) !== 0 || v.getBigUint64(56, true) !== 0n) fail(file, "meta header has non-zero reserved fields (written by a newer cloudlet?)");
   const len = u64(v, 16);
   if (len > LIMITS.metaBytes - HEADER_BYTES) fail(file, `meta body of ${len} bytes exceeds the ${LIMITS.metaBytes}-byte limit`);
@@ -300,7 +333,10 @@ export function decodeMeta(core: Core, bytes: Uint8Array, file: string): Overlay
   } catch {
     fail(file, "overlay meta body is not valid JSON");
   }
-  return validateMeta(json, file);
+  const meta = validateMeta(json, file);
+  const headerVersion = new DataView(bytes.buffer, bytes.byteOffset, HEADER_BYTES).getUint32(8, true);
+  if (meta.version !== headerVersion) fail(file, `the meta header says format version ${headerVersion} but its body says ${meta.version}`);
+  return meta;
 }
 
 /** Packed-file header fields. */
@@ -337,7 +373,7 @@ export function decodePackHeader(core: Core, b: Uint8Array, file: string): PackH
   if (!sameBytes(core.hash("blake3", b.subarray(0, 48)).subarray(0, 16), b.subarray(48, 64))) fail(file, "packed overlay header is corrupt (checksum mismatch)");
   const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
   const version = v.getUint32(8, true);
-  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported (this cloudlet reads version ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(version)) fail(file, versionNotSupported(version));
   if (v.getUint32(12, true) !== 0) fail(file, "packed overlay header has unknown flags (written by a newer cloudlet?)");
   const metaOffset = u64(v, 16);
   const metaLength = u64(v, 24);
@@ -492,6 +528,8 @@ function metaToJson(m: OverlayMeta): unknown {
       data_chunks: s.dataChunks,
       ranges: s.ranges,
     })),
+    // Version 2 only, and only when recorded: a meta without one keeps its exact v1 shape.
+    ...(m.bootSet ? { boot_set: { segments: m.bootSet.segments, reason: m.bootSet.reason, pages: m.bootSet.pages, chunks: m.bootSet.chunks, base_pages: m.bootSet.basePages } } : {}),
   };
 }
 
@@ -525,7 +563,7 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
   const j = obj(json, "(root)", file);
   if (j.format !== "cloudlet-overlay") fail(file, "meta is not a cloudlet overlay (format field)");
   const version = int(j.version, "version", file);
-  if (version !== FORMAT_VERSION) fail(file, `overlay format version ${version} is not supported`);
+  if (!READ_VERSIONS.includes(version)) fail(file, versionNotSupported(version));
   const chunkSize = int(j.chunk_size, "chunk_size", file);
   if (chunkSize !== CHUNK) fail(file, `chunk size ${chunkSize} is not supported (only ${CHUNK})`);
 
@@ -636,7 +674,32 @@ export function validateMeta(json: unknown, file: string): OverlayMeta {
       fail(file, `segments overlap: ${KIND_NAMES[kind]} chunk ${start - kind * 2 ** 51} is covered twice`);
     }
   }
-  return { version, chunkSize, base, imageSizes, segments, launch, creator, classCounts };
+  const meta: OverlayMeta = { version, chunkSize, base, imageSizes, segments, launch, creator, classCounts };
+  if (j.boot_set !== undefined) {
+    if (version < 2) fail(file, "meta field boot_set needs format version 2, but the meta says version 1");
+    const bs = obj(j.boot_set, "boot_set", file);
+    const memPages = chunksOf[ImageKind.Memory];
+    let prevEnd = -2;
+    const basePages = arr(bs.base_pages, "boot_set.base_pages", file, LIMITS.ranges - totalRanges).map((r, k) => {
+      const ra = arr(r, `boot_set.base_pages[${k}]`, file, 2);
+      if (ra.length !== 2) fail(file, `boot_set.base_pages[${k}] must be [first, count]`);
+      const first = int(ra[0], `boot_set.base_pages[${k}] first`, file, memPages);
+      const n = int(ra[1], `boot_set.base_pages[${k}] count`, file, memPages, 1);
+      if (first + n > memPages) fail(file, `boot_set.base_pages[${k}]: pages ${first}..${first + n - 1} lie past the end of the ${imageSizes[ImageKind.Memory]}-byte memory image`);
+      // Ascending and not touching: one canonical form per page set.
+      if (first <= prevEnd + 1) fail(file, "boot_set.base_pages are not ascending, separate runs");
+      prevEnd = first + n - 1;
+      return ra as [number, number];
+    });
+    meta.bootSet = {
+      segments: int(bs.segments, "boot_set.segments", file, segments.length, 1),
+      reason: str(bs.reason, "boot_set.reason", file, 1024),
+      pages: int(bs.pages, "boot_set.pages", file, memPages),
+      chunks: int(bs.chunks, "boot_set.chunks", file, chunksOf[ImageKind.Disk]),
+      basePages,
+    };
+  }
+  return meta;
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,11 @@
  * SELF repeats (memory and disk alike), before any delta encoding.
  *
  * Pass 2 (segment) walks the chunks in (kind, index) order and cuts segments
- * of about `segmentBytes` of payload. A leader pulls its repeats into its
+ * of about `segmentBytes` of payload. Given a recorded working set (VM mode
+ * with a warm-up), it first walks the device state and then the chunks the
+ * warm-up touched, in first-touch order, and cuts there: those leading
+ * segments are the boot set the meta records. Within a segment, records are
+ * always in (kind, index) order. A leader pulls its repeats into its
  * own segment, so every segment decodes on its own; a leader with more than
  * segmentBytes / 24 repeats hands the rest to a new leader in a later segment,
  * so no segment exceeds 2 x segmentBytes + one chunk. Leaders are stored
@@ -83,6 +87,20 @@ export interface WriteOptions {
   progress?: ProgressFn;
   /** Cancellation. */
   signal?: AbortSignal;
+  /**
+   * The working set a warm-up recorded (VM mode): these chunks, with the
+   * device state first, go into the leading segments, which the meta marks as
+   * the boot set. Without it, or in file mode, segments follow image order.
+   */
+  workingSet?: WorkingSetOrder;
+}
+
+/** The chunks a warm-up touched first, for {@link WriteOptions.workingSet}. */
+export interface WorkingSetOrder {
+  /** [image kind (0 disk, 1 memory), chunk index] per first touch, in the order they came. */
+  touches: ReadonlyArray<readonly [number, number]>;
+  /** Why this is the boot set: the meta's `boot_set.reason`. */
+  reason: string;
 }
 
 /** What {@link writeOverlay} produced. */
@@ -333,11 +351,17 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
   // ---- pass 2: segment, encode, compress -------------------------------------
   const assigned = new Uint8Array(n);
   const segmentsPlan: number[][] = [];
+  let boot: { segments: number; pages: number; chunks: number; basePages: Array<[number, number]> } | null = null;
   {
     let cur: number[] = [];
     let bytes = 0;
-    for (let e = 0; e < n; e++) {
-      if (assigned[e]) continue;
+    const cut = () => {
+      if (cur.length) segmentsPlan.push(cur);
+      cur = [];
+      bytes = 0;
+    };
+    /** Puts entry `e` (and the repeats it leads) into the current segment. */
+    const take = (e: number) => {
       assigned[e] = 1;
       cur.push(e);
       bytes += RECORD_BYTES;
@@ -360,13 +384,54 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
           pulled++;
         }
       }
-      if (bytes >= segmentBytes) {
-        segmentsPlan.push(cur);
-        cur = [];
-        bytes = 0;
+      if (bytes >= segmentBytes) cut();
+    };
+    if (o.workingSet) {
+      // The boot set: the device state (nothing resumes without it), then what
+      // the warm-up touched, in first-touch order; segments end where it ends.
+      const touched = { pages: 0, chunks: 0 };
+      const counted = new Uint8Array(n);
+      const basePages: number[] = [];
+      for (let e = 0; e < n; e++) if (entries.kinds[e] === ImageKind.State && !assigned[e]) take(e);
+      for (const [kind, index] of o.workingSet.touches) {
+        if (kind !== ImageKind.Disk && kind !== ImageKind.Memory) continue;
+        const e = entryOf(kind, index);
+        if (e < 0) {
+          // Unchanged: the base's, not in the overlay. Memory pages are listed, for early start to send first.
+          if (kind === ImageKind.Memory) basePages.push(index);
+          continue;
+        }
+        if (!assigned[e]) {
+          // A repeat travels with its leader (which must be in the same segment).
+          if (entries.classes[e] === ChunkClass.Self && !assigned[leaderOf[e]]) take(leaderOf[e]);
+          // Only a repeat whose leader was split off (see take) is still left: it comes with its own leader later.
+          if (!assigned[e] && entries.classes[e] !== ChunkClass.Self) take(e);
+        }
+        if (assigned[e] && !counted[e]) {
+          counted[e] = 1;
+          touched[kind === ImageKind.Memory ? "pages" : "chunks"]++;
+        }
       }
+      cut();
+      if (segmentsPlan.length) boot = { segments: segmentsPlan.length, ...touched, basePages: pageRuns(basePages) };
     }
-    if (cur.length) segmentsPlan.push(cur);
+    for (let e = 0; e < n; e++) if (!assigned[e]) take(e);
+    cut();
+  }
+
+  /** The entry of chunk `index` of image `kind`, or -1 (entries are in (kind, index) order). */
+  function entryOf(kind: number, index: number): number {
+    let lo = 0;
+    let hi = n - 1;
+    const key = kind * 2 ** 51 + index;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const k = entries.kinds[mid] * 2 ** 51 + entries.indexes[mid];
+      if (k === key) return mid;
+      if (k < key) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
   }
 
   const rawTotal = segmentsPlan.reduce((t, s) => t + s.length * RECORD_BYTES + s.filter((e) => entries.classes[e] === ChunkClass.Raw).length * CHUNK, 0);
@@ -487,9 +552,21 @@ export async function writeOverlay(o: WriteOptions): Promise<WriteResult> {
     launch: o.launch,
     creator: { tool: "cloudlet", version: o.version ?? "0.0.0", created: new Date().toISOString() },
     classCounts,
+    ...(boot && o.workingSet ? { bootSet: { ...boot, reason: o.workingSet.reason } } : {}),
   };
   await o.output.commit(encodeMeta(core, meta));
   return { meta, compressedBytes, rawBytes };
 }
 
 const KIND_NAMES_L = ["disk", "memory", "device state"];
+
+/** Page indexes (any order, repeats allowed) as ascending, separate [first, count] runs. */
+function pageRuns(pages: number[]): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (const p of [...new Set(pages)].sort((a, b) => a - b)) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === p) last[1]++;
+    else runs.push([p, 1]);
+  }
+  return runs;
+}

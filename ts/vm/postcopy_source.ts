@@ -160,6 +160,12 @@ export interface PostcopySourceOptions {
   order?: number[];
   /** Called for each page the destination requested that had not been sent yet. */
   onRequest?: (pageIndex: number) => void;
+  /**
+   * Send no page in the background, only those requested (and `precopy`), so
+   * that every first touch of the guest shows as a request (recording a
+   * working set). The migration then never ends: the caller stops the VM.
+   */
+  demandOnly?: boolean;
   /** Aborting stops the stream (the caller kills the destination). */
   signal?: AbortSignal;
   /** Background pages fetched and written together (default 32); requests always go first. */
@@ -413,6 +419,7 @@ export function runPostcopySource(opts: PostcopySourceOptions): PostcopySource {
     let orderAt = 0;
     let sweep = 0;
     const nextBackground = (): number | null => {
+      if (opts.demandOnly) return null;
       while (orderAt < order.length) {
         const p = order[orderAt++];
         if (!sent[p]) return p;

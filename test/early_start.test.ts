@@ -86,8 +86,9 @@ function shared(): Promise<Fixture> {
 test("early start: the VM resumes before its overlay is applied, answers while it fills, and ends equal to a full synthesis", async (t) => {
   const f = await shared();
   const H = ["--home", f.home];
-  // The background waits before each segment, so the VM runs while most of the overlay is not applied.
-  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "4000" } });
+  // The background waits before each segment, so the VM runs while most of the overlay is not applied;
+  // 8 s: the guest itself raises most segments on demand, and the rest must outlast its first answer under load.
+  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "8000" } });
   let filling: { id: string; ports: { hostPort: number }[] } | null = null;
   let done: CliResult | null = null;
   void run.then((r) => (done = r));
@@ -121,7 +122,7 @@ test("early start: the VM resumes before its overlay is applied, answers while i
     assert.ok(e.pagesOnDemand > 0, "the guest faulted pages in on demand");
     assert.ok(e.segmentsOnDemand >= 1, "a request raised a segment ahead of the background");
     assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
-    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 4 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
+    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 8 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
     try {
       assert.equal(ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === vm.vmId)?.state, "running");
       // Independent of cloudlet now (that process has exited): it keeps counting.

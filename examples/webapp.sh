@@ -11,7 +11,8 @@ echo "created $(date -u +%FT%TZ) by the customisation script" > /root/custom.txt
 cat > /usr/local/bin/counter <<'SH'
 #!/bin/sh
 n=0
-while true; do n=$((n + 1)); echo "$n" > /srv/www/counter.txt; sleep 1; done
+# Written beside and renamed: a reader never sees the file empty mid-write.
+while true; do n=$((n + 1)); echo "$n" > /srv/www/counter.tmp; mv /srv/www/counter.tmp /srv/www/counter.txt; sleep 1; done
 SH
 chmod +x /usr/local/bin/counter
 cat > /srv/www/cgi-bin/status <<'SH'

@@ -12,11 +12,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
-import * as http from "node:http";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
+import { freshHome, get, ok, qemuCount, sleep, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
 import { loadCoreFromDisk } from "../ts/node/core_file.ts";
 import { openOverlay } from "../ts/node/overlay_files.ts";
 import { openBase } from "../ts/home/base_cache.ts";
@@ -29,8 +28,6 @@ import { CloudletError } from "../ts/errors.ts";
 import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
 import { CHUNK, ImageKind, type MachineConfig } from "../ts/overlay/format.ts";
 
-const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
-const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
 
 interface Fixture {
   home: string;
@@ -42,21 +39,11 @@ interface Fixture {
   bootId: string;
 }
 
-const ok = (r: CliResult) => {
-  assert.equal(r.code, 0, `cloudlet failed: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-};
-
 let fixture: Promise<Fixture> | null = null;
 /** The shared base, overlay and full synthesis (every test awaits this; Deno's node:test lacks hooks). */
 function shared(): Promise<Fixture> {
   fixture ??= (async () => {
-    const home = join(TEST_HOME, `early-${process.pid}`);
-    await fsp.rm(home, { recursive: true, force: true });
-    await fsp.mkdir(home, { recursive: true });
-    // The shared guest cache may not be built yet (a fresh clone): a dangling link would make the build fail.
-    await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-    await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
+    const home = await freshHome("early");
     const H = ["--home", home];
     ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
     const [base] = ok(await cloudlet(["list-base", ...H, "--json"]));
@@ -395,11 +382,6 @@ async function noneLeft(home: string): Promise<void> {
   assert.equal(await qemuCount(home), 0, "no QEMU left running");
 }
 
-async function qemuCount(home: string): Promise<number> {
-  const r = await runTool("pgrep", ["-f", `qemu-system-x86_64.*${home}/`]).catch(() => new Uint8Array(0));
-  return new TextDecoder().decode(r).split("\n").filter(Boolean).length;
-}
-
 async function sameFile(a: string, b: string): Promise<boolean> {
   const [fa, fb] = [await FileSource.open(a), await FileSource.open(b)];
   try {
@@ -413,32 +395,4 @@ async function sameFile(a: string, b: string): Promise<boolean> {
     await fa.close();
     await fb.close();
   }
-}
-
-function get(url: string): Promise<string> {
-  return new Promise((resolve) => {
-    http
-      .get(url, { timeout: 5000, insecureHTTPParser: true }, (res) => {
-        let b = "";
-        res.setEncoding("utf8").on("data", (d: string) => (b += d));
-        res.on("end", () => resolve(b));
-      })
-      .on("error", () => resolve(""))
-      .on("timeout", function (this: http.ClientRequest) {
-        this.destroy();
-      });
-  });
-}
-
-async function untilAnswer(url: string, ms = 30_000): Promise<string> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const b = await get(url);
-    if (b || Date.now() > end) return b;
-    await sleep(200);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

@@ -83,7 +83,8 @@ http.server.HTTPServer(("0.0.0.0", port), H).serve_forever()
 function customizeScript(tgzUrl: string, appMiB: number): string {
   return `set -e
 busybox wget -q -O /tmp/python.tgz ${tgzUrl}
-tar -xzf /tmp/python.tgz -C /
+tar --warning=no-timestamp -xzf /tmp/python.tgz -C /
+ldconfig
 rm /tmp/python.tgz
 python3 --version
 mkdir -p /srv/app
@@ -122,8 +123,14 @@ async function pythonTarball(): Promise<string> {
   log(`python3 for the guest: apt-get download ${PYTHON_DEBS.length} packages`);
   sh("apt-get", ["download", ...PYTHON_DEBS], debs);
   for (const d of (await fsp.readdir(debs)).filter((f) => f.endsWith(".deb"))) sh("dpkg-deb", ["-x", join(debs, d), root]);
-  // Only real directories: the guest's /lib, /bin, ... are merged-/usr symlinks that tar must not replace.
-  const tops = (await fsp.readdir(root)).filter((t) => ["usr", "etc", "var"].includes(t));
+  // The guest's /lib, /bin, ... are merged-/usr symlinks that tar must not replace: their files go under usr/.
+  for (const t of ["lib", "lib64", "bin", "sbin"]) {
+    if (!existsSync(join(root, t))) continue;
+    sh("cp", ["-a", join(root, t) + "/.", join(root, "usr", t) + "/"]);
+    await fsp.rm(join(root, t), { recursive: true });
+  }
+  const tops = await fsp.readdir(root);
+  if (tops.some((t) => !["usr", "etc", "var"].includes(t))) throw new Error(`python3's packages hold ${tops.join(", ")}; expected usr, etc, var`);
   sh("tar", ["-C", root, "-czf", tgz + ".part", ...tops]);
   await fsp.rename(tgz + ".part", tgz);
   await fsp.rm(root, { recursive: true, force: true });

@@ -83,3 +83,23 @@ test("a closed link rejects waiting requests", async () => {
     await inner.close();
   }
 });
+
+test("a busy reader does not slow the link: what is due arrives together", async () => {
+  const inner = await openOverlay(core, path);
+  try {
+    const n = inner.meta.segments.length;
+    assert.ok(n * 100 > 600, `enough segments (${n}) that one delivery per busy turn would take over 600 ms`);
+    const link = new RateLimitedReader(inner, { bitsPerSecond: (inner.totalBytes * 8) / 0.3 });
+    await link.start();
+    // Each arrival blocks the event loop for 100 ms, as applying a segment does.
+    await Promise.all(inner.meta.segments.map((_, i) => link.segment(i).then(() => {
+      const until = performance.now() + 100;
+      while (performance.now() < until);
+    })));
+    await link.done;
+    const last = link.deliveries.at(-1)!.atMs;
+    assert.ok(last < 300 + 250, `the last of ${n} segments at ${last.toFixed(0)} ms, for a link that carries the overlay in 300 ms`);
+  } finally {
+    await inner.close();
+  }
+});

@@ -147,18 +147,37 @@ export class RateLimitedReader implements OverlayReader {
     return w.promise;
   }
 
-  /** Puts `bytes` of item `i` on the wire; it arrives when the link has carried every byte sent so far. */
+  /**
+   * Puts `bytes` of item `i` on the wire; it arrives when the link has carried
+   * every byte sent so far. Due times are absolute, and everything already due
+   * is delivered at once: a timer that fires late (a busy event loop) does not
+   * slow the link down.
+   */
   private schedule(i: number, bytes: number): void {
-    this.sent += bytes;
-    // Absolute due times: a late timer does not slow the link down.
-    const due = this.t0 + this.sent / this.bytesPerMs;
-    const raised = i >= 0 && i !== this.lowestMissing();
-    this.timer = setTimeout(() => this.deliver(i, raised), Math.max(0, due - performance.now()));
+    for (;;) {
+      this.sent += bytes;
+      const due = this.t0 + this.sent / this.bytesPerMs;
+      const raised = i >= 0 && i !== this.lowestMissing();
+      if (due > performance.now()) {
+        this.timer = setTimeout(() => this.deliver(i, raised), due - performance.now());
+        return;
+      }
+      const next = this.deliverNow(i, raised);
+      if (next < 0) return;
+      i = next;
+      bytes = this.meta.segments[next].compressedSize;
+    }
   }
 
   private deliver(i: number, raised: boolean): void {
     this.timer = null;
-    if (this.closed) return;
+    const next = this.deliverNow(i, raised);
+    if (next >= 0) this.schedule(next, this.meta.segments[next].compressedSize);
+  }
+
+  /** Marks `i` arrived and wakes its readers; returns the next segment to send, or -1 (all sent, or closed). */
+  private deliverNow(i: number, raised: boolean): number {
+    if (this.closed) return -1;
     if (i >= 0) this.arrived[i] = 1;
     this.deliveries.push({ segment: i, atMs: performance.now() - this.t0, bytes: this.sent, raised });
     this.waiters.get(i)?.resolve();
@@ -166,7 +185,7 @@ export class RateLimitedReader implements OverlayReader {
     const next = this.pickNext();
     this.inFlight = next;
     if (next < 0) this.finish();
-    else this.schedule(next, this.meta.segments[next].compressedSize);
+    return next;
   }
 
   private lowestMissing(): number {

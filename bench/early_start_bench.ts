@@ -25,7 +25,9 @@
  * block's hash equals the one the app took at start, and the app's start-up token equals the
  * snapshot's, so the VM was resumed, not restarted), the link's bytes delivered by then, when the
  * VM was fully local, and then the median latency of --requests requests after fill (5 more first,
- * not counted), against the fully synthesized VM.
+ * not counted), against the fully synthesized VM: that one is kept running (idle) from the full run
+ * of the same rate, and the two take turns request by request, so the load of a shared machine
+ * falls on both alike.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, promises as fsp } from "node:fs";
@@ -213,18 +215,26 @@ async function firstAnswer(port: number, token: string | null, deadline: number)
   throw new Error(`no correct answer from the app on port ${port} (last: ${last})`);
 }
 
-/** Latency of `n` requests over distinct blocks, after 5 not counted: median and 90th percentile, ms. */
-async function latency(port: number, n: number, appMiB: number): Promise<{ median: number; p90: number }> {
-  const times: number[] = [];
+/**
+ * Latency of `n` requests over distinct blocks per port, after 5 not counted; the ports take turns,
+ * in alternating order, so that the load of a shared machine falls on all alike. Median and 90th percentile, ms.
+ */
+async function latency(ports: number[], n: number, appMiB: number): Promise<Array<{ median: number; p90: number }>> {
+  const times: number[][] = ports.map(() => []);
   for (let j = -5; j < n; j++) {
     const k = ((j + 5) * 37) % appMiB;
-    const t = performance.now();
-    const r = await get(port, `/b/${k}`, 30_000);
-    if (r.status !== 200 || !r.body.startsWith(`ok ${k} `)) throw new Error(`request /b/${k}: HTTP ${r.status} ${r.body.slice(0, 100)}`);
-    if (j >= 0) times.push(performance.now() - t);
+    const order = j % 2 ? ports.map((_, i) => i) : ports.map((_, i) => ports.length - 1 - i);
+    for (const pi of order) {
+      const t = performance.now();
+      const r = await get(ports[pi], `/b/${k}`, 30_000);
+      if (r.status !== 200 || !r.body.startsWith(`ok ${k} `)) throw new Error(`request /b/${k} on port ${ports[pi]}: HTTP ${r.status} ${r.body.slice(0, 100)}`);
+      if (j >= 0) times[pi].push(performance.now() - t);
+    }
   }
-  times.sort((a, b) => a - b);
-  return { median: times[Math.floor((times.length - 1) / 2)], p90: times[Math.min(times.length - 1, Math.ceil(times.length * 0.9) - 1)] };
+  return times.map((ts) => {
+    ts.sort((a, b) => a - b);
+    return { median: ts[Math.floor((ts.length - 1) / 2)], p90: ts[Math.min(ts.length - 1, Math.ceil(ts.length * 0.9) - 1)] };
+  });
 }
 
 function median(xs: number[]): number {
@@ -332,74 +342,81 @@ async function main(): Promise<void> {
   const vmsDir = homePaths(home).vms;
   for (let rep = 0; rep < reps; rep++) {
     for (const rate of rates) {
-      for (const mode of modes) {
-        const inner = await openOverlay(core, overlayPath);
-        const link = new RateLimitedReader(inner, { bitsPerSecond: rate * 1e6 });
-        const load = loadavg()[0];
-        log(`${rate} Mbit/s, ${mode}, rep ${rep + 1} (load ${load.toFixed(1)})`);
-        says.length = 0;
-        const t0 = performance.now();
-        const deadline = t0 + 30 * 60_000;
-        try {
-          await link.start();
-          if (mode === "full") {
-            const id = `bench-${Date.now().toString(36)}`;
-            const dir = join(vmsDir, id);
-            await fsp.mkdir(vmsDir, { recursive: true });
-            const out = await synthesizeReader(core, link, { baseDisk: files.disk, baseMem: files.memory, machine: base.machine, baseDir: base.dir, overlay: overlayPath, outDir: join(dir, "image"), diskFormat: "qcow2", durable: false, home });
-            const localMs = performance.now() - t0;
-            const vm = await launchSynthesized(ctx, base, out, { runDir: join(dir, "vm"), autoPorts: true, detach: false });
-            try {
-              const port = vm.portForwards.find((p) => p.guestPort === APP_PORT)!.hostPort;
-              const ans = await firstAnswer(port, token, deadline);
-              token ??= ans.token;
-              const lat = await latency(port, requests, appMiB);
-              await link.done;
-              runs.push({ rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs, latencyMedianMs: lat.median, latencyP90Ms: lat.p90, segmentsRaisedOnLink: link.raisedCount, bootSegments: 0, load });
-            } finally {
-              await vm.stop().catch(() => {});
-              await fsp.rm(dir, { recursive: true, force: true });
-            }
-          } else {
-            let resumedAt = 0;
-            let answered: Promise<{ at: number; token: string }> | null = null;
-            const onSay = ctx.say;
-            ctx.say = (l: string) => {
-              onSay(l);
-              const m = /resumed after .*tcp [0-9.]+:(\d+) -> guest port 8080/.exec(l);
-              if (m && !answered) {
-                resumedAt = performance.now();
-                answered = firstAnswer(Number(m[1]), token, deadline);
-                answered.catch(() => {});
-              }
-            };
-            let vmId = "";
-            try {
-              const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, bootSegments });
-              vmId = vm.vmId;
+      let ref: { port: number; stop: () => Promise<void> } | null = null;
+      let refRow: Run | null = null;
+      try {
+        for (const mode of modes) {
+          const inner = await openOverlay(core, overlayPath);
+          const link = new RateLimitedReader(inner, { bitsPerSecond: rate * 1e6 });
+          const load = loadavg()[0];
+          log(`${rate} Mbit/s, ${mode}, rep ${rep + 1} (load ${load.toFixed(1)})`);
+          says.length = 0;
+          const t0 = performance.now();
+          const deadline = t0 + 30 * 60_000;
+          try {
+            await link.start();
+            if (mode === "full") {
+              const id = `bench-${Date.now().toString(36)}`;
+              const dir = join(vmsDir, id);
+              await fsp.mkdir(vmsDir, { recursive: true });
+              const out = await synthesizeReader(core, link, { baseDisk: files.disk, baseMem: files.memory, machine: base.machine, baseDir: base.dir, overlay: overlayPath, outDir: join(dir, "image"), diskFormat: "qcow2", durable: false, home });
               const localMs = performance.now() - t0;
-              if (!answered) throw new Error(`no port for guest port ${APP_PORT} in the early start's output: ${says.join(" | ")}`);
-              const ans = await (answered as Promise<{ at: number; token: string }>);
+              const vm = await launchSynthesized(ctx, base, out, { runDir: join(dir, "vm"), autoPorts: true, detach: false });
+              // Kept running (idle) until the early start's latency is measured beside it.
+              ref = { port: vm.portForwards.find((p) => p.guestPort === APP_PORT)!.hostPort, stop: async () => (await vm.stop().catch(() => {}), await fsp.rm(dir, { recursive: true, force: true })) };
+              const ans = await firstAnswer(ref.port, token, deadline);
               token ??= ans.token;
-              const port = vm.ports.find((p) => p.guestPort === APP_PORT)!.hostPort;
-              const lat = await latency(port, requests, appMiB);
               await link.done;
-              runs.push({
-                rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs,
-                resumedMs: resumedAt - t0, latencyMedianMs: lat.median, latencyP90Ms: lat.p90,
-                pagesOnDemand: vm.early.pagesOnDemand, chunksOnDemand: vm.early.chunksOnDemand, segmentsOnDemand: vm.early.segmentsOnDemand, segmentsRaisedOnLink: link.raisedCount, bootSegments, load,
-              });
-            } finally {
-              ctx.say = onSay;
-              if (vmId) await stopSynthesized(home, vmId).catch((e) => log(`stop ${vmId}: ${(e as Error).message}`));
+              runs.push({ rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs, latencyMedianMs: NaN, latencyP90Ms: NaN, segmentsRaisedOnLink: link.raisedCount, bootSegments: 0, load });
+              refRow = runs.at(-1)!;
+            } else {
+              let resumedAt = 0;
+              let answered: Promise<{ at: number; token: string }> | null = null;
+              const onSay = ctx.say;
+              ctx.say = (l: string) => {
+                onSay(l);
+                const m = /resumed after .*tcp [0-9.]+:(\d+) -> guest port 8080/.exec(l);
+                if (m && !answered) {
+                  resumedAt = performance.now();
+                  answered = firstAnswer(Number(m[1]), token, deadline);
+                  answered.catch(() => {});
+                }
+              };
+              let vmId = "";
+              try {
+                const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, bootSegments });
+                vmId = vm.vmId;
+                const localMs = performance.now() - t0;
+                if (!answered) throw new Error(`no port for guest port ${APP_PORT} in the early start's output: ${says.join(" | ")}`);
+                const ans = await (answered as Promise<{ at: number; token: string }>);
+                token ??= ans.token;
+                const port = vm.ports.find((p) => p.guestPort === APP_PORT)!.hostPort;
+                const lat = await latency(ref ? [port, ref.port] : [port], requests, appMiB);
+                if (refRow) [refRow.latencyMedianMs, refRow.latencyP90Ms] = [lat[1].median, lat[1].p90];
+                await link.done;
+                runs.push({
+                  rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs,
+                  resumedMs: resumedAt - t0, latencyMedianMs: lat[0].median, latencyP90Ms: lat[0].p90,
+                  pagesOnDemand: vm.early.pagesOnDemand, chunksOnDemand: vm.early.chunksOnDemand, segmentsOnDemand: vm.early.segmentsOnDemand, segmentsRaisedOnLink: link.raisedCount, bootSegments, load,
+                });
+              } finally {
+                ctx.say = onSay;
+                if (vmId) await stopSynthesized(home, vmId).catch((e) => log(`stop ${vmId}: ${(e as Error).message}`));
+              }
             }
+            const r = runs.at(-1)!;
+            log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s` + (r.mode === "early" ? `; latency median ${r.latencyMedianMs.toFixed(1)} ms (full: ${refRow?.latencyMedianMs.toFixed(1) ?? "-"} ms); resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
+          } finally {
+            link.close();
+            await inner.close();
           }
-          const r = runs.at(-1)!;
-          log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s; latency median ${r.latencyMedianMs.toFixed(1)} ms` + (r.mode === "early" ? `; resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
-        } finally {
-          link.close();
-          await inner.close();
         }
+        if (ref && refRow && Number.isNaN(refRow.latencyMedianMs)) {
+          const [lat] = await latency([ref.port], requests, appMiB);
+          [refRow.latencyMedianMs, refRow.latencyP90Ms] = [lat.median, lat.p90];
+        }
+      } finally {
+        await ref?.stop();
       }
     }
   }

@@ -26,7 +26,9 @@ test("segments arrive in order, the meta first, at the link rate", async () => {
     const link = new RateLimitedReader(inner, { bitsPerSecond: bps });
     const t0 = performance.now();
     await link.start();
-    const got = await Promise.all(inner.meta.segments.map((_, i) => link.segment(i).then((b) => ({ i, b, at: performance.now() - t0 }))));
+    // A reader that asks in order, one at a time: nothing is raised.
+    const got: Array<{ i: number; b: Uint8Array; at: number }> = [];
+    for (let i = 0; i < n; i++) got.push({ i, b: await link.segment(i), at: performance.now() - t0 });
     await link.done;
     assert.deepEqual(link.deliveries.map((d) => d.segment), [-1, ...Array.from({ length: n }, (_, i) => i)]);
     assert.equal(link.raisedCount, 0, "asking in order raises nothing");
@@ -65,6 +67,24 @@ test("a segment asked for before its turn goes next, ahead of the in-order strea
     // A wanted segment later in the order is not sent twice: the total stays the overlay's size.
     assert.equal(link.deliveries.at(-1)!.bytes, inner.totalBytes);
     assert.equal(link.bytesDeliveredAt(0), 0);
+  } finally {
+    await inner.close();
+  }
+});
+
+test("a segment asked for within the horizon of the in-order stream is not raised (a reader's read-ahead)", async () => {
+  const inner = await openOverlay(core, path);
+  try {
+    const n = inner.meta.segments.length;
+    const link = new RateLimitedReader(inner, { bitsPerSecond: (inner.totalBytes * 8) / 0.5, horizon: 3 });
+    await link.start();
+    await link.segment(0);
+    // Segment 1 is on the wire: 2, 3 and 4 are the horizon; 5 is beyond it.
+    await Promise.all([link.segment(4), link.segment(5)]);
+    await link.done;
+    assert.deepEqual(link.deliveries.filter((d) => d.raised).map((d) => d.segment), [5]);
+    assert.deepEqual(link.deliveries.map((d) => d.segment).slice(0, 5), [-1, 0, 1, 5, 2]);
+    assert.equal(link.deliveries.length, n + 1);
   } finally {
     await inner.close();
   }

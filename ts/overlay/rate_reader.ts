@@ -12,8 +12,9 @@
  *
  * The link sends one segment at a time and never preempts one in flight: a
  * request waits for it, then its segment goes next. Requests queue first
- * come, first served. The link runs whether or not anyone reads, as an
- * upload does: delivery times depend only on the rate and the requests.
+ * come, first served. A request for one of the next few segments in order
+ * (`horizon`) is not raised: those come next anyway. The link runs whether
+ * or not anyone reads, as an upload does: delivery times depend only on the rate and the requests.
  */
 import { CloudletError } from "../errors.ts";
 import type { OverlayReader } from "./reader.ts";
@@ -36,6 +37,13 @@ export interface RateLimitOptions {
   bitsPerSecond: number;
   /** Meta bytes sent before the first segment (default: what the inner reader's total holds beyond its segments). */
   metaBytes?: number;
+  /**
+   * A request for one of the next `horizon` segments of the in-order stream
+   * is not raised: they come next anyway (default 4, a reader's read-ahead).
+   * Raising them would queue a reader's read-ahead in front of later
+   * requests for segments far ahead, which are the ones that need the jump.
+   */
+  horizon?: number;
 }
 
 /** An overlay reader fed through a simulated link; call {@link start} to start sending. */
@@ -51,6 +59,7 @@ export class RateLimitedReader implements OverlayReader {
   private readonly wanted: number[] = [];
   private readonly metaSize: number;
   private readonly bytesPerMs: number;
+  private readonly horizon: number;
   private cursor = 0;
   private inFlight = -2;
   private sent = 0;
@@ -74,6 +83,7 @@ export class RateLimitedReader implements OverlayReader {
     const segBytes = inner.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
     this.metaSize = o.metaBytes ?? Math.max(0, inner.totalBytes - segBytes);
     this.bytesPerMs = o.bitsPerSecond / 8000;
+    this.horizon = o.horizon ?? 4;
     this.done = new Promise((r) => (this.finish = r));
   }
 
@@ -113,7 +123,7 @@ export class RateLimitedReader implements OverlayReader {
   async segment(i: number): Promise<Uint8Array> {
     if (!(i >= 0 && i < this.arrived.length)) throw new CloudletError("BAD_ARGUMENT", `segment ${i + 1} does not exist (the overlay has ${this.arrived.length})`, this.name);
     if (!this.arrived[i]) {
-      if (i !== this.inFlight && !this.wanted.includes(i)) this.wanted.push(i);
+      if (i !== this.inFlight && !this.wanted.includes(i) && !this.withinHorizon(i)) this.wanted.push(i);
       await this.whenArrived(i);
     }
     return this.inner.segment(i);
@@ -186,6 +196,17 @@ export class RateLimitedReader implements OverlayReader {
     this.inFlight = next;
     if (next < 0) this.finish();
     return next;
+  }
+
+  /** Whether `i` is among the next `horizon` segments the in-order stream sends (not counting the one in flight). */
+  private withinHorizon(i: number): boolean {
+    let ahead = 0;
+    for (let j = this.lowestMissing(); j < this.arrived.length && ahead < this.horizon; j++) {
+      if (this.arrived[j] || j === this.inFlight) continue;
+      if (j === i) return true;
+      ahead++;
+    }
+    return false;
   }
 
   private lowestMissing(): number {

@@ -36,6 +36,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import type { LinkDelivery, RateLimitedReader as Link } from "../ts/overlay/rate_reader.ts";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const DATA = join(process.env.BENCH_DATA ?? join(REPO, ".build/bench"), "early-start");
@@ -153,7 +154,7 @@ async function serveFile(path: string): Promise<{ port: number; close: () => Pro
 
 // ---------------------------------------------------------------------------
 
-type Mode = "full" | "early";
+type Mode = "full" | "early" | "early-ws";
 
 interface Run {
   rateMbit: number;
@@ -176,6 +177,8 @@ interface Run {
   segmentsOnDemand?: number;
   segmentsRaisedOnLink: number;
   bootSegments: number;
+  /** early-ws: segments sent first on the link (the plain early run's working set). */
+  workingSetSegments?: number;
   load: number;
 }
 
@@ -252,7 +255,7 @@ async function main(): Promise<void> {
       overlay: { type: "string" },
       base: { type: "string" },
       home: { type: "string" },
-      modes: { type: "string", default: "full,early" },
+      modes: { type: "string", default: "full,early,early-ws" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -266,7 +269,7 @@ async function main(): Promise<void> {
   const requests = Number(a.requests);
   const appMiB = Number(a["app-mib"]);
   const modes = a.modes!.split(",") as Mode[];
-  if (rates.some((r) => !(r > 0)) || !(reps >= 1) || !(requests >= 1) || !(appMiB >= 1) || modes.some((m) => m !== "full" && m !== "early")) throw new Error("bad option value (see --help)");
+  if (rates.some((r) => !(r > 0)) || !(reps >= 1) || !(requests >= 1) || !(appMiB >= 1) || modes.some((m) => !["full", "early", "early-ws"].includes(m))) throw new Error("bad option value (see --help)");
 
   const { loadCoreFromDisk } = await import("../ts/node/core_file.ts");
   const { createBase } = await import("../ts/jobs/base_create.ts");
@@ -344,10 +347,17 @@ async function main(): Promise<void> {
     for (const rate of rates) {
       let ref: { port: number; stop: () => Promise<void> } | null = null;
       let refRow: Run | null = null;
+      // The segments the plain early start needed ahead of the in-order stream before its first answer.
+      let workingSet: number[] | null = null;
       try {
         for (const mode of modes) {
+          if (mode === "early-ws" && !workingSet) {
+            log(`${rate} Mbit/s, early-ws: skipped (it needs the early run of the same rate before it)`);
+            continue;
+          }
           const inner = await openOverlay(core, overlayPath);
-          const link = new RateLimitedReader(inner, { bitsPerSecond: rate * 1e6 });
+          const first: number[] | undefined = mode === "early-ws" ? (workingSet ?? undefined) : undefined;
+          const link: Link = new RateLimitedReader(inner, { bitsPerSecond: rate * 1e6, first });
           const load = loadavg()[0];
           log(`${rate} Mbit/s, ${mode}, rep ${rep + 1} (load ${load.toFixed(1)})`);
           says.length = 0;
@@ -384,12 +394,13 @@ async function main(): Promise<void> {
               };
               let vmId = "";
               try {
-                const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, bootSegments });
+                const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, bootSegments: mode === "early" ? bootSegments : 0 });
                 vmId = vm.vmId;
                 const localMs = performance.now() - t0;
                 if (!answered) throw new Error(`no port for guest port ${APP_PORT} in the early start's output: ${says.join(" | ")}`);
                 const ans = await (answered as Promise<{ at: number; token: string }>);
                 token ??= ans.token;
+                if (mode === "early") workingSet = link.deliveries.filter((d: LinkDelivery) => d.raised && d.atMs <= ans.at - t0).map((d: LinkDelivery) => d.segment);
                 const port = vm.ports.find((p) => p.guestPort === APP_PORT)!.hostPort;
                 const lat = await latency(ref ? [port, ref.port] : [port], requests, appMiB);
                 if (refRow) [refRow.latencyMedianMs, refRow.latencyP90Ms] = [lat[1].median, lat[1].p90];
@@ -397,7 +408,7 @@ async function main(): Promise<void> {
                 runs.push({
                   rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs,
                   resumedMs: resumedAt - t0, latencyMedianMs: lat[0].median, latencyP90Ms: lat[0].p90,
-                  pagesOnDemand: vm.early.pagesOnDemand, chunksOnDemand: vm.early.chunksOnDemand, segmentsOnDemand: vm.early.segmentsOnDemand, segmentsRaisedOnLink: link.raisedCount, bootSegments, load,
+                  pagesOnDemand: vm.early.pagesOnDemand, chunksOnDemand: vm.early.chunksOnDemand, segmentsOnDemand: vm.early.segmentsOnDemand, segmentsRaisedOnLink: link.raisedCount, bootSegments: mode === "early" ? bootSegments : 0, workingSetSegments: first?.length, load,
                 });
               } finally {
                 ctx.say = onSay;
@@ -405,7 +416,7 @@ async function main(): Promise<void> {
               }
             }
             const r = runs.at(-1)!;
-            log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s` + (r.mode === "early" ? `; latency median ${r.latencyMedianMs.toFixed(1)} ms (full: ${refRow?.latencyMedianMs.toFixed(1) ?? "-"} ms); resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
+            log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s` + (r.mode !== "full" ? `; latency median ${r.latencyMedianMs.toFixed(1)} ms (full: ${refRow?.latencyMedianMs.toFixed(1) ?? "-"} ms); resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
           } finally {
             link.close();
             await inner.close();
@@ -444,16 +455,18 @@ function report(r: { date: string; commit: string; cpu: string; cores: number; m
   const med = (rate: number, mode: Mode, f: (x: Run) => number) => median(r.runs.filter((x) => x.rateMbit === rate && x.mode === mode).map(f));
   const ratios: string[] = [];
   for (const rate of rates) {
-    for (const mode of ["full", "early"] as Mode[]) {
+    for (const mode of ["full", "early", "early-ws"] as Mode[]) {
       if (!r.runs.some((x) => x.rateMbit === rate && x.mode === mode)) continue;
       const m = (f: (x: Run) => number) => med(rate, mode, f);
-      L.push(`| ${rate} Mbit/s | ${mode === "full" ? "pipelined full" : "early start"} | ${s(m((x) => x.firstAnswerMs))} | ${(m((x) => x.bytesBeforeAnswer) / 1e6).toFixed(1)} MB (${((100 * m((x) => x.bytesBeforeAnswer)) / r.overlay.bytes).toFixed(0)}%) | ${mode === "early" ? s(m((x) => x.resumedMs!)) : "-"} | ${s(m((x) => x.localMs))} | ${s(m((x) => x.linkMs))} | ${m((x) => x.latencyMedianMs).toFixed(1)} ms (${m((x) => x.latencyP90Ms).toFixed(1)}) | ${mode === "early" ? `${m((x) => x.pagesOnDemand!)}, ${m((x) => x.chunksOnDemand!)}, ${m((x) => x.segmentsOnDemand!)}` : "-"} |`);
+      const label = { full: "pipelined full", early: r.overlay.bootSegments ? "early start, boot set" : "early start", "early-ws": `early start, working set first on the link (${m((x) => x.workingSetSegments!)} segments)` }[mode];
+      L.push(`| ${rate} Mbit/s | ${label} | ${s(m((x) => x.firstAnswerMs))} | ${(m((x) => x.bytesBeforeAnswer) / 1e6).toFixed(1)} MB (${((100 * m((x) => x.bytesBeforeAnswer)) / r.overlay.bytes).toFixed(0)}%) | ${mode !== "full" ? s(m((x) => x.resumedMs!)) : "-"} | ${s(m((x) => x.localMs))} | ${s(m((x) => x.linkMs))} | ${m((x) => x.latencyMedianMs).toFixed(1)} ms (${m((x) => x.latencyP90Ms).toFixed(1)}) | ${mode !== "full" ? `${m((x) => x.pagesOnDemand!)}, ${m((x) => x.chunksOnDemand!)}, ${m((x) => x.segmentsOnDemand!)}` : "-"} |`);
     }
-    if (r.runs.some((x) => x.rateMbit === rate && x.mode === "full") && r.runs.some((x) => x.rateMbit === rate && x.mode === "early")) {
-      const fa = med(rate, "early", (x) => x.firstAnswerMs) / med(rate, "full", (x) => x.firstAnswerMs);
-      const lat = med(rate, "early", (x) => x.latencyMedianMs) / med(rate, "full", (x) => x.latencyMedianMs);
+    for (const mode of ["early", "early-ws"] as Mode[]) {
+      if (!r.runs.some((x) => x.rateMbit === rate && x.mode === "full") || !r.runs.some((x) => x.rateMbit === rate && x.mode === mode)) continue;
+      const fa = med(rate, mode, (x) => x.firstAnswerMs) / med(rate, "full", (x) => x.firstAnswerMs);
+      const lat = med(rate, mode, (x) => x.latencyMedianMs) / med(rate, "full", (x) => x.latencyMedianMs);
       const target = rate === 25 ? ` (target <= 0.25x: ${fa <= 0.25 ? "met" : "MISSED"}; latency <= 1.05x: ${lat <= 1.05 ? "met" : "MISSED"})` : "";
-      ratios.push(`- ${rate} Mbit/s: first answer early/full **${fa.toFixed(2)}x**, fully local early/full ${(med(rate, "early", (x) => x.localMs) / med(rate, "full", (x) => x.localMs)).toFixed(2)}x, latency after fill early/full **${lat.toFixed(2)}x**${target}`);
+      ratios.push(`- ${rate} Mbit/s, ${mode}: first answer ${mode}/full **${fa.toFixed(2)}x**, fully local ${mode}/full ${(med(rate, mode, (x) => x.localMs) / med(rate, "full", (x) => x.localMs)).toFixed(2)}x, latency after fill ${mode}/full **${lat.toFixed(2)}x**${target}`);
     }
   }
   return [...L, "", ...ratios].join("\n");

@@ -90,6 +90,19 @@ test("a segment asked for within the horizon of the in-order stream is not raise
   }
 });
 
+test("segments named up front go first, then the rest in order", async () => {
+  const inner = await openOverlay(core, path);
+  try {
+    const n = inner.meta.segments.length;
+    const link = new RateLimitedReader(inner, { bitsPerSecond: (inner.totalBytes * 8) / 0.3, first: [n - 1, 2] });
+    await link.start();
+    await link.done;
+    assert.deepEqual(link.deliveries.map((d) => d.segment), [-1, n - 1, 2, 0, 1, ...Array.from({ length: n - 3 }, (_, i) => i + 3).filter((i) => i !== n - 1)]);
+  } finally {
+    await inner.close();
+  }
+});
+
 test("a closed link rejects waiting requests", async () => {
   const inner = await openOverlay(core, path);
   try {

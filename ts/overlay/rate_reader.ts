@@ -44,6 +44,8 @@ export interface RateLimitOptions {
    * requests for segments far ahead, which are the ones that need the jump.
    */
   horizon?: number;
+  /** Segments to send first, in this order, before the in-order stream (e.g. a working set known in advance). */
+  first?: number[];
 }
 
 /** An overlay reader fed through a simulated link; call {@link start} to start sending. */
@@ -84,6 +86,7 @@ export class RateLimitedReader implements OverlayReader {
     this.metaSize = o.metaBytes ?? Math.max(0, inner.totalBytes - segBytes);
     this.bytesPerMs = o.bitsPerSecond / 8000;
     this.horizon = o.horizon ?? 4;
+    for (const i of o.first ?? []) if (i >= 0 && i < this.arrived.length && !this.wanted.includes(i)) this.wanted.push(i);
     this.done = new Promise((r) => (this.finish = r));
   }
 

@@ -162,6 +162,8 @@ interface Run {
   rep: number;
   /** From the link's start: the first correct answer, ms. */
   firstAnswerMs: number;
+  /** Requests started until the first correct answer. */
+  answerAttempts: number;
   /** Link bytes (meta + whole segments) delivered by the first answer. */
   bytesBeforeAnswer: number;
   /** From the link's start: the VM no longer needs the overlay, ms (full: synthesis done, before the resume). */
@@ -197,25 +199,50 @@ function get(port: number, path: string, timeoutMs: number): Promise<{ status: n
   });
 }
 
-/** Polls GET /b/0 until it answers correctly; returns the time (performance.now()) of that answer and the app's token. */
-async function firstAnswer(port: number, token: string | null, deadline: number): Promise<{ at: number; token: string }> {
+/**
+ * Asks GET /b/0 until it answers correctly; returns the time (performance.now()) of that answer and
+ * the app's token. A new request starts every 500 ms while fewer than 4 are open: one request can
+ * sit in a TCP retransmission back-off between QEMU's user network and a guest that was stalled
+ * (it doubles, 1 s, 2 s, 4 s...), and that would measure the back-off instead of the app.
+ */
+async function firstAnswer(port: number, token: string | null, deadline: number): Promise<{ at: number; token: string; attempts: number }> {
   let last = "";
-  while (performance.now() < deadline) {
-    try {
-      const r = await get(port, "/b/0", 20_000);
-      const m = /^ok 0 ([0-9a-f]{64}) ([0-9a-f]{16})$/.exec(r.body.trim());
-      if (r.status === 200 && m) {
-        if (token && m[2] !== token) throw new Error(`the app answered with start-up token ${m[2]}, not the snapshot's ${token}: it was restarted`);
-        return { at: performance.now(), token: m[2] };
+  let open = 0;
+  let attempts = 0;
+  return await new Promise((done, fail) => {
+    let settled = false;
+    const attempt = () => {
+      open++;
+      attempts++;
+      get(port, "/b/0", 60_000).then(
+        (r) => {
+          open--;
+          const m = /^ok 0 ([0-9a-f]{64}) ([0-9a-f]{16})$/.exec(r.body.trim());
+          if (settled) return;
+          if (r.status === 200 && m) {
+            settled = true;
+            if (token && m[2] !== token) fail(new Error(`the app answered with start-up token ${m[2]}, not the snapshot's ${token}: it was restarted`));
+            else done({ at: performance.now(), token: m[2], attempts });
+          } else last = `HTTP ${r.status} ${r.body.slice(0, 100)}`;
+        },
+        (e) => {
+          open--;
+          last = (e as Error).message;
+        },
+      );
+    };
+    const tick = () => {
+      if (settled) return;
+      if (performance.now() > deadline) {
+        settled = true;
+        fail(new Error(`no correct answer from the app on port ${port} (last: ${last})`));
+        return;
       }
-      last = `HTTP ${r.status} ${r.body.slice(0, 100)}`;
-    } catch (e) {
-      if (/restarted/.test((e as Error).message)) throw e;
-      last = (e as Error).message;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no correct answer from the app on port ${port} (last: ${last})`);
+      if (open < 4) attempt();
+      setTimeout(tick, open ? 500 : 50);
+    };
+    tick();
+  });
 }
 
 /**
@@ -377,11 +404,11 @@ async function main(): Promise<void> {
               const ans = await firstAnswer(ref.port, token, deadline);
               token ??= ans.token;
               await link.done;
-              runs.push({ rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs, latencyMedianMs: NaN, latencyP90Ms: NaN, segmentsRaisedOnLink: link.raisedCount, bootSegments: 0, load });
+              runs.push({ rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, answerAttempts: ans.attempts, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs, latencyMedianMs: NaN, latencyP90Ms: NaN, segmentsRaisedOnLink: link.raisedCount, bootSegments: 0, load });
               refRow = runs.at(-1)!;
             } else {
               let resumedAt = 0;
-              let answered: Promise<{ at: number; token: string }> | null = null;
+              let answered: Promise<{ at: number; token: string; attempts: number }> | null = null;
               const onSay = ctx.say;
               ctx.say = (l: string) => {
                 onSay(l);
@@ -398,7 +425,7 @@ async function main(): Promise<void> {
                 vmId = vm.vmId;
                 const localMs = performance.now() - t0;
                 if (!answered) throw new Error(`no port for guest port ${APP_PORT} in the early start's output: ${says.join(" | ")}`);
-                const ans = await (answered as Promise<{ at: number; token: string }>);
+                const ans = await (answered as Promise<{ at: number; token: string; attempts: number }>);
                 token ??= ans.token;
                 if (mode === "early") workingSet = link.deliveries.filter((d: LinkDelivery) => d.raised && d.atMs <= ans.at - t0).map((d: LinkDelivery) => d.segment);
                 const port = vm.ports.find((p) => p.guestPort === APP_PORT)!.hostPort;
@@ -406,7 +433,7 @@ async function main(): Promise<void> {
                 if (refRow) [refRow.latencyMedianMs, refRow.latencyP90Ms] = [lat[1].median, lat[1].p90];
                 await link.done;
                 runs.push({
-                  rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs,
+                  rateMbit: rate, mode, rep, firstAnswerMs: ans.at - t0, answerAttempts: ans.attempts, bytesBeforeAnswer: link.bytesDeliveredAt(ans.at - t0), localMs, linkMs: link.deliveries.at(-1)!.atMs,
                   resumedMs: resumedAt - t0, latencyMedianMs: lat[0].median, latencyP90Ms: lat[0].p90,
                   pagesOnDemand: vm.early.pagesOnDemand, chunksOnDemand: vm.early.chunksOnDemand, segmentsOnDemand: vm.early.segmentsOnDemand, segmentsRaisedOnLink: link.raisedCount, bootSegments: mode === "early" ? bootSegments : 0, workingSetSegments: first?.length, load,
                 });
@@ -416,7 +443,7 @@ async function main(): Promise<void> {
               }
             }
             const r = runs.at(-1)!;
-            log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s` + (r.mode !== "full" ? `; latency median ${r.latencyMedianMs.toFixed(1)} ms (full: ${refRow?.latencyMedianMs.toFixed(1) ?? "-"} ms); resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
+            log(`  first answer ${(r.firstAnswerMs / 1000).toFixed(2)} s (${r.answerAttempts} requests) after ${(r.bytesBeforeAnswer / 1e6).toFixed(1)} MB; local ${(r.localMs / 1000).toFixed(2)} s; link done ${(r.linkMs / 1000).toFixed(2)} s` + (r.mode !== "full" ? `; latency median ${r.latencyMedianMs.toFixed(1)} ms (full: ${refRow?.latencyMedianMs.toFixed(1) ?? "-"} ms); resumed ${(r.resumedMs! / 1000).toFixed(2)} s, on demand: ${r.pagesOnDemand} pages, ${r.chunksOnDemand} chunks, ${r.segmentsOnDemand} segments raised (${r.segmentsRaisedOnLink} on the link)` : ""));
           } finally {
             link.close();
             await inner.close();

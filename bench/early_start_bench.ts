@@ -4,7 +4,10 @@
  * Mbit/s, early start against today's pipelined full synthesis on the same feed.
  *
  *   node --import tsx bench/early_start_bench.ts [--rates 25,100,1000] [--reps 1] [--requests 50]
- *                                                [--app-mib 200] [--overlay PATH --base NAME] [--json]
+ *                                                [--modes full,early,early-ws] [--app-mib 200]
+ *                                                [--overlay PATH --base NAME --home DIR] [--json]
+ *   node --import tsx bench/early_start_bench.ts --from-json .build/bench/early-start/results.json
+ * Results: bench/README.md ("Early start at 25, 100 and 1000 Mbit/s").
  *
  * The pair (built on first use, cached in .build/bench/early-start/; ~5 min under TCG):
  *   base   = the built-in guest booted with 512 MiB of RAM (`cloudlet base`, in-process);
@@ -20,7 +23,10 @@
  * before its turn goes next, as the network priority channel will do):
  *   full  = synthesizeReader (the pipelined synthesis of `cloudlet synthesis`) then the VM's resume;
  *   early = synthesizeEarly (`cloudlet synthesis --early-start`), with the meta's boot set when it
- *           has one (format v2, `bootSet.segments`), else none.
+ *           has one (format v2, `bootSet.segments`), else none;
+ *   early-ws = early start again, with the segments the early run of the same rate and rep needed
+ *           ahead of the in-order stream before its first answer sent first on the link: a
+ *           stand-in for the boot set's order (no precopy, still applied on demand).
  * Measured from the link's start: the first correct answer of the app (GET /b/0: HTTP 200, the
  * block's hash equals the one the app took at start, and the app's start-up token equals the
  * snapshot's, so the VM was resumed, not restarted), the link's bytes delivered by then, when the
@@ -291,7 +297,7 @@ async function main(): Promise<void> {
     },
   });
   if (a.help) {
-    console.log("usage: node --import tsx bench/early_start_bench.ts [--rates 25,100,1000] [--reps 1] [--requests 50] [--app-mib 200] [--modes full,early]\n       [--overlay PATH --base NAME --home DIR] (another overlay of an app answering GET /b/0 on guest port 8080) [--json]");
+    console.log("usage: node --import tsx bench/early_start_bench.ts [--rates 25,100,1000] [--reps 1] [--requests 50] [--app-mib 200] [--modes full,early,early-ws]\n       [--overlay PATH --base NAME --home DIR] (another overlay of an app answering GET /b/0 on guest port 8080) [--json]\n       --from-json FILE: print the report of a saved run");
     return;
   }
   if (a["from-json"]) {

@@ -293,6 +293,7 @@ async function main(): Promise<void> {
       modes: { type: "string", default: "full,early,early-ws" },
       json: { type: "boolean", default: false },
       "from-json": { type: "string" },
+      warmup: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -334,7 +335,7 @@ async function main(): Promise<void> {
   const ctx = { core, home, hostChoice: { host: "qemu" as const }, say: (l: string) => (says.push(l), log(`  ${l}`)) };
 
   const baseName = a.base ?? BASE_NAME;
-  const overlayPath = resolve(a.overlay ?? join(DATA, `app-${appMiB}.overlay`));
+  const overlayPath = resolve(a.overlay ?? join(DATA, `app-${appMiB}${a.warmup ? "-warm" : ""}.overlay`));
   if (!a.overlay && !existsSync(overlayPath)) {
     const reg = new Registry(home);
     if (!(await reg.listBases()).some((b) => b.name === baseName)) {
@@ -351,6 +352,9 @@ async function main(): Promise<void> {
         customize: { script: customizeScript(`http://10.0.2.2:${srv.port}/python.tgz`, appMiB), timeoutMs: 1_200_000 },
         forwards: [{ proto: "tcp", hostPort: 0, guestPort: APP_PORT }],
         out: overlayPath,
+        // --warmup: record the working set with the first request (format v2's boot set; the
+        // option exists once the working-set recording is in this tree).
+        ...((a.warmup ? { warmup: { url: `http://{host}:{port:${APP_PORT}}/b/0`, timeoutMs: 600_000 } } : {}) as object),
       });
       log(`overlay: ${r.bytes} B, ${r.meta.segments.length} segments, ${((performance.now() - t) / 1000).toFixed(0)} s`);
     } finally {
@@ -364,7 +368,10 @@ async function main(): Promise<void> {
   const meta = probe.meta;
   const overlayBytes = probe.totalBytes;
   await probe.close();
-  const bootSegments = (meta as { bootSet?: { segments: number } }).bootSet?.segments ?? 0;
+  // Format v2's boot set, passed as `cloudlet synthesis --early-start` does (none in a v1 overlay).
+  const bootSet = (meta as { bootSet?: { segments: number; basePages?: Array<[number, number]> } }).bootSet;
+  const bootSegments = bootSet?.segments ?? 0;
+  const bootBasePages = (bootSet?.basePages ?? []).flatMap(([first, n]) => Array.from({ length: n }, (_, i) => first + i));
   const memSegs = meta.segments.filter((s) => s.ranges.some(([k]) => k === 1)).length;
   const diskSegs = meta.segments.filter((s) => s.ranges.some(([k]) => k === 0)).length;
   const qemu = sh("qemu-system-x86_64", ["--version"]).split("\n")[0];
@@ -434,7 +441,8 @@ async function main(): Promise<void> {
               };
               let vmId = "";
               try {
-                const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, bootSegments: mode === "early" ? bootSegments : 0 });
+                const boot = mode === "early" ? { bootSegments, bootBasePages } : { bootSegments: 0 };
+                const vm = await synthesizeEarly(ctx, base, link, { overlayPath, autoPorts: true, ...boot });
                 vmId = vm.vmId;
                 const localMs = performance.now() - t0;
                 if (!answered) throw new Error(`no port for guest port ${APP_PORT} in the early start's output: ${says.join(" | ")}`);

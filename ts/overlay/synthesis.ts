@@ -89,7 +89,7 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
   // referenced ones) is checked against the overlay's base id, alongside the
   // segments; nothing is finished before it passed. See docs/decisions.md.
   const stopBaseCheck = new AbortController();
-  const baseChecked = verifyBaseBytes(core, meta, o.baseDisk, o.baseMemory, { ...o.baseCheck, signal: signal ? AbortSignal.any([signal, stopBaseCheck.signal]) : stopBaseCheck.signal });
+  const baseChecked = verifyBaseBytes(core, meta, o.baseDisk, o.baseMemory, { codec: o.codec, ...o.baseCheck, signal: signal ? AbortSignal.any([signal, stopBaseCheck.signal]) : stopBaseCheck.signal });
   baseChecked.catch(() => {}); // awaited below
   const launch = () => {
     while (next < meta.segments.length && pending.length < readAhead) {
@@ -332,44 +332,66 @@ export interface BaseCheckHints {
   digests?: DigestSource;
   /** Chunk runs known to read as zero (file holes): not read, as at preparation. */
   knownZero?: KnownZero;
+  /** Hashes off this thread (the codec's workers) when given; else the hashing runs here. */
+  codec?: Pick<SegmentCodec, "hashChunks">;
   /** Cancellation. */
   signal?: AbortSignal;
 }
+
+/** Base-check batches hashed at once: enough to keep a worker fed, few enough to leave room for decoding. */
+const BASE_CHECK_IN_FLIGHT = 3;
 
 /**
  * Hashes every chunk of the base images and checks the result against the
  * overlay's base id, so no output builds on base bytes that differ from the
  * base the overlay was made for (a cache keyed by file identity cannot tell).
  * Throws WRONG_BASE naming the base file (and the chunk, when `digests` are given).
+ *
+ * Only the data chunks are read (holes hash to the zero digest, as at
+ * preparation), and with `hints.codec` they are hashed on its workers, a few
+ * batches at a time, so the check runs beside synthesis rather than on the
+ * thread that applies and writes.
  */
 export async function verifyBaseBytes(core: Core, meta: OverlayMeta, disk: ByteSource, memory: ByteSource, hints: BaseCheckHints = {}): Promise<void> {
   const zeroDigest = zeroChunkDigest(core);
+  const hashOff = hints.codec?.hashChunks?.bind(hints.codec);
   const listHashes: Uint8Array[] = [];
   // Memory first, as the id is computed (see scanBase).
   for (const [src, kind, holes, what] of [[memory, 1, hints.knownZero?.memory, "base memory page"], [disk, 0, hints.knownZero?.disk, "base disk chunk"]] as const) {
     const n = Math.ceil(src.size / CHUNK);
     const listHash = core.hasher("blake3");
-    for (let first = 0; first < n; first += SCAN_BATCH) {
-      hints.signal?.throwIfAborted();
-      const count = Math.min(SCAN_BATCH, n - first);
-      let digests: Uint8Array;
-      if (holes?.some(([a, b]) => a <= first && first + count <= b)) {
-        digests = new Uint8Array(count * 32);
-        for (let i = 0; i < count; i++) digests.set(zeroDigest, i * 32);
-      } else {
-        digests = core.hashChunks("blake3", await readChunks(src, first, count));
-      }
+    const isHole = holeMap(holes, n);
+    // Batches in order; each resolves to the digests of all its chunks.
+    const inFlight: Array<Promise<Uint8Array>> = [];
+    const check = async (first: number, count: number, digests: Uint8Array) => {
       listHash.update(digests);
-      if (hints.digests) {
-        const want = await hints.digests.read(kind, first, count);
-        for (let i = 0; i < count; i++) {
-          for (let b = 0; b < SHORT_DIGEST; b++) {
-            if (digests[i * 32 + b] !== want[i * SHORT_DIGEST + b]) {
-              throw new CloudletError("WRONG_BASE", `${what} ${first + i} (byte offset ${(first + i) * CHUNK}) differs from the base this overlay was made for: the file was changed after it was prepared; restore it or use the overlay's own base`, src.name);
-            }
+      if (!hints.digests) return;
+      const want = await hints.digests.read(kind, first, count);
+      for (let i = 0; i < count; i++) {
+        for (let b = 0; b < SHORT_DIGEST; b++) {
+          if (digests[i * 32 + b] !== want[i * SHORT_DIGEST + b]) {
+            throw new CloudletError("WRONG_BASE", `${what} ${first + i} (byte offset ${(first + i) * CHUNK}) differs from the base this overlay was made for: the file was changed after it was prepared; restore it or use the overlay's own base`, src.name);
           }
         }
       }
+    };
+    const firsts: number[] = [];
+    try {
+      for (let first = 0; first < n || inFlight.length; first += SCAN_BATCH) {
+        if (first < n) {
+          hints.signal?.throwIfAborted();
+          const p = hashBatch(core, src, first, Math.min(SCAN_BATCH, n - first), isHole, zeroDigest, hashOff);
+          p.catch(() => {}); // awaited in order below
+          inFlight.push(p);
+          firsts.push(first);
+        }
+        if (inFlight.length >= BASE_CHECK_IN_FLIGHT || first >= n) {
+          const f = firsts.shift()!;
+          await check(f, Math.min(SCAN_BATCH, n - f), await inFlight.shift()!);
+        }
+      }
+    } finally {
+      await Promise.allSettled(inFlight);
     }
     listHashes.push(listHash.digest());
   }
@@ -377,4 +399,63 @@ export async function verifyBaseBytes(core: Core, meta: OverlayMeta, disk: ByteS
   if (id !== meta.base.id) {
     throw new CloudletError("WRONG_BASE", `the base files do not hash to the overlay's base id (expected ${meta.base.id}, actual ${id}): a base file was changed, or this is not the overlay's base (base memory ${memory.name})`, disk.name);
   }
+}
+
+/** One byte per chunk, 1 where the chunk lies in a known hole; null when there are none. */
+function holeMap(holes: ReadonlyArray<readonly [number, number]> | undefined, n: number): Uint8Array | null {
+  if (!holes?.length) return null;
+  const m = new Uint8Array(n);
+  for (const [a, b] of holes) m.fill(1, Math.max(0, a), Math.min(n, b));
+  return m;
+}
+
+/**
+ * The BLAKE3 digests (32 bytes each) of chunks [first, first+count) of
+ * `src`: hole chunks get the zero digest unread, the data chunks are read
+ * (one read per run) and hashed, by `hashOff` when given.
+ */
+async function hashBatch(core: Core, src: ByteSource, first: number, count: number, isHole: Uint8Array | null, zeroDigest: Uint8Array, hashOff?: (b: Uint8Array) => Promise<Uint8Array>): Promise<Uint8Array> {
+  // Runs of data chunks, relative to `first`.
+  const runs: Array<[number, number]> = [];
+  for (let i = 0; i < count; ) {
+    if (isHole?.[first + i]) {
+      i++;
+      continue;
+    }
+    let j = i + 1;
+    while (j < count && !isHole?.[first + j]) j++;
+    runs.push([i, j]);
+    i = j;
+  }
+  const dataChunks = runs.reduce((t, [a, b]) => t + b - a, 0);
+  let data: Uint8Array;
+  if (runs.length === 1 && (first + runs[0][1]) * CHUNK <= src.size) {
+    data = await src.read((first + runs[0][0]) * CHUNK, dataChunks * CHUNK); // one read, no copy
+    if (data.length < dataChunks * CHUNK) data = padTo(data, dataChunks * CHUNK); // the file shrank meanwhile: the check fails below
+  } else {
+    // Several runs, or the last chunk is partial (zero-padded, as at preparation).
+    data = new Uint8Array(dataChunks * CHUNK);
+    let at = 0;
+    for (const [a, b] of runs) {
+      data.set(await readChunks(src, first + a, b - a), at);
+      at += (b - a) * CHUNK;
+    }
+  }
+  const got = !dataChunks ? new Uint8Array(0) : hashOff ? await hashOff(data) : core.hashChunks("blake3", data);
+  if (dataChunks === count) return got;
+  const digests = new Uint8Array(count * 32);
+  for (let i = 0; i < count; i++) if (isHole?.[first + i]) digests.set(zeroDigest, i * 32);
+  let k = 0;
+  for (const [a, b] of runs) {
+    digests.set(got.subarray(k * 32, (k + b - a) * 32), a * 32);
+    k += b - a;
+  }
+  return digests;
+}
+
+/** `b` zero-padded to `length` bytes. */
+function padTo(b: Uint8Array, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  out.set(b);
+  return out;
 }

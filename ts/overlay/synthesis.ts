@@ -14,7 +14,8 @@ import { CloudletError } from "../errors.ts";
 import { CHUNK, ChunkClass, computeBaseId, decodeSegment, hashHex, ImageKind, type OverlayMeta, RebuiltHash, type SegmentRecords } from "./format.ts";
 import { type ByteSource, type ImageSink, type ProgressFn, readChunks } from "./io.ts";
 import { type DigestSource, type KnownZero, SCAN_BATCH, SHORT_DIGEST, zeroChunkDigest } from "./base_scan.ts";
-import { CodecFailure, type SegmentCodec } from "./codec.ts";
+import { CodecFailure, type DecodedHashed, type SegmentCodec } from "./codec.ts";
+import { fromHex, toHex } from "../core/vectors.ts";
 import type { OverlayReader } from "./reader.ts";
 
 /** Options for {@link synthesize}. */
@@ -58,17 +59,37 @@ export function checkBase(meta: OverlayMeta, baseId: string, overlayName: string
   }
 }
 
+/** A decoded segment; `slotDigests` are the BLAKE3-256 digests of its stored data slots when the codec computed them. */
+export type FetchedSegment = SegmentRecords & { slotDigests?: Uint8Array };
+
 /** Fetches, verifies and decodes segment `i`. */
-export async function fetchSegment(core: Core, overlay: OverlayReader, codec: SegmentCodec, i: number): Promise<SegmentRecords> {
+export async function fetchSegment(core: Core, overlay: OverlayReader, codec: SegmentCodec, i: number): Promise<FetchedSegment> {
   const seg = overlay.meta.segments[i];
   const xz = await overlay.segment(i);
-  if (hashHex(core, xz) !== seg.hash) throw new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} is corrupt: its hash does not match the meta`, overlay.segmentFile(i));
+  const corrupt = () => new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} is corrupt: its hash does not match the meta`, overlay.segmentFile(i));
+  const undecodable = (msg: string, cause?: unknown) => new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} does not decode: ${msg}`, overlay.segmentFile(i), cause ? { cause } : undefined);
+  if (codec.decodeHashed) {
+    // Both checks' hashing and the decode in one trip to a worker.
+    let d: DecodedHashed;
+    try {
+      d = await codec.decodeHashed(xz, seg.rawSize, fromHex(seg.hash), seg.rawSize - seg.dataChunks * CHUNK);
+    } catch (e) {
+      if (e instanceof CodecFailure) throw e;
+      throw undecodable((e as Error).message, e);
+    }
+    if (toHex(d.xzHash) !== seg.hash) throw corrupt();
+    if (!d.raw) throw undecodable(d.error ?? "no output");
+    const r: FetchedSegment = decodeSegment(d.raw, overlay.meta, i, overlay.segmentFile(i));
+    if (d.digests) r.slotDigests = d.digests;
+    return r;
+  }
+  if (hashHex(core, xz) !== seg.hash) throw corrupt();
   let raw: Uint8Array;
   try {
     raw = await codec.decompress(xz, seg.rawSize);
   } catch (e) {
     if (e instanceof CodecFailure) throw e;
-    throw new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} does not decode: ${(e as Error).message}`, overlay.segmentFile(i));
+    throw undecodable((e as Error).message);
   }
   return decodeSegment(raw, overlay.meta, i, overlay.segmentFile(i));
 }
@@ -162,9 +183,10 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
 const freeBatchBuffers: Uint8Array[] = [];
 function takeBatchBuffer(chunks: number): Uint8Array {
   const b = freeBatchBuffers.pop() ?? new Uint8Array(APPLY_BATCH * CHUNK);
-  const v = b.subarray(0, chunks * CHUNK);
-  v.fill(0); // ZERO records are skipped, not written, but a reused buffer must not carry old bytes
-  return v;
+  // Not cleared: every chunk written from it is set first (ZERO records are
+  // written as zero runs, never from the buffer), and clearing 4 MiB per
+  // batch cost more than the rest of building it.
+  return b.subarray(0, chunks * CHUNK);
 }
 function giveBatchBuffer(b: Uint8Array): void {
   if (freeBatchBuffers.length < 4) freeBatchBuffers.push(new Uint8Array(b.buffer, 0, APPLY_BATCH * CHUNK));
@@ -205,8 +227,9 @@ export async function applySegment(
   // `owned`: the buffer may be handed to a worker (it is not used afterwards).
   const hash = (b: Uint8Array, owned: boolean): Promise<Uint8Array> => (hashOff ? hashOff(owned ? b : b.slice()) : Promise.resolve(core.hashChunks("blake3", b)));
   // XOR slots are rebuilt against their same-offset base chunks (one
-  // coalesced read and one XOR call per image, on those slots only); RAW
-  // slots are as stored.
+  // coalesced read and one XOR call per image, on those slots only), into a
+  // buffer of their own: `r.data` stays as stored (the inspector keeps `r`
+  // and shows the deltas). RAW slots are used as stored.
   const slotOf = new Int32Array(n).fill(-1);
   const xorOffsets: number[][] = [[], [], []];
   const xorSlots: number[][] = [[], [], []];
@@ -222,19 +245,27 @@ export async function applySegment(
       xorSlots[r.kinds[i]].push(r.args[i]);
     }
   }
-  // A copy when there are XOR slots: callers (the inspector) keep `r` and read the stored deltas.
-  const leaders = xorSlots.some((x) => x.length) ? r.data.slice() : r.data;
-  for (let k = 0; k < 3; k++) {
+  const xorCount = xorSlots[0].length + xorSlots[1].length + xorSlots[2].length;
+  const xorData = new Uint8Array(xorCount * CHUNK);
+  const xorPos = new Int32Array(slots).fill(-1); // slot -> its chunk in xorData
+  for (let k = 0, at = 0; k < 3; k++) {
     if (!xorSlots[k].length) continue;
     const got = await readBaseChunks(baseSrc[k], xorOffsets[k]);
     const stored = new Uint8Array(got.length);
-    xorSlots[k].forEach((slot, j) => stored.set(leaders.subarray(slot * CHUNK, slot * CHUNK + CHUNK), j * CHUNK));
-    const rebuilt = core.xor(stored, got);
-    xorSlots[k].forEach((slot, j) => leaders.set(rebuilt.subarray(j * CHUNK, j * CHUNK + CHUNK), slot * CHUNK));
+    xorSlots[k].forEach((slot, j) => stored.set(r.data.subarray(slot * CHUNK, slot * CHUNK + CHUNK), j * CHUNK));
+    xorData.set(core.xor(stored, got), at * CHUNK);
+    xorSlots[k].forEach((slot, j) => (xorPos[slot] = at + j));
+    at += xorSlots[k].length;
   }
-  // Digests of the data slots, computed while the batches below are built.
-  const slotDigests = slots ? hash(leaders.subarray(0, slots * CHUNK), false) : Promise.resolve(new Uint8Array(0));
-  slotDigests.catch(() => {}); // awaited below
+  const slotBytes = (slot: number) => (xorPos[slot] >= 0 ? xorData.subarray(xorPos[slot] * CHUNK, xorPos[slot] * CHUNK + CHUNK) : r.data.subarray(slot * CHUNK, slot * CHUNK + CHUNK));
+  // Digests of the data slots: the stored ones come with the segment when
+  // the codec hashed them as it decoded; the rebuilt XOR slots are hashed
+  // here (or on a worker) while the batches below are built.
+  const known = (r as FetchedSegment).slotDigests;
+  const storedDigests = known && known.length === slots * 32 ? Promise.resolve(known) : slots ? hash(r.data.subarray(0, slots * CHUNK), false) : Promise.resolve(new Uint8Array(0));
+  storedDigests.catch(() => {}); // awaited below
+  const xorDigests = xorCount ? hash(xorData, false) : Promise.resolve(new Uint8Array(0));
+  xorDigests.catch(() => {}); // awaited below
   // Digests of the base chunks, per batch: [records, digests].
   const baseDigests: Array<Promise<[number[], Uint8Array]>> = [];
   let inFlight: Promise<void> = Promise.resolve();
@@ -260,8 +291,7 @@ export async function applySegment(
         case ChunkClass.Raw:
         case ChunkClass.Xor:
         case ChunkClass.Self: {
-          const slot = slotOf[r.classes[i] === ChunkClass.Self ? r.args[i] : i];
-          buf.set(leaders.subarray(slot * CHUNK, slot * CHUNK + CHUNK), at);
+          buf.set(slotBytes(slotOf[r.classes[i] === ChunkClass.Self ? r.args[i] : i]), at);
           break;
         }
       }
@@ -300,13 +330,15 @@ export async function applySegment(
   const digests = new Uint8Array(n * 32);
   const zeroDigest = zeroDigestOf(core);
   try {
-    const sd = await slotDigests;
+    const sd = await storedDigests;
+    const xd = await xorDigests;
     for (let i = 0; i < n; i++) {
       const c = r.classes[i];
       if (c === ChunkClass.Zero) digests.set(zeroDigest, i * 32);
       else if (c === ChunkClass.Raw || c === ChunkClass.Xor || c === ChunkClass.Self) {
         const slot = slotOf[c === ChunkClass.Self ? r.args[i] : i];
-        digests.set(sd.subarray(slot * 32, slot * 32 + 32), i * 32);
+        const x = xorPos[slot];
+        digests.set(x >= 0 ? xd.subarray(x * 32, x * 32 + 32) : sd.subarray(slot * 32, slot * 32 + 32), i * 32);
       }
     }
     for (const p of baseDigests) {

@@ -118,13 +118,21 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
     try {
       const diskPath = join(tmpDir, diskName);
       const durable = o.durable ?? true;
-      sinks.push(
+      // The outputs (sparse copies of the base images) and the base's hole
+      // maps (a `qemu-img map` each) are set up at once, not one after another.
+      const holes = Promise.all([holeChunkRuns(o.baseDisk, CHUNK), holeChunkRuns(o.baseMem, CHUNK)]);
+      holes.catch(() => {}); // awaited below
+      const made = await Promise.allSettled([
         diskFormat === "qcow2"
-          ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk), durable)
-          : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk, durable),
-      );
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem, durable));
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null, durable));
+          ? fsp.realpath(o.baseDisk).then((backing) => Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], backing, durable))
+          : RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk, durable),
+        RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem, durable),
+        RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null, durable),
+      ]);
+      for (const m of made) if (m.status === "fulfilled") sinks.push(m.value);
+      const failed = made.find((m) => m.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      const [diskHoles, memHoles] = await holes;
       const r = await synthesize({
         core,
         baseId: base.id,
@@ -133,7 +141,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         overlay,
         codec,
         sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
-        baseCheck: { digests: base.digests, knownZero: { disk: await holeChunkRuns(o.baseDisk, CHUNK), memory: await holeChunkRuns(o.baseMem, CHUNK) } },
+        baseCheck: { digests: base.digests, knownZero: { disk: diskHoles, memory: memHoles } },
         progress: o.progress,
         signal: o.signal,
       });

@@ -6,7 +6,7 @@ import { CloudletError } from "../errors.ts";
 import { type SegmentCodec } from "../overlay/codec.ts";
 import { CHUNK, ImageKind, type MachineConfig, type OverlayMeta } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
-import { checkBase, synthesize } from "../overlay/synthesis.ts";
+import { checkBase, prefetchSegments, synthesize } from "../overlay/synthesis.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../home/base_cache.ts";
 import { WorkerCodec } from "../node/codec_pool.ts";
 import { holeChunkRuns } from "../node/disk_image.ts";
@@ -110,10 +110,19 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
   const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
   try {
     checkBase(meta, base.id, o.overlay);
-    const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
-    const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     // A caller that synthesizes often (the server) passes a warm codec and keeps it.
     const codec = o.codec ?? new WorkerCodec(o.threads);
+    // The first segments decode while the outputs are set up.
+    const prefetched = prefetchSegments(core, overlay, codec);
+    let tmpDir: string;
+    try {
+      tmpDir = await prepareOutputDir(outDir, o.force ?? false);
+    } catch (e) {
+      // The prefetches are dropped (they catch their own failures): closing our codec ends them.
+      if (!o.codec) await codec.close();
+      throw e;
+    }
+    const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     const sinks: Array<RawImageSink | Qcow2Sink> = [];
     try {
       const diskPath = join(tmpDir, diskName);
@@ -142,6 +151,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         codec,
         sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
         baseCheck: { digests: base.digests, knownZero: { disk: diskHoles, memory: memHoles } },
+        prefetched,
         progress: o.progress,
         signal: o.signal,
       });

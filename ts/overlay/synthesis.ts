@@ -42,6 +42,8 @@ export interface SynthesisOptions {
   signal?: AbortSignal;
   /** What helps the base check (see {@link verifyBaseBytes}): stored digests name a changed chunk; known holes are not read. */
   baseCheck?: BaseCheckHints;
+  /** Segments 0, 1, ... already being fetched by {@link prefetchSegments} (their decoding overlapped the caller's set-up). */
+  prefetched?: Array<Promise<FetchedSegment>>;
 }
 
 /** Counts of what synthesis did. */
@@ -94,6 +96,20 @@ export async function fetchSegment(core: Core, overlay: OverlayReader, codec: Se
   return decodeSegment(raw, overlay.meta, i, overlay.segmentFile(i));
 }
 
+/**
+ * Starts fetching and decoding the first segments (as many as synthesis
+ * reads ahead), so that a caller can set up its outputs meanwhile and pass
+ * them on as {@link SynthesisOptions.prefetched}. A failure surfaces there.
+ */
+export function prefetchSegments(core: Core, overlay: OverlayReader, codec: SegmentCodec, readAhead = Math.max(2, codec.parallelism * 2)): Array<Promise<FetchedSegment>> {
+  const n = Math.min(readAhead, overlay.meta.segments.length);
+  return Array.from({ length: n }, (_, i) => {
+    const p = fetchSegment(core, overlay, codec, i);
+    p.catch(() => {}); // observed by synthesize, or dropped with it
+    return p;
+  });
+}
+
 /** Rebuilds the images of `overlay` into the sinks. */
 export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> {
   const { core, overlay, signal } = o;
@@ -104,8 +120,8 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
   const readAhead = o.readAhead ?? Math.max(2, o.codec.parallelism * 2);
   const total = overlay.totalBytes;
   let done = total - meta.segments.reduce((t, s) => t + s.compressedSize, 0);
-  const pending: Array<Promise<SegmentRecords>> = [];
-  let next = 0;
+  const pending: Array<Promise<SegmentRecords>> = [...(o.prefetched ?? [])];
+  let next = pending.length;
   // Every base byte the outputs build on (copied or backing chunks as much as
   // referenced ones) is checked against the overlay's base id, alongside the
   // segments; nothing is finished before it passed. See docs/decisions.md.

@@ -4,6 +4,8 @@
  *   node --import tsx bench/overlay_bench.ts [--reps 3] [--pairs vm,mkfs] [--no-build]
  *                                            [--no-peers] [--no-big] [--json]
  *   node --import tsx bench/overlay_bench.ts --from-json .build/bench/overlay-results.json
+ *   node --import tsx bench/overlay_bench.ts --synthesis [--reps 5] [--pairs vm,mkfs]
+ *       (synthesis only: xz -d -T1 and cloudlet synthesis raw / qcow2 interleaved, ~2 min a pair)
  *   node --import tsx bench/overlay_bench.ts --free-memory [--hosts qemu,virsh] [--reps 1]
  *       (200 MiB written and freed before the snapshot, free memory on/off; bench/free_memory_bench.ts)
  *
@@ -354,6 +356,82 @@ function measureCloudlet(p: Pair, home: string, work: string, reps: number): Clo
   };
 }
 
+/** What {@link measureSynthesis} measured for one pair. */
+interface SynthesisRow {
+  pair: string;
+  segments: number;
+  compressedBytes: number;
+  xzd: { wall: number[]; cpu: number[] };
+  raw: { wall: number[]; engine: number[]; cpu: number[] };
+  qcow2: { wall: number[]; engine: number[]; cpu: number[] };
+  load: number[];
+}
+
+/**
+ * Synthesis against `xz -d -T1` on the same segments, one of each per round
+ * (interleaved, so a change in the machine's load hits all three alike).
+ * The segments for xz are the packed overlay's own, written out one file each.
+ */
+async function measureSynthesis(p: Pair, home: string, work: string, reps: number): Promise<SynthesisRow> {
+  const { loadCoreFromDisk } = await import("../ts/node/core_file.ts");
+  const { openOverlay } = await import("../ts/node/overlay_files.ts");
+  log(`${p.name}: cloudlet overlay (default profile)`);
+  const packed = join(work, "s.overlay");
+  rmSync(packed, { force: true });
+  cloudletCreate(p, home, packed);
+  const core = await loadCoreFromDisk();
+  const ov = await openOverlay(core, packed);
+  const segDir = join(work, "segments");
+  mkdirSync(segDir, { recursive: true });
+  const segFiles: string[] = [];
+  for (let i = 0; i < ov.meta.segments.length; i++) {
+    segFiles.push(join(segDir, `s${i + 1}.xz`));
+    writeFileSync(segFiles[i], await ov.segment(i));
+  }
+  const row: SynthesisRow = { pair: p.name, segments: ov.meta.segments.length, compressedBytes: ov.meta.segments.reduce((t, s) => t + s.compressedSize, 0), xzd: { wall: [], cpu: [] }, raw: { wall: [], engine: [], cpu: [] }, qcow2: { wall: [], engine: [], cpu: [] }, load: [] };
+  await ov.close();
+  const outDir = join(work, "synth");
+  for (let i = 0; i < reps; i++) {
+    log(`${p.name}: round ${i + 1}/${reps}: xz -d -T1, synthesis raw, synthesis qcow2`);
+    row.load.push(loadavg()[0]);
+    const x = timed("xz", ["-d", "-T1", "-c", "--", ...segFiles], { outFile: "/dev/null" });
+    row.xzd.wall.push(x.wall);
+    row.xzd.cpu.push(x.user + x.sys);
+    for (const fmt of ["raw", "qcow2"] as const) {
+      const { run, json } = cloudletSynth(p, home, packed, outDir, fmt);
+      row[fmt].wall.push(run.wall);
+      row[fmt].engine.push(json.seconds);
+      row[fmt].cpu.push(run.user + run.sys);
+      if (i === 0) {
+        const memOk = same(join(outDir, "memory.raw"), p.customMem);
+        const diskOk = fmt === "raw" ? same(join(outDir, "disk.raw"), p.customDiskRaw) : spawnSync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "raw", join(outDir, "disk.qcow2"), p.customDiskRaw]).status === 0;
+        if (!memOk || !diskOk) throw new Error(`${p.name}: synthesis (${fmt}) is NOT byte-identical (disk ${diskOk}, memory ${memOk})`);
+      }
+    }
+  }
+  rmSync(outDir, { recursive: true, force: true });
+  return row;
+}
+
+/** The markdown table of {@link measureSynthesis} rows. */
+function synthesisTable(rows: SynthesisRow[]): string {
+  const L: string[] = [];
+  L.push("| pair | segments | `xz -d -T1` wall / CPU s | synthesis raw: engine / process wall / CPU s | qcow2: engine / wall / CPU s | raw vs xz: by engine / by CPU | qcow2 vs xz: by engine / by CPU | best round, engine (raw / qcow2) | 1-min load |");
+  L.push("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const r of rows) {
+    const xw = median(r.xzd.wall);
+    const xc = median(r.xzd.cpu);
+    const cell = (m: SynthesisRow["raw"]) => `${f2(median(m.engine))} / ${f2(median(m.wall))} / ${f2(median(m.cpu))}`;
+    const ratio = (m: SynthesisRow["raw"]) => `**${f2(xw / median(m.engine))}x** / ${f2(xc / median(m.cpu))}x`;
+    // Best round: the round whose xz and synthesis both ran on the least loaded machine.
+    const best = (m: SynthesisRow["raw"]) => f2(Math.max(...m.engine.map((e, i) => r.xzd.wall[i] / e)));
+    L.push(`| ${r.pair} | ${r.segments} (${mb(r.compressedBytes)} MiB) | ${f2(xw)} / ${f2(xc)} | ${cell(r.raw)} | ${cell(r.qcow2)} | ${ratio(r.raw)} | ${ratio(r.qcow2)} | ${best(r.raw)}x / ${best(r.qcow2)}x | ${r.load.map(f1).join(", ")} |`);
+  }
+  L.push("");
+  L.push("Medians of the rounds. \"by engine\": `xz -d` wall / the engine's own seconds (after node start-up: base open, output set-up, decode, check, apply, fsync, rename); \"by CPU\": xz's CPU / the synthesis process's CPU (user + sys, all threads, node start-up included). The target is >= 0.8x with 2 workers.");
+  return L.join("\n");
+}
+
 interface PartResult {
   bytes: number;
   create: { wall: number; cpu: number; rssMiB: number };
@@ -679,13 +757,14 @@ async function main(): Promise<void> {
       json: { type: "boolean", default: false },
       "from-json": { type: "string" },
       "free-memory": { type: "boolean", default: false },
+      synthesis: { type: "boolean", default: false },
       hosts: { type: "string", default: "qemu" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
   });
   if (v.help) {
-    process.stdout.write("usage: node --import tsx bench/overlay_bench.ts [--reps N] [--pairs vm,mkfs] [--no-build] [--no-peers] [--no-big] [--no-profiles] [--json] [--from-json RESULTS.json]\n");
+    process.stdout.write("usage: node --import tsx bench/overlay_bench.ts [--reps N] [--pairs vm,mkfs] [--no-build] [--no-peers] [--no-big] [--no-profiles] [--json] [--from-json RESULTS.json]\n       node --import tsx bench/overlay_bench.ts --synthesis [--reps N] [--pairs vm,mkfs] [--no-build] [--json]\n");
     return;
   }
   if (v["prepare-base"]) return prepareBase(v.home!, v["base-disk"]!, v["base-mem"]!);
@@ -697,6 +776,26 @@ async function main(): Promise<void> {
     writeFileSync(join(DATA, "free-memory-results.json"), JSON.stringify(rows, null, 2));
     process.stdout.write(v.json ? JSON.stringify(rows, null, 2) + "\n" : freeMemoryTable(rows) + "\n");
     rmSync(home, { recursive: true, force: true });
+    return;
+  }
+  if (v.synthesis) {
+    const reps = Number(v.reps);
+    if (!v["no-build"]) {
+      const r = spawnSync("bash", [join(REPO, "bench/fixtures/build-all.sh")], { stdio: ["ignore", "inherit", "inherit"] });
+      if (r.status !== 0) throw new Error("fixture build failed");
+    }
+    const runDir = join(DATA, "runs", `synthesis-${new Date().toISOString().replace(/[:.]/g, "-")}`);
+    const ps = pairs();
+    const rows: SynthesisRow[] = [];
+    for (const name of v.pairs!.split(",").map((x) => x.trim()).filter(Boolean)) {
+      if (!ps[name]) throw new Error(`unknown pair ${name} (vm, mkfs)`);
+      const work = join(runDir, name);
+      mkdirSync(work, { recursive: true });
+      rows.push(await measureSynthesis(ps[name], join(runDir, "home"), work, reps));
+    }
+    writeFileSync(join(DATA, "synthesis-results.json"), JSON.stringify(rows, null, 2));
+    process.stdout.write((v.json ? JSON.stringify(rows, null, 2) : synthesisTable(rows)) + "\n");
+    rmSync(runDir, { recursive: true, force: true });
     return;
   }
   if (v["from-json"]) {

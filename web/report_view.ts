@@ -176,7 +176,7 @@ export class SegmentTable {
         h(
           "table",
           { class: "grid segments" },
-          h("thead", {}, h("tr", {}, ...["#", "compressed", "raw", "ratio", "records", "data chunks", "check"].map((x) => h("th", { class: x === "check" ? "" : "num" }, x)))),
+          h("thead", {}, h("tr", {}, ...["#", "compressed", "raw", "ratio", "records", "data chunks", "holds", "check"].map((x) => h("th", { class: x === "check" || x === "holds" ? "" : "num" }, x)))),
           this.#body,
         ),
       ),
@@ -200,6 +200,8 @@ export class SegmentTable {
           h("td", { class: "num" }, field(`${p}.ratio`, sg.ratio, sg.ratio.toFixed(2))),
           h("td", { class: "num" }, field(`${p}.records`, sg.records, int(sg.records))),
           h("td", { class: "num" }, field(`${p}.dataChunks`, sg.dataChunks, int(sg.dataChunks))),
+          // Records per image: which images the segment rebuilds.
+          h("td", {}, ...Object.entries(sg.holds).flatMap(([k, n], j) => [j ? ", " : "", field(`${p}.holds.${k}`, n, `${k} ${int(n)}`)])),
           h("td", { class: "status", id: `segment-status-${i}` }),
         ),
       );

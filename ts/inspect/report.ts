@@ -27,6 +27,8 @@ export interface SegmentRow {
   records: number;
   /** Data chunks (raw + xor). */
   dataChunks: number;
+  /** Records per image (from its ranges): which images the segment rebuilds, and how much of each. */
+  holds: Record<string, number>;
 }
 
 /** Everything `cloudlet inspect` shows. */
@@ -104,6 +106,7 @@ export function inspectMeta(meta: OverlayMeta, file: string, overlayBytes: numbe
       ratio: s.rawSize / s.compressedSize,
       records: s.records,
       dataChunks: s.dataChunks,
+      holds: segmentHolds(s.ranges),
     })),
     launch: meta.launch,
     ...(meta.launch.memoryFreeBytes !== undefined
@@ -163,14 +166,26 @@ export function renderReport(r: InspectReport): string {
   }
   lines.push("");
   lines.push(`segments     ${r.segments.length}`);
-  lines.push(rpad("#", 6) + rpad("compressed", 14) + rpad("raw", 14) + rpad("ratio", 8) + rpad("records", 10) + rpad("data", 8));
+  lines.push(rpad("#", 6) + rpad("compressed", 14) + rpad("raw", 14) + rpad("ratio", 8) + rpad("records", 10) + rpad("data", 8) + "  holds (records per image)");
   const show = r.segments.length > 40 ? [...r.segments.slice(0, 20), null, ...r.segments.slice(-20)] : r.segments;
   for (const s of show) {
     if (!s) {
       lines.push(rpad("…", 6));
       continue;
     }
-    lines.push(rpad(String(s.number), 6) + rpad(formatBytes(s.compressed), 14) + rpad(formatBytes(s.raw), 14) + rpad(s.ratio.toFixed(2), 8) + rpad(String(s.records), 10) + rpad(String(s.dataChunks), 8));
+    lines.push(rpad(String(s.number), 6) + rpad(formatBytes(s.compressed), 14) + rpad(formatBytes(s.raw), 14) + rpad(s.ratio.toFixed(2), 8) + rpad(String(s.records), 10) + rpad(String(s.dataChunks), 8) + "  " + holdsText(s.holds));
   }
   return lines.join("\n");
+}
+
+/** Records per image kind of one segment, from its ranges ([kind, first, count]). */
+function segmentHolds(ranges: ReadonlyArray<readonly [number, number, number]>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [kind, , count] of ranges) out[KIND_NAMES[kind]] = (out[KIND_NAMES[kind]] ?? 0) + count;
+  return out;
+}
+
+/** "disk 300, memory 200". */
+function holdsText(h: Record<string, number>): string {
+  return Object.entries(h).map(([k, n]) => `${k} ${n}`).join(", ");
 }

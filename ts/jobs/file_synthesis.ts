@@ -6,7 +6,7 @@ import { CloudletError } from "../errors.ts";
 import { type SegmentCodec } from "../overlay/codec.ts";
 import { CHUNK, ImageKind, type MachineConfig, type OverlayMeta } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
-import { checkBase, synthesize } from "../overlay/synthesis.ts";
+import { checkBase, prefetchSegments, synthesize } from "../overlay/synthesis.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../home/base_cache.ts";
 import { WorkerCodec } from "../node/codec_pool.ts";
 import { holeChunkRuns } from "../node/disk_image.ts";
@@ -110,21 +110,38 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
   const base = await openBase(core, { disk: o.baseDisk, memory: o.baseMem, machine, dir: baseDir, needIndex: false, progress: o.progress, signal: o.signal });
   try {
     checkBase(meta, base.id, o.overlay);
-    const tmpDir = await prepareOutputDir(outDir, o.force ?? false);
-    const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     // A caller that synthesizes often (the server) passes a warm codec and keeps it.
     const codec = o.codec ?? new WorkerCodec(o.threads);
+    // The first segments decode while the outputs are set up.
+    const prefetched = prefetchSegments(core, overlay, codec);
+    let tmpDir: string;
+    try {
+      tmpDir = await prepareOutputDir(outDir, o.force ?? false);
+    } catch (e) {
+      // The prefetches are dropped (they catch their own failures): closing our codec ends them.
+      if (!o.codec) await codec.close();
+      throw e;
+    }
+    const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     const sinks: Array<RawImageSink | Qcow2Sink> = [];
     try {
       const diskPath = join(tmpDir, diskName);
       const durable = o.durable ?? true;
-      sinks.push(
+      // The outputs (sparse copies of the base images) and the base's hole
+      // maps (a `qemu-img map` each) are set up at once, not one after another.
+      const holes = Promise.all([holeChunkRuns(o.baseDisk, CHUNK), holeChunkRuns(o.baseMem, CHUNK)]);
+      holes.catch(() => {}); // awaited below
+      const made = await Promise.allSettled([
         diskFormat === "qcow2"
-          ? await Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], await fsp.realpath(o.baseDisk), durable)
-          : await RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk, durable),
-      );
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem, durable));
-      sinks.push(await RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null, durable));
+          ? fsp.realpath(o.baseDisk).then((backing) => Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], backing, durable))
+          : RawImageSink.create(diskPath, meta.imageSizes[ImageKind.Disk], o.baseDisk, durable),
+        RawImageSink.create(join(tmpDir, SYNTH_FILES.memory), meta.imageSizes[ImageKind.Memory], o.baseMem, durable),
+        RawImageSink.create(join(tmpDir, SYNTH_FILES.state), meta.imageSizes[ImageKind.State], null, durable),
+      ]);
+      for (const m of made) if (m.status === "fulfilled") sinks.push(m.value);
+      const failed = made.find((m) => m.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      const [diskHoles, memHoles] = await holes;
       const r = await synthesize({
         core,
         baseId: base.id,
@@ -133,7 +150,8 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         overlay,
         codec,
         sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
-        baseCheck: { digests: base.digests, knownZero: { disk: await holeChunkRuns(o.baseDisk, CHUNK), memory: await holeChunkRuns(o.baseMem, CHUNK) } },
+        baseCheck: { digests: base.digests, knownZero: { disk: diskHoles, memory: memHoles } },
+        prefetched,
         progress: o.progress,
         signal: o.signal,
       });

@@ -6,17 +6,20 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { CodecFailure, type CompressOptions, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import { CodecFailure, type CompressOptions, type DecodedHashed, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
 import { XZ_MEMLIMIT } from "../core/core.ts";
 
 /** A request to a worker (see codec_worker.mjs). */
 interface CodecRequest {
   id: number;
-  op: "compress" | "decompress" | "hash";
+  op: "compress" | "decompress" | "hash" | "decodeHashed";
   data: Uint8Array;
   rawSize: number;
   /** compress: x86 BCJ filter first. */
   x86?: boolean;
+  /** decodeHashed: the BLAKE3 the compressed bytes must have, and where the hashed data area starts. */
+  expectHash?: Uint8Array;
+  hashFrom?: number;
 }
 
 /** Default dictionary cap: segments are ~1 MiB, and a larger dictionary only costs memory (bench/README.md). */
@@ -30,7 +33,8 @@ export function dictCapFor(segmentBytes: number): number {
 }
 
 interface Pending {
-  resolve: (b: Uint8Array) => void;
+  /** The reply's data: its shape depends on the op. */
+  resolve: (b: unknown) => void;
   reject: (e: Error) => void;
 }
 
@@ -50,12 +54,14 @@ export class WorkerCodec implements SegmentCodec {
     this.parallelism = Math.max(1, threads);
     const readies: Promise<void>[] = [];
     for (let i = 0; i < this.parallelism; i++) {
-      const w = new Worker(new URL("./codec_worker.mjs", import.meta.url), { workerData: { preset, dictCap, memlimit: XZ_MEMLIMIT } });
+      // No execArgv: the worker is plain JavaScript, and inheriting the parent's
+      // TypeScript loader (tsx) would cost each worker ~0.1 s of CPU to start.
+      const w = new Worker(new URL("./codec_worker.mjs", import.meta.url), { workerData: { preset, dictCap, memlimit: XZ_MEMLIMIT }, execArgv: [] });
       this.workers.push(w);
       this.load.push(0);
       readies.push(
         new Promise<void>((resolve, reject) => {
-          const onMsg = (m: { ready?: boolean; id?: number; ok?: boolean; data?: Uint8Array; error?: string }) => {
+          const onMsg = (m: { ready?: boolean; id?: number; ok?: boolean; data?: unknown; error?: string }) => {
             if (m.ready) {
               if (this.load[i] === 0) w.unref();
               return resolve();
@@ -99,7 +105,7 @@ export class WorkerCodec implements SegmentCodec {
     this.pending.clear();
   }
 
-  private async run(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false, x86 = false): Promise<Uint8Array> {
+  private async run<T = Uint8Array>(op: CodecRequest["op"], data: Uint8Array, rawSize: number, transfer = false, x86 = false, extra: Partial<CodecRequest> = {}): Promise<T> {
     if (this.closed) throw new CodecFailure("codec is closed");
     await this.ready;
     if (this.broken) throw this.broken;
@@ -111,9 +117,9 @@ export class WorkerCodec implements SegmentCodec {
     const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer);
     const owned = transfer && whole ? data : data.slice();
     if (this.load[w]++ === 0) this.workers[w].ref();
-    return new Promise<Uint8Array>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.workers[w].postMessage({ id, op, data: owned, rawSize, x86 } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (b: unknown) => void, reject });
+      this.workers[w].postMessage({ id, op, data: owned, rawSize, x86, ...extra } satisfies CodecRequest, [owned.buffer as ArrayBuffer]);
     });
   }
 
@@ -127,6 +133,10 @@ export class WorkerCodec implements SegmentCodec {
 
   hashChunks(data: Uint8Array): Promise<Uint8Array> {
     return this.run("hash", data, 0, true);
+  }
+
+  decodeHashed(xz: Uint8Array, rawSize: number, expectHash: Uint8Array, hashFrom: number): Promise<DecodedHashed> {
+    return this.run<DecodedHashed>("decodeHashed", xz, rawSize, false, false, { expectHash, hashFrom });
   }
 
   async close(): Promise<void> {

@@ -3,7 +3,7 @@
 // loader under every runner, and this file only forwards to the WASM core.
 import { readFileSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
-import { hash_chunks, initSync, xz_compress, xz_decompress_exact } from "../core/_wasm/cloudlet_core.js";
+import { Hasher, hash_chunks, initSync, xz_compress, xz_decompress_exact } from "../core/_wasm/cloudlet_core.js";
 
 initSync({ module: readFileSync(new URL("../core/_wasm/cloudlet_core_bg.wasm", import.meta.url)) });
 const { preset, dictCap, memlimit } = workerData;
@@ -11,8 +11,50 @@ const CHUNK = 4096;
 const BLAKE3 = 0;
 const PRESET_X86 = 0x100; // core-rs/src/xz.rs: the x86 BCJ filter before LZMA2
 
+/** BLAKE3 of all of `b` (the hasher copies into WASM memory in one call). */
+function blake3(b) {
+  const h = new Hasher(BLAKE3);
+  try {
+    h.update(b);
+    return h.digest();
+  } finally {
+    h.free();
+  }
+}
+
+/**
+ * decodeHashed: the BLAKE3 of the compressed segment, then (when that is
+ * what synthesis expects) the segment decoded and the BLAKE3 of each 4 KiB
+ * chunk of its data area (from byte `hashFrom`): synthesis's two checks,
+ * done here rather than on the thread that applies and writes.
+ */
+function decodeHashed(m) {
+  const xzHash = blake3(m.data);
+  const res = { xzHash, raw: null, digests: null, error: null };
+  if (!sameBytes(xzHash, m.expectHash)) return [res, [xzHash.buffer]];
+  try {
+    res.raw = xz_decompress_exact(m.data, m.rawSize, memlimit);
+  } catch (e) {
+    res.error = e instanceof Error ? e.message : String(e);
+    return [res, [xzHash.buffer]];
+  }
+  res.digests = m.hashFrom < res.raw.length ? hash_chunks(BLAKE3, res.raw.subarray(m.hashFrom), CHUNK) : new Uint8Array(0);
+  return [res, [xzHash.buffer, res.raw.buffer, res.digests.buffer]];
+}
+
+function sameBytes(a, b) {
+  if (!b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 parentPort.on("message", (m) => {
   try {
+    if (m.op === "decodeHashed") {
+      const [res, transfer] = decodeHashed(m);
+      parentPort.postMessage({ id: m.id, ok: true, data: res }, transfer);
+      return;
+    }
     // hash: BLAKE3 (algorithm 0 in the core's table) of each 4 KiB chunk, for synthesis's check.
     const out =
       m.op === "compress" ? xz_compress(m.data, m.x86 ? preset | PRESET_X86 : preset, dictCap)

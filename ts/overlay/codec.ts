@@ -37,8 +37,30 @@ export interface SegmentCodec {
    * the calling thread.
    */
   hashChunks?(data: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Synthesis's per-segment work in one step, off the calling thread where
+   * the codec has workers: the BLAKE3 of `xz`; when it equals `expectHash`,
+   * `xz` decoded as by {@link decompress} and the BLAKE3-256 of each
+   * CHUNK-byte chunk of the output from byte `hashFrom` on (the data area).
+   * A decode failure is returned in `error`, not thrown, so the caller can
+   * tell a corrupt segment (wrong hash) from one that does not decode.
+   * Optional: without it synthesis hashes and decodes in separate steps.
+   */
+  decodeHashed?(xz: Uint8Array, rawSize: number, expectHash: Uint8Array, hashFrom: number): Promise<DecodedHashed>;
   /** Releases workers. */
   close(): Promise<void>;
+}
+
+/** What {@link SegmentCodec.decodeHashed} returns. */
+export interface DecodedHashed {
+  /** BLAKE3 of the compressed bytes. */
+  xzHash: Uint8Array;
+  /** The decoded bytes; null when the hash differed or decoding failed. */
+  raw: Uint8Array | null;
+  /** BLAKE3 of each chunk of `raw` from `hashFrom` on, 32 bytes each; null with `raw`. */
+  digests: Uint8Array | null;
+  /** Why decoding failed, or null. */
+  error: string | null;
 }
 
 /**

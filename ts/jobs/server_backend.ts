@@ -21,6 +21,9 @@ import { cleanupOrphanVms } from "../vm/vm_records.ts";
 import { baseFiles } from "./base_create.ts";
 import { type HostChoice } from "../vm/host_choice.ts";
 import { launchSynthesized } from "./vm_launch.ts";
+import { earlyStartBlocker, synthesizeEarly } from "./early_start.ts";
+import type { OverlayMeta } from "../overlay/format.ts";
+import { stopVm } from "../vm/vm_records.ts";
 
 /** A backend over a cloudlet home. */
 export class HomeBackend implements ServerBackend {
@@ -83,6 +86,24 @@ export class HomeBackend implements ServerBackend {
       home: this.home,
       signal: o.signal,
       progress: o.progress,
+    });
+  }
+
+  earlyBlocker(meta: OverlayMeta): Promise<string | null> {
+    return earlyStartBlocker(this.hostChoice, meta);
+  }
+
+  async synthesizeEarly(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; bindAddress: string; bootSegments: number; onResumed: (vm: LaunchedVm) => void }): Promise<void> {
+    const row = await new Registry(this.home).getBase(base.id);
+    // In the session's folder: the server's orphan cleanup and session reset cover it.
+    const dir = join(this.sessionDir(sessionId), "early");
+    await synthesizeEarly({ core: this.core, home: this.home, hostChoice: this.hostChoice, signal: o.signal }, row, overlay, {
+      overlayPath: `session ${sessionId}`,
+      hostAddress: o.bindAddress,
+      autoPorts: true,
+      bootSegments: o.bootSegments,
+      dir,
+      onResumed: (vm) => o.onResumed({ vmId: vm.vmId, ports: vm.ports, stop: async () => void (await stopVm(vm.runDir)) }),
     });
   }
 

@@ -282,8 +282,8 @@ export class CloudletClient {
   }
 
   /** Finishes a session: the server tears the VM down. */
-  async close(id: string): Promise<void> {
-    const r = await this.request("DELETE", `/sessions/${id}`);
+  async close(id: string, signal?: AbortSignal): Promise<void> {
+    const r = await this.request("DELETE", `/sessions/${id}`, { signal });
     if (r.status !== 200 && r.status !== 404) this.fail(r, "closing the session");
   }
 }
@@ -468,7 +468,8 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
     return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder };
   } catch (e) {
     stop.abort();
-    await client.close(id).catch(() => {});
+    // Bounded: over a dead link the request would hang; the server ends the session on its lease then.
+    await client.close(id, AbortSignal.timeout(3000)).catch(() => {});
     throw e;
   } finally {
     stop.abort();

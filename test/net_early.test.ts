@@ -149,7 +149,7 @@ async function qemuCount(f: Fixture): Promise<number> {
 async function noneLeft(f: Fixture): Promise<void> {
   for (let i = 0; i < 50 && (await qemuCount(f)) > 0; i++) await sleep(100);
   assert.equal(await qemuCount(f), 0, "no VM left");
-  assert.deepEqual(await fsp.readdir(join(f.home, "sessions")).catch(() => []), [], "no session folder left");
+  assert.deepEqual(await fsp.readdir(join(f.home, "sessions")).catch(() => []), [], "no session or VM folder left");
 }
 
 test("early start over upload: the VM answers before its overlay has arrived, wanted segments go first, --detach waits for the fill", async () => {

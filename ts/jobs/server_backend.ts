@@ -95,15 +95,19 @@ export class HomeBackend implements ServerBackend {
 
   async synthesizeEarly(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; bindAddress: string; bootSegments: number; onResumed: (vm: LaunchedVm) => void }): Promise<void> {
     const row = await new Registry(this.home).getBase(base.id);
-    // In the session's folder: the server's orphan cleanup and session reset cover it.
-    const dir = join(this.sessionDir(sessionId), "early");
+    // Beside the session's folder, under the sessions folder (the server's orphan cleanup and reset cover it),
+    // with a short name: QEMU's socket paths there must stay under 108 bytes.
+    const dir = join(homePaths(this.home).sessions, `e${sessionId.slice(0, 12)}`);
     await synthesizeEarly({ core: this.core, home: this.home, hostChoice: this.hostChoice, signal: o.signal }, row, overlay, {
       overlayPath: `session ${sessionId}`,
       hostAddress: o.bindAddress,
       autoPorts: true,
       bootSegments: o.bootSegments,
       dir,
-      onResumed: (vm) => o.onResumed({ vmId: vm.vmId, ports: vm.ports, stop: async () => void (await stopVm(vm.runDir)) }),
+      onResumed: (vm) => o.onResumed({ vmId: vm.vmId, ports: vm.ports, stop: async () => {
+          await stopVm(vm.runDir);
+          await fsp.rm(dir, { recursive: true, force: true });
+        } }),
     });
   }
 

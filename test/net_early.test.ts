@@ -136,7 +136,7 @@ async function untilAnswer(f: Fixture, url: string, ms: number): Promise<string>
   }
 }
 
-async function sessionStatus(f: Fixture, id: string): Promise<{ state: string; earlyStart?: boolean; outOfOrder?: number }> {
+async function sessionStatus(f: Fixture, id: string): Promise<{ state: string; earlyStart?: boolean; outOfOrder?: number; endpoint?: { ports: { hostPort: number }[] } }> {
   return JSON.parse(dec(await f.net.exec(f.net.cli, "curl", ["-s", ...AUTH, `http://${f.net.srvIp}:8021/v1/sessions/${id}`])));
 }
 
@@ -154,7 +154,8 @@ async function noneLeft(f: Fixture): Promise<void> {
 
 test("early start over upload: the VM answers before its overlay has arrived, wanted segments go first, --detach waits for the fill", async () => {
   const f = await setup();
-  const srv = await serve(f);
+  // The background fill waits 5 s before each segment it starts itself: the VM fills for a while after it answers.
+  const srv = await serve(f, [], 5000);
   try {
     const r = client(f, ["-o", f.overlay, "--early-start", "--detach"]);
     const port = await resumedPort(r);
@@ -201,7 +202,7 @@ http.createServer((req, res) => {
   res.end(data.subarray(a, b + 1));
 }).listen(8099, "${f.net.cliIp}", () => console.log("up"));`]);
   await new Promise((r) => fileServer.stdout!.once("data", r));
-  const srv = await serve(f);
+  const srv = await serve(f, [], 5000);
   try {
     const r = client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--early-start", "--detach"]);
     const port = await resumedPort(r);
@@ -209,9 +210,8 @@ http.createServer((req, res) => {
     assert.equal(await r.done, 0, r.stderr());
     const out = JSON.parse(r.stdout());
     assert.ok(out.earlyStart.resumedMs < out.earlyStart.localMs, JSON.stringify(out));
-    assert.match(srv.log(), /wants segment \d+/);
-    const st = await sessionStatus(f, out.session);
-    assert.ok((st.outOfOrder ?? 0) >= 1, `the server fetched wanted segments by range: ${JSON.stringify(st)}`);
+    // The wanted segment is fetched by range beside the in-order download (which may bring it first on this small overlay).
+    assert.match(srv.log(), /wants segment (\d+)[^]*fetched wanted segment \1 by range/);
     await f.net.exec(f.net.cli, "curl", ["-s", "-X", "DELETE", ...AUTH, `http://${f.net.srvIp}:8021/v1/sessions/${out.session}`]);
   } finally {
     await srv.stop();
@@ -234,16 +234,18 @@ test("an old-style client (plain PATCH upload, no wants, no earlyStart field) ge
     const id = JSON.parse(await curl("-X", "POST", base)).id;
     const meta = JSON.parse(await curl("-X", "PUT", "--data-binary", `@${metaFile}`, `${base}/${id}/meta`));
     assert.equal(meta.earlyStart, false, "no early start for a client that did not say it serves wants");
-    const events = curl("-N", "-m", "120", `${base}/${id}/events`);
     const patched = await curl("-w", "%{http_code}", "-X", "PATCH", "-H", "Upload-Offset: 0", "-H", "Content-Type: application/octet-stream", "--data-binary", `@${dataFile}`, `${base}/${id}/data`);
     assert.equal(patched, "204");
-    const lines = (await events).split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
-    assert.ok(!lines.some((e) => e.type === "resumed"), "never resumed early");
-    const done = lines.find((e) => e.type === "done");
-    assert.ok(done, JSON.stringify(lines));
-    assert.match(await curlFromClient(f, `http://${f.net.srvIp}:${done.endpoint.ports[0].hostPort}/`), /Hello from a synthesized/);
-    assert.equal((await sessionStatus(f, id)).state, "running");
-    assert.doesNotMatch(srv.log(), /wants segment/);
+    let st = await sessionStatus(f, id);
+    for (let i = 0; i < 600 && st.state !== "running" && st.state !== "failed"; i++) {
+      assert.notEqual(st.state, "filling", "never resumed early");
+      await sleep(100);
+      st = await sessionStatus(f, id);
+    }
+    assert.equal(st.state, "running", JSON.stringify(st));
+    assert.equal(st.earlyStart, false);
+    assert.match(await untilAnswer(f, `http://${f.net.srvIp}:${st.endpoint!.ports[0].hostPort}/`, 30_000), /Hello from a synthesized/);
+    assert.doesNotMatch(srv.log(), /wants segment|resumed early/);
     await curl("-X", "DELETE", `${base}/${id}`);
   } finally {
     await srv.stop();
@@ -265,7 +267,7 @@ test("faults mid-fill: a segment failing its hash, the link dropped, the client 
     const bad = client(f, ["-o", flipped, "--early-start"]);
     assert.equal(await bad.done, 1);
     assert.match(bad.stderr(), new RegExp(`segment ${big + 1} is corrupt`));
-    assert.match(srv.log(), new RegExp(`failed: segment ${big + 1} is corrupt`));
+    assert.match(srv.log(), new RegExp(`failed: .*segment ${big + 1} is corrupt`));
     await noneLeft(f);
 
     // The link dropped mid-fill: the server hears nothing for its lease (4 s) and stops the VM; the client hears no keep-alive and says so.
@@ -275,8 +277,8 @@ test("faults mid-fill: a segment failing its hash, the link dropped, the client 
     await f.net.exec(f.net.cli, "ip", ["link", "set", f.dev, "down"]);
     try {
       assert.equal(await cut.done, 1);
-      assert.match(cut.stderr(), /lost the cloudlet .*nothing heard for \d+ s while the VM was filling/);
-      assert.match(srv.log(), /failed: the client sent no segment for 4 s while its VM was filling/);
+      assert.match(cut.stderr(), /lost the cloudlet .*while the VM was filling/);
+      assert.match(srv.log(), /failed: the client sent nothing \(no segment, no keep-alive\) for 4 s while its VM was filling/);
     } finally {
       await f.net.exec(f.net.cli, "ip", ["link", "set", f.dev, "up"]);
     }
@@ -288,7 +290,7 @@ test("faults mid-fill: a segment failing its hash, the link dropped, the client 
     const before = (srv.log().match(/while its VM was filling/g) ?? []).length;
     killed.child.kill("SIGKILL");
     for (let i = 0; i < 100 && (srv.log().match(/while its VM was filling/g) ?? []).length === before; i++) await sleep(100);
-    assert.equal((srv.log().match(/failed: the client sent no segment for 4 s while its VM was filling/g) ?? []).length, before + 1, srv.log());
+    assert.equal((srv.log().match(/failed: the client sent nothing \(no segment, no keep-alive\) for 4 s while its VM was filling/g) ?? []).length, before + 1, srv.log());
     await noneLeft(f);
   } finally {
     await srv.stop();

@@ -258,7 +258,7 @@ export class CloudletClient {
    * of `leaseMs`) until `signal` aborts. Rejects if the session ends on the
    * server's side, or if the server cannot be reached for a whole lease.
    */
-  async hold(id: string, leaseMs: number, signal: AbortSignal): Promise<void> {
+  async hold(id: string, leaseMs: number, signal: AbortSignal, state: "running" | "filling" = "running"): Promise<void> {
     const every = Math.max(500, Math.floor(leaseMs / 3));
     let lastOk = Date.now();
     while (!signal.aborted) {
@@ -277,7 +277,7 @@ export class CloudletClient {
         continue;
       }
       lastOk = Date.now();
-      if (st.state !== "running") throw new CloudletError("REMOTE", `the cloudlet ended the session (${st.state}${st.error ? `: ${st.error.message}` : ""})`);
+      if (st.state !== state && !(state === "filling" && st.state === "running")) throw new CloudletError("REMOTE", `the cloudlet ended the session (${st.state}${st.error ? `: ${st.error.message}` : ""})`);
     }
   }
 
@@ -366,6 +366,9 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
   const session = await client.createSession(o.url, signal, o.earlyStart ?? "auto");
   const id = session.id;
   let outOfOrder = 0;
+  // From the resume on, the session is held like a running one: keep-alives until fully local.
+  const holdStop = new AbortController();
+  let holding: Promise<void> | null = null;
   try {
     let endpoint: Endpoint | null = null;
     let failure: CloudletError | null = null;
@@ -375,6 +378,10 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       o.onEvent?.(e);
       if (e.type === "resumed") {
         early = true;
+        holding ??= client.hold(id, session.leaseMs, AbortSignal.any([holdStop.signal, stop.signal]), "filling").catch((err) => {
+          failure ??= err as CloudletError;
+          stop.abort();
+        });
         o.onResumed?.(e.endpoint);
       }
       if (e.type === "status") {
@@ -472,6 +479,8 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
     await client.close(id, AbortSignal.timeout(3000)).catch(() => {});
     throw e;
   } finally {
+    holdStop.abort();
+    await holding;
     stop.abort();
   }
 }

@@ -216,7 +216,9 @@ class Session {
   /** True while the session waits on its client: for the meta, for segment bytes, or (running, attached) for keep-alives. */
   get waitingOnClient(): boolean {
     if (this.state === "created") return true;
-    if (this.state === "receiving" || this.state === "filling") return !this.feed?.complete;
+    if (this.state === "receiving") return !this.feed?.complete;
+    // A filling VM is held like a running one: by its client's bytes and keep-alives (it cannot be detached yet).
+    if (this.state === "filling") return true;
     return this.state === "running" && this.detachedAt === 0;
   }
 }
@@ -349,7 +351,7 @@ export class SynthesisServer {
       if (s.waitingOnClient && now - s.lastActivity > this.o.idleMs) {
         const why =
           s.state === "running" ? `the client sent no keep-alive for ${this.o.idleMs / 1000} s (session idle); VM stopped`
-          : s.state === "filling" && !s.url ? `the client sent no segment for ${this.o.idleMs / 1000} s while its VM was filling (early start), so the VM cannot become local; VM stopped`
+          : s.state === "filling" ? `the client sent nothing (no segment, no keep-alive) for ${this.o.idleMs / 1000} s while its VM was filling (early start); VM stopped`
           : s.url ? `${s.url} sent nothing for more than ${this.o.idleMs / 1000} s`
           : `session idle for more than ${this.o.idleMs / 1000} s`;
         this.failSession(s, new CloudletError("REMOTE", why));
@@ -666,7 +668,9 @@ export class SynthesisServer {
     for (let attempt = 0; attempt < 3 && !s.terminal && !s.feed!.has(i); attempt++) {
       try {
         const bytes = await s.fetchSegment!(i);
-        if (await s.feed!.put(i, (async function* () { yield bytes; })())) s.outOfOrder++;
+        const fresh = await s.feed!.put(i, (async function* () { yield bytes; })());
+        if (fresh) s.outOfOrder++;
+        this.o.log(`session ${s.id}: fetched wanted segment ${i + 1} by range${fresh ? "" : " (the in-order download had brought it first)"}`);
         return;
       } catch (e) {
         if (s.terminal || s.feed!.failed) return;

@@ -338,7 +338,7 @@ test("item 6: a --url session downloading slowly is not failed as idle", async (
     assert.equal(c.status, 201, c.body);
     const id = JSON.parse(c.body).id;
     // The client only listens to its event stream (one request): nothing but the download can renew the idle clock.
-    const events = (await request(s.port, "GET", `/v1/sessions/${id}/events`)).body.trim().split("\n").map((l) => JSON.parse(l));
+    const events = (await request(s.port, "GET", `/v1/sessions/${id}/events`)).body.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l)); // blank lines are keep-alives
     assert.ok(events.some((e) => e.type === "progress"), "progress was reported");
     const st = await status(s.port, id);
     assert.equal(st.state, "failed");

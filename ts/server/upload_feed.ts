@@ -29,8 +29,6 @@ interface Waiter {
   reject: (e: unknown) => void;
 }
 
-/** Segments closer than this to the resume point are left to the in-order stream (the one arriving and the next): they are not asked for out of order. */
-export const WANT_AHEAD = 2;
 
 /** Segment bytes arriving over one or more requests, as an OverlayReader. */
 export class UploadFeed implements OverlayReader {
@@ -50,11 +48,13 @@ export class UploadFeed implements OverlayReader {
   /** Wakes an upload waiting for bytes when the feed fails, so it stops at once. */
   private wake: ((e: unknown) => void) | null = null;
   private ingesting = false;
+  /** The segment the in-order upload's bytes are filling now (while one runs). */
+  private streamAt = 0;
   /** Segments being received out of order right now (one request each). */
   private readonly putting = new Set<number>();
   /** Segments synthesis asked for out of order that have not arrived; told to {@link UploadFeed.onWant}. */
   private readonly wanted = new Set<number>();
-  /** Told when synthesis waits for a segment well ahead of the in-order stream (early start); null: nobody serves wants. */
+  /** Told when synthesis waits for a segment past the one the in-order stream brings now (early start); null: nobody serves wants. */
   onWant: ((i: number) => void) | null = null;
   readonly totalBytes: number;
   private readonly dataBytes: number;
@@ -114,7 +114,8 @@ export class UploadFeed implements OverlayReader {
       return Promise.resolve(b);
     }
     const p = new Promise<Uint8Array>((resolve, reject) => this.waiters.set(i, { resolve, reject }));
-    if (this.onWant && !this.held[i] && i >= this.prefix + WANT_AHEAD && !this.wanted.has(i)) {
+    // The segment the in-order stream is bringing now is left to it; any later one is asked for.
+    if (this.onWant && !this.held[i] && i > (this.ingesting ? this.streamAt : this.prefix) && !this.wanted.has(i)) {
       this.wanted.add(i);
       this.onWant(i);
     }
@@ -141,7 +142,7 @@ export class UploadFeed implements OverlayReader {
     if (offset !== this.committed) throw new CloudletError("REMOTE", `upload must resume at offset ${this.committed}, not ${offset}`);
     this.ingesting = true;
     // The segment this body's next bytes belong to: bodies are positional, so this moves one at a time.
-    let at = this.prefix;
+    let at = (this.streamAt = this.prefix);
     let buf: Uint8Array | null = null;
     let have = 0;
     const it = body[Symbol.asyncIterator]();
@@ -169,7 +170,7 @@ export class UploadFeed implements OverlayReader {
             this.check(at, buf);
             // Sent out of order meanwhile (or being sent): these bytes are a duplicate.
             if (!this.held[at] && !this.putting.has(at)) await this.accept(at, buf);
-            at++;
+            this.streamAt = ++at;
             buf = null;
             have = 0;
           }

@@ -34,7 +34,7 @@ interface Waiter {
 export class UploadFeed implements OverlayReader {
   /** Complete segments not yet taken by synthesis, by index. */
   private readonly ready = new Map<number, Uint8Array>();
-  private readonly waiters = new Map<number, Waiter>();
+  private readonly waiters = new Map<number, Waiter[]>();
   /** Per segment: 1 once it arrived complete and checked (by either path). */
   private readonly held: Uint8Array;
   /** Index of the first segment not held: the resume point. */
@@ -113,7 +113,11 @@ export class UploadFeed implements OverlayReader {
       this.freeSpace();
       return Promise.resolve(b);
     }
-    const p = new Promise<Uint8Array>((resolve, reject) => this.waiters.set(i, { resolve, reject }));
+    const p = new Promise<Uint8Array>((resolve, reject) => {
+      const ws = this.waiters.get(i) ?? [];
+      ws.push({ resolve, reject });
+      this.waiters.set(i, ws);
+    });
     // The segment the in-order stream is bringing now is left to it; any later one is asked for.
     if (this.onWant && !this.held[i] && i > (this.ingesting ? this.streamAt : this.prefix) && !this.wanted.has(i)) {
       this.wanted.add(i);
@@ -126,7 +130,7 @@ export class UploadFeed implements OverlayReader {
   fail(e: unknown): void {
     this.failure ??= e;
     this.wake?.(this.failure);
-    for (const w of this.waiters.values()) w.reject(e);
+    for (const ws of this.waiters.values()) for (const w of ws) w.reject(e);
     this.waiters.clear();
     this.freeSpace();
   }
@@ -229,10 +233,10 @@ export class UploadFeed implements OverlayReader {
     this.heldCount++;
     this.wanted.delete(i);
     while (this.prefix < this.held.length && this.held[this.prefix]) this.committed += this.meta.segments[this.prefix++].compressedSize;
-    const w = this.waiters.get(i);
-    if (w) {
+    const ws = this.waiters.get(i);
+    if (ws) {
       this.waiters.delete(i);
-      w.resolve(bytes);
+      for (const w of ws) w.resolve(bytes);
       return;
     }
     this.ready.set(i, bytes);

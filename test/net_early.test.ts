@@ -152,18 +152,22 @@ async function noneLeft(f: Fixture): Promise<void> {
   assert.deepEqual(await fsp.readdir(join(f.home, "sessions")).catch(() => []), [], "no session or VM folder left");
 }
 
-test("early start over upload: the VM answers before its overlay has arrived, wanted segments go first, --detach waits for the fill", async () => {
+test("early start over upload: the VM answers before its overlay has arrived, wanted segments go first, --detach waits for the fill", async (t) => {
   const f = await setup();
-  // The background fill waits 5 s before each segment it starts itself: the VM fills for a while after it answers.
-  const srv = await serve(f, [], 5000);
+  // The background fill waits 15 s before it starts (and before each segment it starts itself): the app's
+  // request raises the segments it needs, so the VM answers long before it is fully local.
+  const srv = await serve(f, [], 15_000);
   try {
     const r = client(f, ["-o", f.overlay, "--early-start", "--detach"]);
     const port = await resumedPort(r);
+    const t0 = Date.now();
     const during = await untilAnswer(f, `http://${f.net.srvIp}:${port}/cgi-bin/status`, 60_000);
+    const answeredAt = new Date().toISOString();
     assert.match(during, /counter=\d+ boot_id=\S+/, "the app answers while the VM fills");
     const session = /session ([0-9a-f]{32}): VM [0-9a-f]+ resumed early/.exec(srv.log())?.[1];
     assert.ok(session, srv.log());
-    assert.equal((await sessionStatus(f, session)).state, "filling", "it answered before it was fully local");
+    t.diagnostic(`answered ${Date.now() - t0} ms after the client said resumed`);
+    assert.equal((await sessionStatus(f, session)).state, "filling", `it answered (${answeredAt}) before it was fully local:\n${srv.log()}`);
     // Detaching before the fill is refused by the server, with the reason.
     const det = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", ...AUTH, `http://${f.net.srvIp}:8021/v1/sessions/${session}/detach`]));
     assert.match(det, /still filling/);
@@ -284,11 +288,15 @@ test("faults mid-fill: a segment failing its hash, the link dropped, the client 
     }
     await noneLeft(f);
 
-    // The client killed mid-fill.
+    // The client killed mid-fill. A small socket send buffer: otherwise the kernel still delivers what the
+    // killed client had written (most of this small overlay), and the VM becomes local after the kill.
+    const wmem = dec(await f.net.exec(f.net.cli, "sysctl", ["-n", "net.ipv4.tcp_wmem"])).trim().split(/\s+/).join(" ");
+    await f.net.exec(f.net.cli, "sysctl", ["-q", "-w", "net.ipv4.tcp_wmem=4096 16384 16384"]);
     const killed = client(f, ["-o", f.overlay, "--early-start"]);
     await resumedPort(killed);
     const before = (srv.log().match(/while its VM was filling/g) ?? []).length;
     killed.child.kill("SIGKILL");
+    await f.net.exec(f.net.cli, "sysctl", ["-q", "-w", `net.ipv4.tcp_wmem=${wmem}`]);
     for (let i = 0; i < 100 && (srv.log().match(/while its VM was filling/g) ?? []).length === before; i++) await sleep(100);
     assert.equal((srv.log().match(/failed: the client sent nothing \(no segment, no keep-alive\) for 4 s while its VM was filling/g) ?? []).length, before + 1, srv.log());
     await noneLeft(f);

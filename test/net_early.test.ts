@@ -259,7 +259,8 @@ test("an old-style client (plain PATCH upload, no wants, no earlyStart field) ge
 
 test("faults mid-fill: a segment failing its hash, the link dropped, the client killed: the VM stops, both sides say why, nothing is left", async () => {
   const f = await setup();
-  const srv = await serve(f, [], 3000);
+  // The fill waits 15 s before it starts: every fault below hits the VM while it fills.
+  const srv = await serve(f, [], 15_000);
   try {
     // A flipped byte in the largest segment (the guest wants it early, and the in-order stream brings it too).
     const bytes = new Uint8Array(await fsp.readFile(f.overlay));

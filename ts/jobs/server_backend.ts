@@ -95,9 +95,8 @@ export class HomeBackend implements ServerBackend {
 
   async synthesizeEarly(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; bindAddress: string; bootSegments: number; onResumed: (vm: LaunchedVm) => void }): Promise<void> {
     const row = await new Registry(this.home).getBase(base.id);
-    // Beside the session's folder, under the sessions folder (the server's orphan cleanup and reset cover it),
-    // with a short name: QEMU's socket paths there must stay under 108 bytes.
-    const dir = join(homePaths(this.home).sessions, `e${sessionId.slice(0, 12)}`);
+    // Under the sessions folder, so the server's orphan cleanup and reset cover it.
+    const dir = homePaths(this.home).earlySession(sessionId);
     await synthesizeEarly({ core: this.core, home: this.home, hostChoice: this.hostChoice, signal: o.signal }, row, overlay, {
       overlayPath: `session ${sessionId}`,
       hostAddress: o.bindAddress,

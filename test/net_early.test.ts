@@ -5,6 +5,7 @@
 //   segments it wants are sent ahead of the in-order stream, and --detach waits for the fill;
 // - over --url: the server fetches the wanted segments by range itself;
 // - an old-style client (plain PATCH upload, no wants) gets full pipelined synthesis;
+// - an upload cut before the VM could resume resumes at the segment boundary, as before;
 // - the faults: a segment failing its hash, the link dropped mid-fill, the client killed mid-fill:
 //   each stops the VM, says why on both sides, and leaves nothing behind.
 import { test } from "node:test";
@@ -251,6 +252,24 @@ test("an old-style client (plain PATCH upload, no wants, no earlyStart field) ge
     assert.match(await untilAnswer(f, `http://${f.net.srvIp}:${st.endpoint!.ports[0].hostPort}/`, 30_000), /Hello from a synthesized/);
     assert.doesNotMatch(srv.log(), /wants segment|resumed early/);
     await curl("-X", "DELETE", `${base}/${id}`);
+  } finally {
+    await srv.stop();
+  }
+  await noneLeft(f);
+});
+
+test("early start: an upload cut during the boot set (before the VM can resume) resumes at the segment boundary as before", async () => {
+  const f = await setup();
+  const srv = await serve(f);
+  try {
+    const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/loader.mjs", import.meta.url));
+    const script = fileURLToPath(new URL("./_resume_client.ts", import.meta.url));
+    const r = JSON.parse(dec(await f.net.exec(f.net.cli, "node", ["--import", `file://${tsx}`, script, `${f.net.srvIp}:8021`, f.tokenFile, f.overlay, "early"])));
+    assert.equal(r.resumeAt, r.lastStart, `resumed at ${r.resumeAt}: the start of the segment cut at ${r.cutAt}`);
+    assert.equal(r.after, r.total);
+    assert.equal(r.resumed, true, "the VM was started early");
+    assert.match(await untilAnswer(f, `http://${f.net.srvIp}:${r.endpoint.ports[0].hostPort}/`, 30_000), /Hello from a synthesized/);
+    await f.net.exec(f.net.cli, "curl", ["-s", "-X", "DELETE", ...AUTH, `http://${f.net.srvIp}:8021/v1/sessions/${r.sessionId}`]);
   } finally {
     await srv.stop();
   }

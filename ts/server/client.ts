@@ -273,7 +273,7 @@ export class CloudletClient {
       } catch (e) {
         if (signal.aborted) return;
         if (e instanceof CloudletError && /\(404 /.test(e.message)) throw new CloudletError("REMOTE", "the cloudlet no longer has this session");
-        if (Date.now() - lastOk > leaseMs) throw new CloudletError("REMOTE", `lost the cloudlet for more than ${leaseMs / 1000} s; it has stopped the VM: ${(e as Error).message}`);
+        if (Date.now() - lastOk > leaseMs) throw new CloudletError("REMOTE", `lost the cloudlet for more than ${leaseMs / 1000} s${state === "filling" ? " while the VM was filling (early start)" : ""}; it has stopped the VM: ${(e as Error).message}`);
         continue;
       }
       lastOk = Date.now();

@@ -17,10 +17,15 @@ const overlay = await openOverlay(core, overlayPath);
 const client = new CloudletClient({ server, token: readFileSync(tokenFile, "utf8").trim() });
 const s = await client.createSession(undefined, undefined, early ? true : undefined);
 let resumed = false;
+const holding = new AbortController();
 let endpoint: Endpoint | null = null;
 const events = client.events(s.id, (e) => {
   if (e.type === "done") endpoint = e.endpoint;
-  if (e.type === "resumed") resumed = true;
+  if (e.type === "resumed" && !resumed) {
+    resumed = true;
+    // A filling VM is held by its client's keep-alives, as a running one is.
+    void client.hold(s.id, s.leaseMs, holding.signal, "filling").catch(() => {});
+  }
   return e.type === "done" || e.type === "error";
 });
 await client.sendMeta(s.id, packedHead(core, overlay, overlay.metaBytes!));
@@ -57,6 +62,7 @@ for (let attempt = 0; after < 0; attempt++) {
   }
 }
 await events;
+holding.abort();
 // The test reads the VM after this process exits: detached, it does not wait for keep-alives.
 if (early && endpoint) await client.detach(s.id);
 console.log(JSON.stringify({ total, cutAt, lastStart, segments: sizes.length, resumeAt, after, endpoint, sessionId: s.id, resumed }));

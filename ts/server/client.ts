@@ -374,6 +374,8 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
     let failure: CloudletError | null = null;
     let early = false;
     let fallback: string | undefined;
+    // The link is gone: the server stops the VM after its lease, since no byte and no keep-alive reaches it.
+    const lostLink = (e: unknown) => new CloudletError("REMOTE", `${(e as Error).message}${early ? " while the VM was filling (early start); the cloudlet stops it after its lease" : ""}`);
     const onEvent = (e: SessionEvent) => {
       o.onEvent?.(e);
       if (e.type === "resumed") {
@@ -395,7 +397,11 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
     // Silence on the event stream for a lease means the link is gone (the server sends keep-alive lines);
     // only servers that speak early start send them.
     const watching = client.events(id, onEvent, signal, session.earlyStart !== undefined ? session.leaseMs + 2000 : undefined);
-    watching.catch(() => stop.abort());
+    // The event stream going quiet (the link is gone) ends every request at once, with that as the reason.
+    watching.catch((e) => {
+      if (!o.signal?.aborted) failure ??= lostLink(e);
+      stop.abort();
+    });
     if (!o.url) {
       const overlay = o.overlay!;
       const st = await client.sendMeta(id, packedHead(o.core, overlay, o.metaBytes!), signal);
@@ -463,8 +469,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
     } catch (e) {
       if (failure) throw failure;
       if (o.signal?.aborted) throw e;
-      // The link is gone: the server stops the VM after its lease, since no byte and no keep-alive reaches it.
-      throw new CloudletError("REMOTE", `${(e as Error).message}${early ? " while the VM was filling (early start); the cloudlet stops it after its lease" : ""}`);
+      throw lostLink(e);
     }
     if (failure) throw failure;
     if (!endpoint) {

@@ -710,10 +710,10 @@ export class SynthesisServer {
     if (!SEGMENT_RE.test(raw)) throw new HttpError(400, "BAD_REQUEST", "a segment index (decimal digits, from 0) is required after /segments/");
     const i = Number(raw);
     const n = s.feed.meta.segments.length;
-    if (i >= n) throw new HttpError(404, "NOT_FOUND", `no segment ${i}: the overlay has ${n} (0 to ${n - 1})`);
+    if (i >= n) throw new HttpError(404, "NOT_FOUND", `no segment index ${i}: the overlay has ${n} segments (indexes 0 to ${n - 1})`);
     const size = s.feed.meta.segments[i].compressedSize;
     const declared = req.headers["content-length"];
-    if (declared !== undefined && Number(declared) !== size) throw new HttpError(400, "BAD_UPLOAD", `segment ${i} is ${size} bytes; Content-Length says ${declared}`);
+    if (declared !== undefined && Number(declared) !== size) throw new HttpError(400, "BAD_UPLOAD", `segment ${i + 1} (index ${i}) is ${size} bytes; Content-Length says ${declared}`);
     s.firstByteAt ||= Date.now();
     const counted = (async function* (src: AsyncIterable<Buffer>) {
       for await (const c of src) {

@@ -30,6 +30,9 @@ interface Reply {
   body: string;
 }
 
+/** An Upload-Offset header's value. */
+const OFFSET_DIGITS = /^[0-9]{1,16}$/;
+
 /** Splits host[:port]. */
 export function parseServer(s: string): { host: string; port: number } {
   const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]+)(?::(\d+))?$/.exec(s);
@@ -205,16 +208,23 @@ export class CloudletClient {
       signal,
       stream: async (req) => {
         for await (const c of chunks) {
-          if (!req.write(c)) await new Promise<void>((res, rej) => {
-            req.once("drain", res);
-            req.once("error", rej);
-            req.once("close", res);
-          });
+          if (!req.write(c)) {
+            await new Promise<void>((res, rej) => {
+              const done = (e?: unknown) => {
+                req.off("drain", done).off("close", done).off("error", done);
+                if (e instanceof Error) rej(e);
+                else res();
+              };
+              req.on("drain", done).on("close", done).on("error", done);
+            });
+          }
           if (req.destroyed) return;
         }
         req.end();
       },
     });
+    // The server holds more than this upload assumed (segments sent out of order meanwhile): continue where it says.
+    if (r.status === 409 && /"OFFSET"/.test(r.body) && OFFSET_DIGITS.test(String(r.headers[OFFSET_HEADER]))) return Number(r.headers[OFFSET_HEADER]);
     if (r.status !== 204 && r.status !== 200) this.fail(r, "uploading segments");
     return Number(r.headers[OFFSET_HEADER]);
   }
@@ -459,7 +469,10 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           if (failure) throw failure;
           if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
           await new Promise((r) => setTimeout(r, 300 * errors));
+          const before = offset;
           offset = await client.offset(id, signal);
+          // Retries count failures in a row: an attempt that moved the server's offset was progress.
+          if (offset > before) errors = 0;
         }
       }
       void wanting;

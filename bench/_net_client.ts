@@ -10,6 +10,12 @@
  *     the VM's first HTTP answer through its forwarded port, fetched from
  *     here, across the link. Then the session is closed (VM stopped).
  *
+ *   node --import tsx bench/_net_client.ts early SERVER TOKEN_FILE OVERLAY
+ *     (e) early start over the network: `sendOverlay` with earlyStart true
+ *     (what `cloudlet client --early-start` runs). The first answer is
+ *     polled from the moment the server says the VM resumed; the clock for
+ *     "fully local" stops at the done event. Then the session is closed.
+ *
  *   node --import tsx bench/_net_client.ts upload URL FILE
  *     (b)/(c) a plain HTTP PUT of FILE (Content-Length, 256 KiB reads, the
  *     same Node HTTP stack and chunk size as the client) to the sink; the
@@ -26,7 +32,7 @@ import { firstAnswer } from "./_net_http.ts";
 
 type Mark = { ms: number; what: string; received?: number; applied?: number; expected?: number };
 
-async function pipelined(server: string, tokenFile: string, path: string): Promise<unknown> {
+async function pipelined(server: string, tokenFile: string, path: string, early = false): Promise<unknown> {
   const core = await loadCoreFromDisk();
   const token = (await fsp.readFile(tokenFile, "utf8")).trim();
   const client = new CloudletClient({ server, token });
@@ -38,11 +44,21 @@ async function pipelined(server: string, tokenFile: string, path: string): Promi
     const t0 = performance.now();
     const c0 = process.cpuUsage();
     const at = () => performance.now() - t0;
+    let resumedAt = 0;
+    let answering: Promise<number> | null = null;
     const r = await sendOverlay({
       core,
       client,
       overlay,
       metaBytes: overlay.metaBytes,
+      // (a) is full pipelined synthesis whatever the overlay carries; (e) asks for early start.
+      earlyStart: early,
+      onResumed: (ep) => {
+        resumedAt = at();
+        const port = ep.ports.find((p) => p.guestPort === 80)?.hostPort ?? ep.ports[0].hostPort;
+        answering = firstAnswer(ep.host, port);
+        answering.catch(() => {});
+      },
       progress: (p) => {
         lastSent = at();
         firstSent ||= lastSent;
@@ -56,8 +72,9 @@ async function pipelined(server: string, tokenFile: string, path: string): Promi
     });
     const done = at();
     const cpu = process.cpuUsage(c0);
+    if (early && !r.earlyStart) throw new Error(`early start did not run: ${r.earlyStartFallback ?? "the server did not start the VM early"}`);
     const port = r.endpoint.ports.find((p) => p.guestPort === 80)?.hostPort ?? r.endpoint.ports[0].hostPort;
-    const answered = (await firstAnswer(r.endpoint.host, port)) - t0;
+    const answered = (await (answering ?? firstAnswer(r.endpoint.host, port))) - t0;
     const tc = performance.now();
     await client.close(r.id);
     return {
@@ -71,6 +88,7 @@ async function pipelined(server: string, tokenFile: string, path: string): Promi
       cpuMs: (cpu.user + cpu.system) / 1000,
       closeMs: performance.now() - tc,
       marks,
+      ...(early ? { resumedMs: resumedAt, localMs: done, outOfOrder: r.outOfOrder } : {}),
     };
   } finally {
     await overlay.close();
@@ -103,8 +121,9 @@ const [mode, ...args] = process.argv.slice(2);
 try {
   let out: unknown;
   if (mode === "pipelined" && args.length === 3) out = await pipelined(args[0], args[1], args[2]);
+  else if (mode === "early" && args.length === 3) out = await pipelined(args[0], args[1], args[2], true);
   else if (mode === "upload" && args.length === 2) out = await upload(args[0], args[1]);
-  else throw new Error("usage: _net_client.ts pipelined SERVER TOKEN_FILE OVERLAY | upload URL FILE");
+  else throw new Error("usage: _net_client.ts pipelined|early SERVER TOKEN_FILE OVERLAY | upload URL FILE");
   process.stdout.write(JSON.stringify(out) + "\n");
   process.exit(0);
 } catch (e) {

@@ -274,7 +274,7 @@ test("item 6: a --url session downloading slowly is not failed as idle", async (
     assert.equal(c.status, 201, c.body);
     const id = JSON.parse(c.body).id;
     // The client only listens to its event stream (one request): nothing but the download can renew the idle clock.
-    const events = (await request(s.port, "GET", `/v1/sessions/${id}/events`)).body.trim().split("\n").map((l) => JSON.parse(l));
+    const events = (await request(s.port, "GET", `/v1/sessions/${id}/events`)).body.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l)); // blank lines are keep-alives
     assert.ok(events.some((e) => e.type === "progress"), "progress was reported");
     const st = await status(s.port, id);
     assert.equal(st.state, "failed");
@@ -351,6 +351,55 @@ test("item 9: an empty or malformed Upload-Offset header gets 400", async () => 
     assert.equal(ok.status, 204, `${ok.status} ${ok.body}`);
     assert.equal(ok.headers["upload-offset"], String(seg0.length));
     await assertServing(s, "bad Upload-Offset");
+  } finally {
+    await s.stop();
+  }
+});
+
+// --- issue 13: early start's request field and out-of-order segments ---
+
+test("early start: a bad earlyStart is refused; one that cannot run falls back with its reason; out-of-order segments are checked and skipped by the in-order upload", async () => {
+  const f = await setup();
+  const s = await serve(f);
+  try {
+    const bad = await request(s.port, "POST", "/v1/sessions", JSON.stringify({ earlyStart: "yes" }), { "content-type": "application/json" });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body, /earlyStart must be true, false or \\"auto\\"/);
+    // Asked for, but this file-mode overlay has no device state: full pipelined synthesis, and why.
+    const c = await request(s.port, "POST", "/v1/sessions", JSON.stringify({ earlyStart: true }), { "content-type": "application/json" });
+    assert.equal(c.status, 201, c.body);
+    const id = JSON.parse(c.body).id as string;
+    const m = JSON.parse((await request(s.port, "PUT", `/v1/sessions/${id}/meta`, f.headAndMeta)).body);
+    assert.equal(m.earlyStart, false);
+    assert.match(m.earlyStartFallback, /no device state/);
+    assert.match(s.log(), /early start cannot run \(the overlay carries no device state\); full pipelined synthesis/);
+    // Not early: the wants stream ends at once.
+    assert.deepEqual([(await request(s.port, "GET", `/v1/sessions/${id}/wants`)).status, (await request(s.port, "GET", `/v1/sessions/${id}/wants`)).body], [200, ""]);
+    const sizes = f.meta.segments.map((x) => x.compressedSize);
+    const start = (i: number) => sizes.slice(0, i).reduce((a, b) => a + b, 0);
+    const seg = (i: number) => f.data.subarray(start(i), start(i) + sizes[i]);
+    assert.equal((await request(s.port, "PUT", `/v1/sessions/${id}/segments/x1`, seg(1))).status, 400);
+    const none = await request(s.port, "PUT", `/v1/sessions/${id}/segments/${sizes.length}`, seg(1));
+    assert.deepEqual([none.status, /no segment index \d+: the overlay has \d+ segments/.test(none.body)], [404, true]);
+    const short = await request(s.port, "PUT", `/v1/sessions/${id}/segments/1`, seg(1).subarray(1));
+    assert.equal(short.status, 400);
+    assert.match(short.body, /BAD_UPLOAD.*segment 2 \(index 1\) is \d+ bytes; Content-Length says \d+/);
+    // Segment 1 out of order: taken; the offset moves only once segment 0 is in, and then past segment 1.
+    const put = await request(s.port, "PUT", `/v1/sessions/${id}/segments/1`, seg(1));
+    assert.equal(put.status, 204, put.body);
+    assert.equal(put.headers["upload-offset"], "0");
+    assert.equal((await request(s.port, "PUT", `/v1/sessions/${id}/segments/1`, seg(1))).status, 200, "a held segment is read and dropped");
+    const p0 = await request(s.port, "PATCH", `/v1/sessions/${id}/data`, seg(0), { "upload-offset": "0" });
+    assert.equal(p0.headers["upload-offset"], String(start(2)), "the in-order upload resumes past the segment sent out of order");
+    // A corrupt segment sent out of order fails the session with its cause.
+    const corrupt = seg(2).slice();
+    corrupt[7] ^= 1;
+    const cr = await request(s.port, "PUT", `/v1/sessions/${id}/segments/2`, corrupt);
+    assert.equal(cr.status, 422);
+    assert.match(cr.body, /CORRUPT_SEGMENT.*segment 3 is corrupt/);
+    const st = await status(s.port, id);
+    assert.equal(st.state, "failed");
+    await assertServing(s, "early start requests");
   } finally {
     await s.stop();
   }

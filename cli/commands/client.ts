@@ -18,7 +18,8 @@ export function register(cli: CAC): void {
     .option("--token-file <file>", "The server's token (default: <home>/server/token)")
     .option("--tls", "Speak HTTPS")
     .option("--ca <file>", "CA certificate (PEM) to trust, with --tls")
-    .option("--detach", "Leave the session (and VM) running without this client and exit")
+    .option("--early-start", "Ask the server to resume the VM before the overlay has arrived (on its boot set) and fill it while it runs; this client sends the segments the VM needs first. Without it the server decides (early when the overlay has a boot set); --no-early-start: never")
+    .option("--detach", "Leave the session (and VM) running without this client and exit; early started, only once the VM is fully local (until then it needs this client)")
     .action(async (o: Common & Record<string, unknown>) => {
       const core = await loadCoreFromDisk();
       const home = cloudletHome(o.home as string | undefined);
@@ -42,6 +43,12 @@ export function register(cli: CAC): void {
           overlay,
           metaBytes,
           url: o.url as string | undefined,
+          earlyStart: o.earlyStart === true ? true : o.earlyStart === false ? false : "auto",
+          onResumed: (ep) => {
+            p.done();
+            const where = ep.ports.map((x) => `${x.proto} ${ep.host}:${x.hostPort} -> guest port ${x.guestPort}`).join(", ") || "no port forwards";
+            process.stderr.write(`cloudlet client: VM ${ep.vmId} resumed early after ${((performance.now() - t0) / 1000).toFixed(1)} s (${where}); filling${o.detach ? "; --detach waits until it is fully local" : ""}\n`);
+          },
           progress: p.update,
           onEvent: (e) => {
             if (e.type === "progress" && e.applied > applied) applied = e.applied;
@@ -51,7 +58,10 @@ export function register(cli: CAC): void {
         p.done();
         const ms = performance.now() - t0;
         const where = r.endpoint.ports.map((x) => `  ${x.proto} ${r.endpoint.host}:${x.hostPort} -> guest port ${x.guestPort}`).join("\n") || "  (no port forwards)";
-        const json = { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms } };
+        const early = r.earlyStart ? { earlyStart: { resumedMs: r.endpoint.ms.synthesis, localMs: r.endpoint.ms.local, outOfOrder: r.outOfOrder } } : {};
+        const json = { session: r.id, ...r.endpoint, ms: { total: Math.round(ms), ...r.endpoint.ms }, ...early, ...(r.earlyStartFallback ? { earlyStartFallback: r.earlyStartFallback } : {}) };
+        if (r.earlyStart) process.stderr.write(`cloudlet client: VM ${r.endpoint.vmId} fully local after ${(ms / 1000).toFixed(1)} s (${r.outOfOrder} segment(s) sent ahead of the in-order stream)\n`);
+        if (r.earlyStartFallback) process.stderr.write(`cloudlet client: early start did not run (${r.earlyStartFallback}); full pipelined synthesis\n`);
         const said = `VM ${r.endpoint.vmId} (session ${r.id}) is running on ${o.server} (${(ms / 1000).toFixed(1)} s). Reach it at:\n${where}`;
         if (o.detach) {
           await client.detach(r.id, controller.signal);

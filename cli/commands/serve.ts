@@ -31,6 +31,7 @@ export function register(cli: CAC): void {
     .option("--name <name>", "Name announced on the network", { default: hostname() })
     .option("--no-announce", "Do not announce over mDNS (default: announce)")
     .option("--no-url", "Refuse sessions that ask the server to fetch the overlay from a URL, so clients must upload it (default: accept URLs)")
+    .option("--no-early-start", "Never start a VM early (resumed on the boot set, filled while it runs), even for clients that ask or overlays with a boot set; every session runs full pipelined synthesis (default: early start when the client asks, or leaves it to the server and the overlay has a boot set)")
     .option("--no-page", "Do not serve the phone page at /, only the API (default: serve it)")
     .option("--pair", "Print the pairing link and QR code even when stderr is not a terminal (they carry the token)")
     .option("--host <host>", "qemu (default) or virsh")
@@ -58,6 +59,7 @@ export function register(cli: CAC): void {
         maxMetaBytes: parseSize(o.maxMeta as string, "--max-meta"),
         maxOverlayBytes: parseSize(o.maxOverlay as string, "--max-overlay"),
         allowUrl: o.url !== false,
+        earlyStart: o.earlyStart === false ? "off" : "auto",
         idleMs: num(o.idleTimeout, "--idle-timeout", 1, 86400, false) * 1000,
         sessionMs: num(o.sessionTimeout, "--session-timeout", 1, 7 * 86400, false) * 1000,
         detachedMs: num(o.detachedTimeout, "--detached-timeout", 0, 365 * 86400, false) * 1000,

@@ -40,6 +40,8 @@ export function homePaths(home: string) {
     sessions: join(home, "sessions"),
     /** The folder of server session `id` (an id the server made). */
     session: (id: string) => join(home, "sessions", id),
+    /** The folder of server session `id`'s early-started VM: beside the session's, with a short name (QEMU's socket paths in it must stay under 108 bytes). */
+    earlySession: (id: string) => join(home, "sessions", `e${id.slice(0, 12)}`),
     indexCache: join(home, "index-cache"),
     logs: join(home, "logs"),
     serverToken: join(home, "server", "token"),

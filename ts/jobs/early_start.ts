@@ -132,6 +132,10 @@ export interface EarlyStartOptions {
    * resumed, and then the VM is stopped and its folder removed.
    */
   record?: WorkingSetRecorder;
+  /** The VM's folder (default: a new one under the home's VMs); the server keeps it in the session's folder. */
+  dir?: string;
+  /** Told once the guest runs, before the fill ends (the server announces the VM then). */
+  onResumed?: (vm: { vmId: string; host: string; ports: PortForward[]; runDir: string; resumedMs: number }) => void;
 }
 
 /** See {@link EarlyStartOptions.record}. */
@@ -380,7 +384,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
   const dirs = homePaths(ctx.home);
   await fsp.mkdir(dirs.vms, { recursive: true });
   const vmId = randomBytes(6).toString("hex");
-  const dir = join(dirs.vms, vmId);
+  const dir = o.dir ?? join(dirs.vms, vmId);
   const imageDir = join(dir, "image");
   const runDir = join(dir, "vm");
   await fsp.mkdir(imageDir, { recursive: true });
@@ -494,6 +498,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     })();
     filled.catch((e) => lz.fail(e));
     const where = ports.map((p) => `${p.proto} ${hostAddress}:${p.hostPort} -> guest port ${p.guestPort}`).join(", ") || "no port forwards";
+    o.onResumed?.({ vmId, host: hostAddress, ports, runDir, resumedMs });
     say(ctx, `early start: VM ${vmId} resumed after ${(resumedMs / 1000).toFixed(1)} s (${where}); filling ${meta.segments.length} segments in the background`);
 
     await Promise.race([Promise.all([filled, pc.complete]), failed]);

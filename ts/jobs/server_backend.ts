@@ -21,6 +21,10 @@ import { cleanupOrphanVms } from "../vm/vm_records.ts";
 import { baseFiles } from "./base_create.ts";
 import { type HostChoice } from "../vm/host_choice.ts";
 import { launchSynthesized } from "./vm_launch.ts";
+import { earlyStartBlocker, synthesizeEarly } from "./early_start.ts";
+import { bootOptions } from "./vm_synthesis.ts";
+import type { OverlayMeta } from "../overlay/format.ts";
+import { stopVm } from "../vm/vm_records.ts";
 
 /** A backend over a cloudlet home. */
 export class HomeBackend implements ServerBackend {
@@ -83,6 +87,29 @@ export class HomeBackend implements ServerBackend {
       home: this.home,
       signal: o.signal,
       progress: o.progress,
+    });
+  }
+
+  earlyBlocker(meta: OverlayMeta): Promise<string | null> {
+    return earlyStartBlocker(this.hostChoice, meta);
+  }
+
+  async synthesizeEarly(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; bindAddress: string; bootSegments: number; onResumed: (vm: LaunchedVm) => void }): Promise<void> {
+    const row = await new Registry(this.home).getBase(base.id);
+    // Under the sessions folder, so the server's orphan cleanup and reset cover it.
+    const dir = homePaths(this.home).earlySession(sessionId);
+    await synthesizeEarly({ core: this.core, home: this.home, hostChoice: this.hostChoice, signal: o.signal }, row, overlay, {
+      overlayPath: `session ${sessionId}`,
+      hostAddress: o.bindAddress,
+      autoPorts: true,
+      // The meta's boot set (segments and base pages), as `cloudlet synthesis --early-start` applies it.
+      ...bootOptions(overlay.meta.bootSet),
+      bootSegments: o.bootSegments,
+      dir,
+      onResumed: (vm) => o.onResumed({ vmId: vm.vmId, ports: vm.ports, stop: async () => {
+          await stopVm(vm.runDir);
+          await fsp.rm(dir, { recursive: true, force: true });
+        } }),
     });
   }
 

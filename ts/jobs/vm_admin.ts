@@ -43,7 +43,8 @@ export async function psVms(home: string): Promise<PsRow[]> {
   }
   for (const id of (await fsp.readdir(dirs.sessions).catch(() => [] as string[])).sort()) {
     if (!SESSION_ID_RE.test(id)) continue;
-    const rec = await readVmRecord(dirs.session(id));
+    // An early-started session's VM lives beside the session's folder (state "filling" until it is local).
+    const rec = (await readVmRecord(dirs.session(id))) ?? (await readVmRecord(join(dirs.earlySession(id), "vm")));
     if (rec) out.push(row(id, "session", rec, await recordAlive(rec)));
     else {
       const st = await fsp.stat(dirs.session(id)).catch(() => null);

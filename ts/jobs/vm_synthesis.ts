@@ -55,7 +55,7 @@ export interface SynthesizedVm {
 }
 
 /** Early start's boot set options from a meta's boot set (none when absent). */
-function bootOptions(b: BootSet | undefined): { bootSegments: number; bootBasePages: number[] } {
+export function bootOptions(b: BootSet | undefined): { bootSegments: number; bootBasePages: number[] } {
   return { bootSegments: b?.segments ?? 0, bootBasePages: (b?.basePages ?? []).flatMap(([first, n]) => Array.from({ length: n }, (_, i) => first + i)) };
 }
 

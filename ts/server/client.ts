@@ -30,6 +30,9 @@ interface Reply {
   body: string;
 }
 
+/** An Upload-Offset header's value. */
+const OFFSET_DIGITS = /^[0-9]{1,16}$/;
+
 /** Splits host[:port]. */
 export function parseServer(s: string): { host: string; port: number } {
   const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]+)(?::(\d+))?$/.exec(s);
@@ -101,11 +104,87 @@ export class CloudletClient {
     return JSON.parse(r.body) as ServerInfo;
   }
 
-  /** Creates a session; with `url`, the server fetches the overlay itself. */
-  async createSession(url?: string, signal?: AbortSignal): Promise<SessionStatus> {
-    const r = await this.request("POST", "/sessions", { body: url ? JSON.stringify({ url }) : "", headers: { "content-type": "application/json" }, signal });
+  /**
+   * Creates a session; with `url`, the server fetches the overlay itself.
+   * `earlyStart` (true, or "auto": the server decides) says this client serves
+   * wants; a server that predates early start refuses the field, and is asked
+   * again without it (the session then runs full pipelined synthesis).
+   */
+  async createSession(url?: string, signal?: AbortSignal, earlyStart?: boolean | "auto"): Promise<SessionStatus> {
+    const body = (withEarly: boolean) => (url || withEarly ? JSON.stringify({ ...(url ? { url } : {}), ...(withEarly ? { earlyStart } : {}) }) : "");
+    let r = await this.request("POST", "/sessions", { body: body(earlyStart !== undefined), headers: { "content-type": "application/json" }, signal });
+    if (r.status === 400 && earlyStart !== undefined && /unknown field \\?"earlyStart/.test(r.body)) {
+      r = await this.request("POST", "/sessions", { body: body(false), headers: { "content-type": "application/json" }, signal });
+    }
     if (r.status !== 201) this.fail(r, "creating a session");
     return JSON.parse(r.body) as SessionStatus;
+  }
+
+  /** Sends segment `i` on its own (out of order); resolves true when the server took it, false when it held it already. */
+  async putSegment(id: string, i: number, bytes: Uint8Array, signal?: AbortSignal): Promise<boolean> {
+    const r = await this.request("PUT", `/sessions/${id}/segments/${i}`, { body: bytes, headers: { "content-type": "application/octet-stream", "content-length": String(bytes.length) }, signal });
+    if (r.status !== 204 && r.status !== 200) this.fail(r, `sending segment ${i + 1}`);
+    return r.status === 204;
+  }
+
+  /** Follows a session's wants (segments early start needs first) until the server ends the stream. */
+  wants(id: string, onWant: (segment: number) => void, signal?: AbortSignal): Promise<void> {
+    return this.ndjson(`/sessions/${id}/wants`, "wants", (j) => {
+      const n = (j as { segment?: unknown }).segment;
+      if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) onWant(n);
+    }, signal);
+  }
+
+  /** Reads an NDJSON stream (blank lines are keep-alives); `onLine` returning true ends it. `quietMs`: fail when nothing, not even a keep-alive, arrives for this long. */
+  private ndjson(path: string, what: string, onLine: (j: unknown) => boolean | void, signal?: AbortSignal, quietMs?: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.request("GET", path, {
+        signal,
+        raw: (res) => {
+          if (res.statusCode !== 200) {
+            res.resume();
+            return reject(new CloudletError("REMOTE", `${what}: ${res.statusCode}`));
+          }
+          let heard = Date.now();
+          const watch = quietMs
+            ? setInterval(() => {
+                if (Date.now() - heard <= quietMs) return;
+                clearInterval(watch!);
+                res.destroy();
+                reject(new CloudletError("REMOTE", `lost the cloudlet at ${this.addr.server}: nothing heard for ${Math.round(quietMs / 1000)} s`));
+              }, 250)
+            : null;
+          let buf = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => {
+            heard = Date.now();
+            buf += d;
+            let nl;
+            while ((nl = buf.indexOf("\n")) >= 0) {
+              const line = buf.slice(0, nl);
+              buf = buf.slice(nl + 1);
+              if (line.trim() && onLine(JSON.parse(line)) === true) {
+                if (watch) clearInterval(watch);
+                res.destroy();
+                return resolve();
+              }
+            }
+          });
+          res.on("end", () => {
+            if (watch) clearInterval(watch);
+            resolve();
+          });
+          res.on("close", () => {
+            if (watch) clearInterval(watch);
+            resolve();
+          });
+          res.on("error", (e) => {
+            if (watch) clearInterval(watch);
+            reject(e);
+          });
+        },
+      }).catch(reject);
+    });
   }
 
   /** Sends the header and meta; the server refuses a wrong base here. */
@@ -129,49 +208,30 @@ export class CloudletClient {
       signal,
       stream: async (req) => {
         for await (const c of chunks) {
-          if (!req.write(c)) await new Promise<void>((res, rej) => {
-            req.once("drain", res);
-            req.once("error", rej);
-            req.once("close", res);
-          });
+          if (!req.write(c)) {
+            await new Promise<void>((res, rej) => {
+              const done = (e?: unknown) => {
+                req.off("drain", done).off("close", done).off("error", done);
+                if (e instanceof Error) rej(e);
+                else res();
+              };
+              req.on("drain", done).on("close", done).on("error", done);
+            });
+          }
           if (req.destroyed) return;
         }
         req.end();
       },
     });
+    // The server holds more than this upload assumed (segments sent out of order meanwhile): continue where it says.
+    if (r.status === 409 && /"OFFSET"/.test(r.body) && OFFSET_DIGITS.test(String(r.headers[OFFSET_HEADER]))) return Number(r.headers[OFFSET_HEADER]);
     if (r.status !== 204 && r.status !== 200) this.fail(r, "uploading segments");
     return Number(r.headers[OFFSET_HEADER]);
   }
 
-  /** Follows a session's events until the server ends the stream or `onEvent` returns true. */
-  events(id: string, onEvent: (e: SessionEvent) => boolean | void, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.request("GET", `/sessions/${id}/events`, {
-        signal,
-        raw: (res) => {
-          if (res.statusCode !== 200) {
-            res.resume();
-            return reject(new CloudletError("REMOTE", `events: ${res.statusCode}`));
-          }
-          let buf = "";
-          res.setEncoding("utf8");
-          res.on("data", (d: string) => {
-            buf += d;
-            let nl;
-            while ((nl = buf.indexOf("\n")) >= 0) {
-              const line = buf.slice(0, nl);
-              buf = buf.slice(nl + 1);
-              if (line.trim() && onEvent(JSON.parse(line) as SessionEvent) === true) {
-                res.destroy();
-                return resolve();
-              }
-            }
-          });
-          res.on("end", () => resolve());
-          res.on("error", reject);
-        },
-      }).catch(reject);
-    });
+  /** Follows a session's events until the server ends the stream or `onEvent` returns true; with `quietMs`, fails when the stream is silent that long. */
+  events(id: string, onEvent: (e: SessionEvent) => boolean | void, signal?: AbortSignal, quietMs?: number): Promise<void> {
+    return this.ndjson(`/sessions/${id}/events`, "events", (j) => onEvent(j as SessionEvent), signal, quietMs);
   }
 
   /** Session status. */
@@ -208,7 +268,7 @@ export class CloudletClient {
    * of `leaseMs`) until `signal` aborts. Rejects if the session ends on the
    * server's side, or if the server cannot be reached for a whole lease.
    */
-  async hold(id: string, leaseMs: number, signal: AbortSignal): Promise<void> {
+  async hold(id: string, leaseMs: number, signal: AbortSignal, state: "running" | "filling" = "running"): Promise<void> {
     const every = Math.max(500, Math.floor(leaseMs / 3));
     let lastOk = Date.now();
     while (!signal.aborted) {
@@ -223,17 +283,17 @@ export class CloudletClient {
       } catch (e) {
         if (signal.aborted) return;
         if (e instanceof CloudletError && /\(404 /.test(e.message)) throw new CloudletError("REMOTE", "the cloudlet no longer has this session");
-        if (Date.now() - lastOk > leaseMs) throw new CloudletError("REMOTE", `lost the cloudlet for more than ${leaseMs / 1000} s; it has stopped the VM: ${(e as Error).message}`);
+        if (Date.now() - lastOk > leaseMs) throw new CloudletError("REMOTE", `lost the cloudlet for more than ${leaseMs / 1000} s${state === "filling" ? " while the VM was filling (early start)" : ""}; it has stopped the VM: ${(e as Error).message}`);
         continue;
       }
       lastOk = Date.now();
-      if (st.state !== "running") throw new CloudletError("REMOTE", `the cloudlet ended the session (${st.state}${st.error ? `: ${st.error.message}` : ""})`);
+      if (st.state !== state && !(state === "filling" && st.state === "running")) throw new CloudletError("REMOTE", `the cloudlet ended the session (${st.state}${st.error ? `: ${st.error.message}` : ""})`);
     }
   }
 
   /** Finishes a session: the server tears the VM down. */
-  async close(id: string): Promise<void> {
-    const r = await this.request("DELETE", `/sessions/${id}`);
+  async close(id: string, signal?: AbortSignal): Promise<void> {
+    const r = await this.request("DELETE", `/sessions/${id}`, { signal });
     if (r.status !== 200 && r.status !== 404) this.fail(r, "closing the session");
   }
 }
@@ -273,6 +333,14 @@ export interface SendOptions {
   metaBytes?: Uint8Array;
   /** Let the server fetch the overlay from this URL instead. */
   url?: string;
+  /**
+   * Early start: true asks for it, "auto" (default) leaves it to the server
+   * (it starts early when the overlay has a boot set), false never. This
+   * client serves the server's wants either way.
+   */
+  earlyStart?: boolean | "auto";
+  /** Told when the VM resumed early (before it is fully local). */
+  onResumed?: (endpoint: Endpoint) => void;
   /** Upload progress: bytes of segment data sent. */
   progress?: ProgressFn;
   /** Server events. */
@@ -282,57 +350,155 @@ export interface SendOptions {
   retries?: number;
 }
 
-/** Sends an overlay and waits for the VM; returns the session id and endpoint. */
-export async function sendOverlay(o: SendOptions): Promise<{ id: string; endpoint: Endpoint; leaseMs: number }> {
-  const { client, signal } = o;
-  const session = await client.createSession(o.url, signal);
+/** What {@link sendOverlay} returns once the VM runs (and, early started, is fully local). */
+export interface SentOverlay {
+  id: string;
+  endpoint: Endpoint;
+  leaseMs: number;
+  /** The session started its VM early. */
+  earlyStart: boolean;
+  /** Why early start was asked for but did not run. */
+  earlyStartFallback?: string;
+  /** Segments sent out of order because the server wanted them first. */
+  outOfOrder: number;
+}
+
+/**
+ * Sends an overlay and waits for the VM; returns the session id and endpoint.
+ * Early started, it resolves once the VM is fully local (`onResumed` tells
+ * when it answered): until then the VM needs this client's bytes.
+ */
+export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
+  const { client } = o;
+  // Ours, so that losing the cloudlet mid-fill stops every request at once.
+  const stop = new AbortController();
+  const signal = o.signal ? AbortSignal.any([o.signal, stop.signal]) : stop.signal;
+  const session = await client.createSession(o.url, signal, o.earlyStart ?? "auto");
   const id = session.id;
+  let outOfOrder = 0;
+  // From the resume on, the session is held like a running one: keep-alives until fully local.
+  const holdStop = new AbortController();
+  let holding: Promise<void> | null = null;
   try {
     let endpoint: Endpoint | null = null;
     let failure: CloudletError | null = null;
-    const watching = client.events(id, (e) => {
+    let early = false;
+    let fallback: string | undefined;
+    // The link is gone: the server stops the VM after its lease, since no byte and no keep-alive reaches it.
+    const lostLink = (e: unknown) => new CloudletError("REMOTE", `${(e as Error).message}${early ? " while the VM was filling (early start); the cloudlet stops it after its lease" : ""}`);
+    const onEvent = (e: SessionEvent) => {
       o.onEvent?.(e);
+      if (e.type === "resumed") {
+        early = true;
+        holding ??= client.hold(id, session.leaseMs, AbortSignal.any([holdStop.signal, stop.signal]), "filling").catch((err) => {
+          failure ??= err as CloudletError;
+          stop.abort();
+        });
+        o.onResumed?.(e.endpoint);
+      }
+      if (e.type === "status") {
+        early ||= e.status.earlyStart === true;
+        fallback ??= e.status.earlyStartFallback;
+      }
       if (e.type === "done") endpoint = e.endpoint;
       if (e.type === "error") failure = new CloudletError(e.code === "WRONG_BASE" ? "WRONG_BASE" : "REMOTE", `the cloudlet failed the session: ${e.message}`);
       return endpoint !== null || failure !== null;
-    }, signal);
+    };
+    // Silence on the event stream for a lease means the link is gone (the server sends keep-alive lines);
+    // only servers that speak early start send them.
+    const watching = client.events(id, onEvent, signal, session.earlyStart !== undefined ? session.leaseMs + 2000 : undefined);
+    // The event stream going quiet (the link is gone) ends every request at once, with that as the reason.
+    watching.catch((e) => {
+      if (!o.signal?.aborted) failure ??= lostLink(e);
+      stop.abort();
+    });
     if (!o.url) {
       const overlay = o.overlay!;
-      await client.sendMeta(id, packedHead(o.core, overlay, o.metaBytes!), signal);
+      const st = await client.sendMeta(id, packedHead(o.core, overlay, o.metaBytes!), signal);
+      early = st.earlyStart === true;
+      fallback = st.earlyStartFallback;
+      // Segments sent (or being sent) out of order: the in-order upload stops before one and resumes past it.
+      const sent = new Map<number, Promise<boolean>>();
+      let wanting: Promise<void> = Promise.resolve();
+      if (early) {
+        let queue = Promise.resolve();
+        wanting = client.wants(id, (i) => {
+          if (sent.has(i)) return;
+          const p = (queue = queue.then(async () => {
+            const ok = await client.putSegment(id, i, await overlay.segment(i), signal);
+            if (ok) outOfOrder++;
+          })).then(
+            () => true,
+            // Not taken (cut off, or the session ended): the in-order upload sends it.
+            () => {
+              sent.delete(i);
+              return false;
+            },
+          );
+          sent.set(i, p);
+        }, signal).catch(() => {});
+      }
       const total = overlay.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
       let offset = 0;
-      for (let attempt = 0; offset < total; attempt++) {
-        let sent = offset;
+      for (let errors = 0; offset < total; ) {
+        let sentBytes = offset;
         const counted = (async function* () {
-          for await (const c of segmentData(overlay, offset)) {
-            for (let i = 0; i < c.length; i += 256 << 10) {
-              const piece = c.subarray(i, i + (256 << 10));
-              yield piece;
-              sent += piece.length;
-              o.progress?.({ phase: "upload", done: sent, total });
+          let pos = 0;
+          for (let i = 0; i < overlay.meta.segments.length; i++) {
+            const size = overlay.meta.segments[i].compressedSize;
+            if (pos + size <= offset) {
+              pos += size;
+              continue;
             }
+            // The server holds this one (or will): end here; the next upload starts where the server says.
+            const out = sent.get(i);
+            if (out && (await out)) return;
+            const bytes = await overlay.segment(i);
+            for (let k = pos < offset ? offset - pos : 0; k < bytes.length; k += 256 << 10) {
+              const piece = bytes.subarray(k, k + (256 << 10));
+              yield piece;
+              sentBytes += piece.length;
+              o.progress?.({ phase: "upload", done: sentBytes, total });
+            }
+            pos += size;
           }
         })();
         try {
           offset = await client.upload(id, offset, counted, signal);
         } catch (e) {
           if (failure) throw failure;
-          if (signal?.aborted || attempt >= (o.retries ?? 5)) throw e;
-          await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+          if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
+          await new Promise((r) => setTimeout(r, 300 * errors));
+          const before = offset;
           offset = await client.offset(id, signal);
+          // Retries count failures in a row: an attempt that moved the server's offset was progress.
+          if (offset > before) errors = 0;
         }
       }
+      void wanting;
     }
-    await watching;
+    try {
+      await watching;
+    } catch (e) {
+      if (failure) throw failure;
+      if (o.signal?.aborted) throw e;
+      throw lostLink(e);
+    }
     if (failure) throw failure;
     if (!endpoint) {
-      const st = await client.status(id, signal);
+      const st = await client.status(id, o.signal);
       if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
       throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
     }
-    return { id, endpoint, leaseMs: session.leaseMs };
+    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder };
   } catch (e) {
-    await client.close(id).catch(() => {});
+    stop.abort();
+    // Bounded: over a dead link the request would hang; the server ends the session on its lease then.
+    await client.close(id, AbortSignal.timeout(3000)).catch(() => {});
     throw e;
+  } finally {
+    holdStop.abort();
+    await holding;
+    stop.abort();
   }
 }

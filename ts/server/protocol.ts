@@ -15,7 +15,7 @@ export const OFFSET_HEADER = "upload-offset";
 export const LENGTH_HEADER = "upload-length";
 
 /** Session states; see docs/protocol.md for the transitions. */
-export type SessionState = "created" | "receiving" | "launching" | "running" | "failed" | "closed";
+export type SessionState = "created" | "receiving" | "launching" | "filling" | "running" | "failed" | "closed";
 
 /** A session as reported by GET /v1/sessions/{id} and in events. */
 export interface SessionStatus {
@@ -42,6 +42,12 @@ export interface SessionStatus {
   leaseMs: number;
   /** The client detached: the VM runs on without keep-alives (until DELETE or the detached limit). */
   detached: boolean;
+  /** The session starts its VM early (resumed on the boot set, filled while it runs). */
+  earlyStart?: boolean;
+  /** Early start was asked for but runs as full pipelined synthesis: why. */
+  earlyStartFallback?: string;
+  /** Segments received out of order (asked for on the wants stream). */
+  outOfOrder?: number;
 }
 
 /** GET /v1/sessions: every session the server holds (a token holder sees them all). */
@@ -58,13 +64,14 @@ export interface Endpoint {
   /** Forwards: guest port -> host port actually used. */
   ports: PortForward[];
   /** Milliseconds from the first segment byte to the VM running. */
-  ms: { synthesis: number; launch: number };
+  ms: { synthesis: number; launch: number; local?: number };
 }
 
 /** One line of the NDJSON event stream. */
 export type SessionEvent =
   | { type: "status"; status: SessionStatus }
   | { type: "progress"; received: number; applied: number; expected: number }
+  | { type: "resumed"; endpoint: Endpoint }
   | { type: "done"; endpoint: Endpoint }
   | { type: "error"; code: string; message: string };
 

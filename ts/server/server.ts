@@ -74,6 +74,14 @@ export interface ServerBackend {
   warm(): void;
   /** Rebuilds a session's VM files from its base and the overlay as it arrives (pipelined), verifying everything. */
   synthesize(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; progress: ProgressFn }): Promise<SessionFiles>;
+  /** Why early start cannot run for this overlay here, or null when it can; absent when the backend has no early start. */
+  earlyBlocker?(meta: OverlayMeta): Promise<string | null>;
+  /**
+   * Early start: resumes the session's VM lazily while the overlay arrives
+   * (`onResumed` says when the guest runs) and resolves once it is fully local.
+   * On failure or abort the VM is killed and its files removed before it rejects.
+   */
+  synthesizeEarly?(base: ServedBase, sessionId: string, overlay: OverlayReader, o: { signal: AbortSignal; bindAddress: string; bootSegments: number; onResumed: (vm: LaunchedVm) => void }): Promise<void>;
   /** Launches the synthesized files as a VM (port forwards on `bindAddress`, fresh host ports). */
   launch(base: ServedBase, files: SessionFiles, sessionId: string, bindAddress: string, signal: AbortSignal): Promise<LaunchedVm>;
   /** Releases what the backend holds (codec workers). */
@@ -111,6 +119,12 @@ export interface ServerOptions {
   version?: string;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
+  /**
+   * Early start for clients that serve wants (they say so when creating the
+   * session): "auto" (default) starts early when the client asks, or leaves it
+   * to the server and the overlay has a boot set; "off" never does.
+   */
+  earlyStart?: "auto" | "off";
   /** Serves non-API paths (the phone page, ts/server/client_page.ts); without it they need the token like the API. */
   page?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 }
@@ -119,6 +133,8 @@ export interface ServerOptions {
 const ID_PREFIX_RE = /^[0-9a-f]{1,32}$/;
 /** Time a connection has to send its first request's headers, ms (docs/protocol.md, Limits). */
 const HEADERS_MS = 10_000;
+/** A segment index in a path: decimal digits only. */
+const SEGMENT_RE = /^[0-9]{1,9}$/;
 /** An Upload-Offset value: decimal digits only (no sign, exponent, hex or blanks). */
 const OFFSET_RE = /^[0-9]{1,16}$/;
 
@@ -151,6 +167,17 @@ class Session {
   detachedAt = 0;
   /** For `{url}` sessions: the overlay's URL (the server, not the client, moves the bytes). */
   url: string | null = null;
+  /** For `{url}` sessions: fetches one segment by range (wanted segments). */
+  fetchSegment: ((i: number) => Promise<Uint8Array>) | null = null;
+  /** What the client asked for: early start on, off, or left to the server (null: an old client, which serves no wants). */
+  earlyRequest: boolean | "auto" | null = null;
+  /** Whether this session starts early, and if not while asked to, why. */
+  early = false;
+  earlyFallback: string | null = null;
+  /** Open wants streams (GET .../wants). */
+  readonly wantListeners = new Set<(i: number | null) => void>();
+  /** Segments sent out of order (PUT .../segments/N, or fetched by range for a URL). */
+  outOfOrder = 0;
 
   /** @param id session id @param dir its temp dir @param host the address its client reaches this server at */
   constructor(
@@ -172,6 +199,9 @@ class Session {
       error: this.error,
       leaseMs: this.leaseMs,
       detached: this.detachedAt > 0,
+      earlyStart: this.early,
+      ...(this.earlyFallback ? { earlyStartFallback: this.earlyFallback } : {}),
+      outOfOrder: this.outOfOrder,
     };
   }
 
@@ -187,6 +217,8 @@ class Session {
   get waitingOnClient(): boolean {
     if (this.state === "created") return true;
     if (this.state === "receiving") return !this.feed?.complete;
+    // A filling VM is held like a running one: by its client's bytes and keep-alives (it cannot be detached yet).
+    if (this.state === "filling") return true;
     return this.state === "running" && this.detachedAt === 0;
   }
 }
@@ -213,6 +245,7 @@ export class SynthesisServer {
       idleMs: 60_000,
       sessionMs: 30 * 60_000,
       detachedMs: 24 * 3600_000,
+      earlyStart: "auto",
       name: "cloudlet",
       version: "0.0.0",
       log: (l) => process.stderr.write(l + "\n"),
@@ -318,6 +351,7 @@ export class SynthesisServer {
       if (s.waitingOnClient && now - s.lastActivity > this.o.idleMs) {
         const why =
           s.state === "running" ? `the client sent no keep-alive for ${this.o.idleMs / 1000} s (session idle); VM stopped`
+          : s.state === "filling" ? `the client sent nothing (no segment, no keep-alive) for ${this.o.idleMs / 1000} s while its VM was filling (early start); VM stopped`
           : s.url ? `${s.url} sent nothing for more than ${this.o.idleMs / 1000} s`
           : `session idle for more than ${this.o.idleMs / 1000} s`;
         this.failSession(s, new CloudletError("REMOTE", why));
@@ -358,7 +392,7 @@ export class SynthesisServer {
       const s = this.findSession(parts[2] ?? "");
       s.lastActivity = Date.now();
       const sub = parts[3] ?? "";
-      if (parts.length > 4) throw new HttpError(404, "NOT_FOUND", "unknown path");
+      if (parts.length > (sub === "segments" ? 5 : 4)) throw new HttpError(404, "NOT_FOUND", "unknown path");
       if (sub === "" && req.method === "GET") return this.json(res, 200, s.status());
       if (sub === "" && req.method === "DELETE") {
         await this.close(s, "closed");
@@ -366,6 +400,7 @@ export class SynthesisServer {
       }
       if (sub === "meta" && req.method === "PUT") return this.json(res, 200, (await this.acceptMeta(s, await this.body(req, this.o.maxMetaBytes + HEADER_BYTES))).status());
       if (sub === "detach" && req.method === "POST") {
+        if (s.state === "filling") throw new HttpError(409, "STATE", "the VM is still filling (early start): it needs this session's overlay until it is fully local; detach once the session is running");
         if (s.state !== "running") throw new HttpError(409, "STATE", `session is ${s.state}; only a running session can be detached`);
         s.detachedAt ||= Date.now();
         this.o.log(`session ${s.id}: detached`);
@@ -374,6 +409,8 @@ export class SynthesisServer {
       if (sub === "data" && req.method === "HEAD") return this.offsetHeaders(res, s, 200);
       if (sub === "data" && req.method === "PATCH") return await this.upload(s, req, res);
       if (sub === "events" && req.method === "GET") return this.events(s, res);
+      if (sub === "wants" && req.method === "GET") return this.wants(s, res);
+      if (sub === "segments" && req.method === "PUT") return await this.putSegment(s, parts[4] ?? "", req, res);
       throw new HttpError(405, "METHOD", "method not allowed here");
     } catch (e) {
       if (res.headersSent || res.destroyed) {
@@ -449,10 +486,11 @@ export class SynthesisServer {
     if (active >= this.o.maxSessions) throw new HttpError(503, "BUSY", `the cloudlet is busy (${active} of ${this.o.maxSessions} sessions); try again later`);
     this.reserved++;
     try {
-      const url = this.sessionRequest(await this.body(req, 4096));
+      const { url, earlyStart } = this.sessionRequest(await this.body(req, 4096));
       const id = randomBytes(16).toString("hex");
       const s = new Session(id, this.o.backend.sessionDir(id), this.reachableHost(req), this.o.idleMs);
       await fsp.mkdir(s.dir, { recursive: true });
+      s.earlyRequest = earlyStart;
       this.sessions.set(id, s);
       this.o.log(`session ${id}: created${url ? ` (fetching ${url})` : ""}`);
       if (url) {
@@ -465,9 +503,9 @@ export class SynthesisServer {
     }
   }
 
-  /** Checks a create request's body: empty, `{}` or `{"url": "http(s)://..."}`. Returns the URL, if any. */
-  private sessionRequest(raw: Uint8Array): string | null {
-    if (!raw.length) return null;
+  /** Checks a create request's body: empty, `{}`, or an object with `url` ("http(s)://...") and/or `earlyStart` (true, false or "auto"). */
+  private sessionRequest(raw: Uint8Array): { url: string | null; earlyStart: boolean | "auto" | null } {
+    if (!raw.length) return { url: null, earlyStart: null };
     let j: unknown;
     try {
       j = JSON.parse(new TextDecoder().decode(raw));
@@ -475,13 +513,16 @@ export class SynthesisServer {
       throw new HttpError(400, "BAD_REQUEST", "session request must be JSON");
     }
     if (j === null || typeof j !== "object" || Array.isArray(j)) throw new HttpError(400, "BAD_REQUEST", `session request must be a JSON object ({} or {"url": "..."}), not ${j === null ? "null" : Array.isArray(j) ? "an array" : `a ${typeof j}`}`);
-    const extra = Object.keys(j).filter((k) => k !== "url");
-    if (extra.length) throw new HttpError(400, "BAD_REQUEST", `session request has unknown field ${JSON.stringify(extra[0])} (only "url" is accepted)`);
+    const extra = Object.keys(j).filter((k) => k !== "url" && k !== "earlyStart");
+    if (extra.length) throw new HttpError(400, "BAD_REQUEST", `session request has unknown field ${JSON.stringify(extra[0])} (only "url" and "earlyStart" are accepted)`);
+    const es = (j as { earlyStart?: unknown }).earlyStart;
+    if (es !== undefined && es !== true && es !== false && es !== "auto") throw new HttpError(400, "BAD_REQUEST", `earlyStart must be true, false or "auto", not ${JSON.stringify(es)?.slice(0, 40)}`);
+    const earlyStart = es === undefined ? null : (es as boolean | "auto");
     const u = (j as { url?: unknown }).url;
-    if (u === undefined) return null;
+    if (u === undefined) return { url: null, earlyStart };
     if (!this.o.allowUrl) throw new HttpError(403, "URL_DISABLED", "this cloudlet does not fetch overlays by URL (started with --no-url); upload the overlay instead");
     if (typeof u !== "string" || !/^https?:\/\//.test(u) || u.length > 2048) throw new HttpError(400, "BAD_REQUEST", "url must be an http(s) URL");
-    return u;
+    return { url: u, earlyStart };
   }
 
   /**
@@ -510,14 +551,16 @@ export class SynthesisServer {
     s.meta = meta;
     s.base = base;
     s.feed = new UploadFeed(this.o.core, meta, name);
+    await this.decideEarly(s, meta);
+    if (s.state !== "created") throw new HttpError(409, "STATE", `session is ${s.state}; the session ended`);
     s.state = "receiving";
     s.emit({ type: "status", status: s.status() });
-    s.work = this.synthesizeAndLaunch(s).catch((e) => this.failSession(s, e));
+    s.work = (s.early ? this.synthesizeEarly(s) : this.synthesizeAndLaunch(s)).catch((e) => this.failSession(s, e));
     return s;
   }
 
   private async upload(s: Session, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    if (s.state !== "receiving" || !s.feed) throw new HttpError(409, "STATE", `session is ${s.state}; segments are accepted only after the meta and before launch`);
+    if ((s.state !== "receiving" && s.state !== "filling") || !s.feed) throw new HttpError(409, "STATE", `session is ${s.state}; segments are accepted only after the meta and before launch`);
     const rawOffset = req.headers[OFFSET_HEADER];
     if (typeof rawOffset !== "string" || !OFFSET_RE.test(rawOffset) || !Number.isSafeInteger(Number(rawOffset))) {
       throw new HttpError(400, "BAD_REQUEST", `${OFFSET_HEADER} header must be a byte offset (decimal digits), got ${rawOffset === undefined ? "none" : JSON.stringify(String(rawOffset).slice(0, 40))}`);
@@ -557,6 +600,143 @@ export class SynthesisServer {
     this.offsetHeaders(res, s, req.complete || bytes === declared ? 204 : 200);
   }
 
+  /**
+   * Early start or not, decided at the meta step: only for a client that said
+   * it serves wants (or a URL session, where the server fetches them), when
+   * the backend can, and the client asked or left it to a server that sees a boot set.
+   */
+  private async decideEarly(s: Session, meta: OverlayMeta): Promise<void> {
+    const asked = s.earlyRequest;
+    if (asked === null || asked === false) return;
+    const boot = bootSegmentCount(meta);
+    if (asked === "auto" && boot === 0) return;
+    const why =
+      this.o.earlyStart === "off" ? "this cloudlet runs with --no-early-start"
+      : !this.o.backend.synthesizeEarly || !this.o.backend.earlyBlocker ? "this cloudlet's backend has no early start"
+      : await this.o.backend.earlyBlocker(meta);
+    if (why) {
+      // Asked for explicitly: say why it runs as full pipelined synthesis instead.
+      if (asked === true) {
+        s.earlyFallback = why;
+        this.o.log(`session ${s.id}: early start cannot run (${why}); full pipelined synthesis`);
+      }
+      return;
+    }
+    s.early = true;
+  }
+
+  /** Early start: the VM resumes on the boot set and state while the rest arrives; wanted segments are asked for out of order. */
+  private async synthesizeEarly(s: Session): Promise<void> {
+    const base = s.base!;
+    const feed = s.feed!;
+    const t0 = Date.now();
+    feed.onWant = (i) => {
+      this.o.log(`session ${s.id}: wants segment ${i + 1}`);
+      for (const l of s.wantListeners) l(i);
+      if (s.fetchSegment) void this.fetchWanted(s, i);
+    };
+    const bind = this.o.host === "::" ? "0.0.0.0" : this.o.host;
+    await this.o.backend.synthesizeEarly!(base, s.id, feed, {
+      signal: s.abort.signal,
+      bindAddress: bind,
+      bootSegments: bootSegmentCount(feed.meta),
+      onResumed: (vm) => {
+        if (s.terminal) return;
+        s.vm = vm;
+        s.endpoint = { vmId: vm.vmId, host: s.host, ports: vm.ports, ms: { synthesis: Date.now() - (s.firstByteAt || t0), launch: 0 } };
+        s.state = "filling";
+        s.lastActivity = Date.now();
+        this.o.log(`session ${s.id}: VM ${vm.vmId} resumed early, filling; ports ${vm.ports.map((p) => `${bind}:${p.hostPort}->${p.guestPort}`).join(" ")}`);
+        s.emit({ type: "resumed", endpoint: s.endpoint });
+        s.emit({ type: "status", status: s.status() });
+      },
+    });
+    if (s.terminal) {
+      await s.vm?.stop();
+      return;
+    }
+    s.endpoint = { ...s.endpoint!, ms: { ...s.endpoint!.ms, local: Date.now() - (s.firstByteAt || t0) } };
+    s.state = "running";
+    s.lastActivity = Date.now();
+    for (const l of s.wantListeners) l(null);
+    this.o.log(`session ${s.id}: VM ${s.vm!.vmId} fully local (${s.outOfOrder} segments sent out of order)`);
+    s.emit({ type: "done", endpoint: s.endpoint });
+  }
+
+  /** A `{url}` session's wanted segment: fetched by range beside the in-order download. */
+  private async fetchWanted(s: Session, i: number): Promise<void> {
+    for (let attempt = 0; attempt < 3 && !s.terminal && !s.feed!.has(i); attempt++) {
+      try {
+        const bytes = await s.fetchSegment!(i);
+        const fresh = await s.feed!.put(i, (async function* () { yield bytes; })());
+        if (fresh) s.outOfOrder++;
+        this.o.log(`session ${s.id}: fetched wanted segment ${i + 1} by range${fresh ? "" : " (the in-order download had brought it first)"}`);
+        return;
+      } catch (e) {
+        if (s.terminal || s.feed!.failed) return;
+        this.o.log(`session ${s.id}: fetching wanted segment ${i + 1} failed (${(e as Error).message}); the in-order download brings it otherwise`);
+      }
+    }
+  }
+
+  /** The wants stream: NDJSON `{"segment": N}` for each segment early start needs ahead of the in-order upload; ends when no more can come. */
+  private wants(s: Session, res: http.ServerResponse): void {
+    res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+    const open = () => !s.terminal && (s.state === "created" || ((s.state === "receiving" || s.state === "filling") && s.early && !s.feed?.complete));
+    if (!open()) return void res.end();
+    const send = (i: number | null) => {
+      if (i === null || !open()) return finish();
+      res.write(JSON.stringify({ segment: i }) + "\n");
+    };
+    // Blank lines keep a quiet stream's socket from the idle cut (NDJSON readers skip them).
+    const beat = setInterval(() => res.write("\n"), Math.max(500, Math.floor(this.o.idleMs / 3)));
+    beat.unref();
+    const finish = () => {
+      clearInterval(beat);
+      s.wantListeners.delete(send);
+      res.end();
+    };
+    for (const i of s.feed?.pendingWants() ?? []) send(i);
+    s.wantListeners.add(send);
+    res.on("close", () => {
+      clearInterval(beat);
+      s.wantListeners.delete(send);
+    });
+  }
+
+  /** PUT .../segments/N: one whole segment out of order; its length comes from the meta, its bytes must match its hash. */
+  private async putSegment(s: Session, raw: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if ((s.state !== "receiving" && s.state !== "filling") || !s.feed) throw new HttpError(409, "STATE", `session is ${s.state}; segments are accepted only after the meta and before the VM is fully local`);
+    if (!SEGMENT_RE.test(raw)) throw new HttpError(400, "BAD_REQUEST", "a segment index (decimal digits, from 0) is required after /segments/");
+    const i = Number(raw);
+    const n = s.feed.meta.segments.length;
+    if (i >= n) throw new HttpError(404, "NOT_FOUND", `no segment index ${i}: the overlay has ${n} segments (indexes 0 to ${n - 1})`);
+    const size = s.feed.meta.segments[i].compressedSize;
+    const declared = req.headers["content-length"];
+    if (declared !== undefined && Number(declared) !== size) throw new HttpError(400, "BAD_UPLOAD", `segment ${i + 1} (index ${i}) is ${size} bytes; Content-Length says ${declared}`);
+    s.firstByteAt ||= Date.now();
+    const counted = (async function* (src: AsyncIterable<Buffer>) {
+      for await (const c of src) {
+        s.lastActivity = Date.now();
+        yield new Uint8Array(c.buffer, c.byteOffset, c.byteLength);
+      }
+    })(req as AsyncIterable<Buffer>);
+    let fresh: boolean;
+    try {
+      fresh = await s.feed.put(i, counted);
+    } catch (e) {
+      if (isCloudletError(e) && e.code === "CORRUPT_SEGMENT") {
+        this.failSession(s, e);
+        throw e;
+      }
+      if (s.terminal) throw new HttpError(409, "STATE", `session is ${s.state}${s.error ? `: ${s.error.message}` : ""}`);
+      if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
+      throw e;
+    }
+    if (fresh) s.outOfOrder++;
+    this.offsetHeaders(res, s, fresh ? 204 : 200);
+  }
+
   private events(s: Session, res: http.ServerResponse): void {
     res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
     let stalled = 0;
@@ -573,11 +753,19 @@ export class SynthesisServer {
       s.listeners.delete(send);
       res.end();
     };
+    res.once("finish", () => s.listeners.delete(send));
     send({ type: "status", status: s.status() });
     if (s.terminal) return finish();
-    if (s.endpoint) send({ type: "done", endpoint: s.endpoint });
+    if (s.endpoint && s.state === "filling") send({ type: "resumed", endpoint: s.endpoint });
+    else if (s.endpoint) send({ type: "done", endpoint: s.endpoint });
     s.listeners.add(send);
-    res.on("close", () => s.listeners.delete(send));
+    // Blank lines at a third of the lease: a client that hears nothing for a lease knows the link is gone.
+    const beat = setInterval(() => res.write("\n"), Math.max(500, Math.floor(this.o.idleMs / 3)));
+    beat.unref();
+    res.on("close", () => {
+      clearInterval(beat);
+      s.listeners.delete(send);
+    });
   }
 
   private async synthesizeAndLaunch(s: Session): Promise<void> {
@@ -617,6 +805,12 @@ export class SynthesisServer {
   private async fromUrl(s: Session, url: string): Promise<void> {
     const src = await openUrlOverlay(url, this.o.maxMetaBytes, s.abort.signal);
     if (src.totalLength > this.o.maxOverlayBytes) throw new HttpError(413, "TOO_LARGE", `overlay of ${src.totalLength} bytes exceeds the limit of ${this.o.maxOverlayBytes}`);
+    s.fetchSegment = (i) => {
+      const meta = s.feed!.meta;
+      let at = 0;
+      for (let k = 0; k < i; k++) at += meta.segments[k].compressedSize;
+      return src.range(at, meta.segments[i].compressedSize);
+    };
     await this.acceptMeta(s, src.headerAndMeta);
     s.firstByteAt = Date.now();
     // Bytes arriving from the URL renew the idle clock: the session waits on that server, not on its client.
@@ -669,6 +863,7 @@ export class SynthesisServer {
     await fsp.rm(s.dir, { recursive: true, force: true });
     s.emit({ type: "status", status: s.status() });
     s.listeners.clear();
+    for (const l of [...s.wantListeners]) l(null);
     this.o.log(`session ${s.id}: ${state}`);
     // Keep the record a while so a client can read the final status, then forget it.
     setTimeout(() => this.sessions.delete(s.id), 60_000).unref();
@@ -688,4 +883,10 @@ export async function loadOrCreateToken(path: string): Promise<{ token: string; 
   await fsp.mkdir(join(path, ".."), { recursive: true });
   await fsp.writeFile(path, token + "\n", { mode: 0o600, flag: "wx" });
   return { token, created: true };
+}
+
+/** Leading segments that form the overlay's boot set (0: none, as in a version 1 overlay). */
+export function bootSegmentCount(meta: OverlayMeta): number {
+  const n = meta.bootSet?.segments ?? 0;
+  return Math.min(n, meta.segments.length);
 }

@@ -1,12 +1,19 @@
 /**
  * UploadFeed: the segments of an overlay upload, handed to synthesis as
  * they complete. The meta arrived first (and was checked); then one or more
- * upload requests deliver the segment bytes. If a request is cut off, the
- * bytes of the incomplete segment are dropped and the client resumes at
- * {@link UploadFeed.offset}, a segment boundary.
+ * upload requests deliver the segment bytes in order, and (early start) single
+ * segments may arrive out of order beside them ({@link UploadFeed.put}).
  *
- * Memory stays bounded: an upload waits (backpressure on the socket) while
- * `maxAhead` complete segments are waiting to be decoded.
+ * The resume offset ({@link UploadFeed.offset}) is the end of the longest run
+ * of held segments from the first: an in-order upload starts there, so it
+ * skips segments already sent out of order. If a request is cut off, the bytes
+ * of its incomplete segment are dropped; the offset is always a segment boundary.
+ * An in-order body that reaches a segment already held reads its bytes and
+ * drops them (they still have to match its hash).
+ *
+ * Memory stays bounded: a request waits (backpressure on the socket) while
+ * `maxAhead` complete segments are waiting to be decoded; a segment synthesis
+ * is waiting for is handed over at once.
  *
  * Each segment's compressed hash is checked as it completes, so a corrupt
  * segment fails the upload at once, whatever the client sends (or stops
@@ -22,20 +29,33 @@ interface Waiter {
   reject: (e: unknown) => void;
 }
 
+
 /** Segment bytes arriving over one or more requests, as an OverlayReader. */
 export class UploadFeed implements OverlayReader {
   /** Complete segments not yet taken by synthesis, by index. */
   private readonly ready = new Map<number, Uint8Array>();
-  private readonly waiters = new Map<number, Waiter>();
-  /** Index of the segment being received. */
-  private receiving = 0;
-  /** Bytes of complete segments (the resume offset). */
+  private readonly waiters = new Map<number, Waiter[]>();
+  /** Per segment: 1 once it arrived complete and checked (by either path). */
+  private readonly held: Uint8Array;
+  /** Index of the first segment not held: the resume point. */
+  private prefix = 0;
+  /** Bytes of segments 0..prefix-1 (the resume offset). */
   private committed = 0;
+  private heldCount = 0;
   private failure: unknown = null;
-  private space: (() => void) | null = null;
+  /** Requests waiting for synthesis to take segments. */
+  private readonly space = new Set<() => void>();
   /** Wakes an upload waiting for bytes when the feed fails, so it stops at once. */
   private wake: ((e: unknown) => void) | null = null;
   private ingesting = false;
+  /** The segment the in-order upload's bytes are filling now (while one runs). */
+  private streamAt = 0;
+  /** Segments being received out of order right now (one request each). */
+  private readonly putting = new Set<number>();
+  /** Segments synthesis asked for out of order that have not arrived; told to {@link UploadFeed.onWant}. */
+  private readonly wanted = new Set<number>();
+  /** Told when synthesis waits for a segment past the one the in-order stream brings now (early start); null: nobody serves wants. */
+  onWant: ((i: number) => void) | null = null;
   readonly totalBytes: number;
   private readonly dataBytes: number;
 
@@ -48,6 +68,7 @@ export class UploadFeed implements OverlayReader {
   ) {
     this.dataBytes = meta.segments.reduce((t, s) => t + s.compressedSize, 0);
     this.totalBytes = this.dataBytes;
+    this.held = new Uint8Array(meta.segments.length);
   }
 
   /** True once the feed has failed (a corrupt segment, or the session ended). */
@@ -55,19 +76,29 @@ export class UploadFeed implements OverlayReader {
     return this.failure !== null;
   }
 
-  /** Bytes of segment data received in complete segments: where an upload (re)starts. */
+  /** Bytes of segment data in the run of complete segments from the first: where an in-order upload (re)starts. */
   get offset(): number {
     return this.committed;
   }
 
   /** True once every segment has arrived. */
   get complete(): boolean {
-    return this.receiving === this.meta.segments.length;
+    return this.heldCount === this.meta.segments.length;
   }
 
   /** Bytes of segment data expected in all. */
   get expected(): number {
     return this.dataBytes;
+  }
+
+  /** True once segment `i` arrived. */
+  has(i: number): boolean {
+    return this.held[i] === 1;
+  }
+
+  /** Segments asked for out of order and not yet arrived, lowest first. */
+  pendingWants(): number[] {
+    return [...this.wanted].sort((a, b) => a - b);
   }
 
   segmentFile(): string {
@@ -79,30 +110,43 @@ export class UploadFeed implements OverlayReader {
     const b = this.ready.get(i);
     if (b) {
       this.ready.delete(i);
-      this.space?.();
+      this.freeSpace();
       return Promise.resolve(b);
     }
-    return new Promise((resolve, reject) => this.waiters.set(i, { resolve, reject }));
+    const p = new Promise<Uint8Array>((resolve, reject) => {
+      const ws = this.waiters.get(i) ?? [];
+      ws.push({ resolve, reject });
+      this.waiters.set(i, ws);
+    });
+    // The segment the in-order stream is bringing now is left to it; any later one is asked for.
+    if (this.onWant && !this.held[i] && i > (this.ingesting ? this.streamAt : this.prefix) && !this.wanted.has(i)) {
+      this.wanted.add(i);
+      this.onWant(i);
+    }
+    return p;
   }
 
   /** Fails every waiting and future segment request. */
   fail(e: unknown): void {
     this.failure ??= e;
     this.wake?.(this.failure);
-    for (const w of this.waiters.values()) w.reject(e);
+    for (const ws of this.waiters.values()) for (const w of ws) w.reject(e);
     this.waiters.clear();
-    this.space?.();
+    this.freeSpace();
   }
 
   /**
-   * Consumes one upload request body that starts at byte `offset` of the
-   * segment data. Returns when the body ends (complete or cut off).
+   * Consumes one in-order upload request body that starts at byte `offset` of
+   * the segment data (a segment boundary: the current {@link offset}).
+   * Returns when the body ends (complete or cut off).
    */
   async ingest(body: AsyncIterable<Uint8Array>, offset: number): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.ingesting) throw new CloudletError("REMOTE", "another upload for this session is in progress");
     if (offset !== this.committed) throw new CloudletError("REMOTE", `upload must resume at offset ${this.committed}, not ${offset}`);
     this.ingesting = true;
+    // The segment this body's next bytes belong to: bodies are positional, so this moves one at a time.
+    let at = (this.streamAt = this.prefix);
     let buf: Uint8Array | null = null;
     let have = 0;
     const it = body[Symbol.asyncIterator]();
@@ -119,22 +163,18 @@ export class UploadFeed implements OverlayReader {
         if (r.done) break;
         let p = r.value;
         while (p.length) {
-          if (this.complete) throw new CloudletError("REMOTE", "the upload is longer than the overlay's segments");
-          const want = this.meta.segments[this.receiving].compressedSize;
+          if (at === this.meta.segments.length) throw new CloudletError("REMOTE", "the upload is longer than the overlay's segments");
+          const want = this.meta.segments[at].compressedSize;
           buf ??= new Uint8Array(want);
           const k = Math.min(want - have, p.length);
           buf.set(p.subarray(0, k), have);
           have += k;
           p = p.subarray(k);
           if (have === want) {
-            if (hashHex(this.core, buf) !== this.meta.segments[this.receiving].hash) {
-              const e = new CloudletError("CORRUPT_SEGMENT", `segment ${this.receiving + 1} is corrupt: its hash does not match the meta`, this.name);
-              this.fail(e);
-              throw e;
-            }
-            await this.deliver(this.receiving, buf);
-            this.receiving++;
-            this.committed += want;
+            this.check(at, buf);
+            // Sent out of order meanwhile (or being sent): these bytes are a duplicate.
+            if (!this.held[at] && !this.putting.has(at)) await this.accept(at, buf);
+            this.streamAt = ++at;
             buf = null;
             have = 0;
           }
@@ -147,15 +187,66 @@ export class UploadFeed implements OverlayReader {
     }
   }
 
-  private async deliver(i: number, bytes: Uint8Array): Promise<void> {
-    const w = this.waiters.get(i);
-    if (w) {
+  /**
+   * Receives segment `i` on its own (out of order): exactly its compressed
+   * size (from the meta; a longer body is refused before it is read past
+   * the limit), checked against its hash. Returns false when the segment was
+   * already held (the body is read and dropped).
+   */
+  async put(i: number, body: AsyncIterable<Uint8Array>): Promise<boolean> {
+    if (this.failure) throw this.failure;
+    if (!Number.isSafeInteger(i) || i < 0 || i >= this.meta.segments.length) throw new CloudletError("REMOTE", `no segment ${i + 1}: the overlay has ${this.meta.segments.length}`);
+    if (this.putting.has(i)) throw new CloudletError("REMOTE", `segment ${i + 1} is already being sent`);
+    const size = this.meta.segments[i].compressedSize;
+    const dup = this.held[i] === 1;
+    this.putting.add(i);
+    try {
+      const buf = new Uint8Array(size);
+      let have = 0;
+      for await (const c of body) {
+        if (this.failure) throw this.failure;
+        if (have + c.length > size) throw new CloudletError("REMOTE", `segment ${i + 1} is ${size} bytes; the request sent more`);
+        buf.set(c, have);
+        have += c.length;
+      }
+      if (have !== size) throw new CloudletError("REMOTE", `segment ${i + 1} is ${size} bytes; the request sent ${have}`);
+      this.check(i, buf);
+      if (dup || this.held[i]) return false;
+      await this.accept(i, buf);
+      return true;
+    } finally {
+      this.putting.delete(i);
+    }
+  }
+
+  private check(i: number, buf: Uint8Array): void {
+    if (hashHex(this.core, buf) !== this.meta.segments[i].hash) {
+      const e = new CloudletError("CORRUPT_SEGMENT", `segment ${i + 1} is corrupt: its hash does not match the meta`, this.name);
+      this.fail(e);
+      throw e;
+    }
+  }
+
+  /** Marks segment `i` held, moves the resume point over it, and hands it to synthesis. */
+  private async accept(i: number, bytes: Uint8Array): Promise<void> {
+    this.held[i] = 1;
+    this.heldCount++;
+    this.wanted.delete(i);
+    while (this.prefix < this.held.length && this.held[this.prefix]) this.committed += this.meta.segments[this.prefix++].compressedSize;
+    const ws = this.waiters.get(i);
+    if (ws) {
       this.waiters.delete(i);
-      w.resolve(bytes);
+      for (const w of ws) w.resolve(bytes);
       return;
     }
     this.ready.set(i, bytes);
-    // Backpressure: hold the upload until synthesis takes segments.
-    while (this.ready.size > this.maxAhead && !this.failure) await new Promise<void>((r) => (this.space = r));
+    // Backpressure: hold the request until synthesis takes segments.
+    while (this.ready.size > this.maxAhead && !this.failure) await new Promise<void>((r) => this.space.add(r));
+  }
+
+  private freeSpace(): void {
+    const all = [...this.space];
+    this.space.clear();
+    for (const r of all) r();
   }
 }

@@ -16,6 +16,8 @@ export interface UrlOverlay {
   totalLength: number;
   /** Segment data from `offset` (relative to the data) to the end, as it arrives. */
   body(offset: number): Promise<AsyncIterable<Uint8Array>>;
+  /** Exactly `length` bytes of segment data from `offset` (one wanted segment). */
+  range(offset: number, length: number): Promise<Uint8Array>;
 }
 
 async function range(url: string, from: number, to: number | null, signal: AbortSignal): Promise<Response> {
@@ -75,6 +77,7 @@ export async function openUrlOverlay(url: string, maxMeta: number, signal: Abort
     headerAndMeta,
     dataOffset,
     totalLength,
+    range: async (offset, length) => exact(await range(url, dataOffset + offset, dataOffset + offset + length - 1, signal), length, url),
     body: async (offset) => {
       const res = await range(url, dataOffset + offset, null, signal);
       if (!res.body) throw new CloudletError("REMOTE", `${url} sent no body`);

@@ -1,0 +1,83 @@
+// The early-start protocol between the real client (`sendOverlay`) and the real server on loopback,
+// with a backend that stands in for the VM (no QEMU): it asks for the "device state" (the last
+// segment) before anything else, says the VM resumed, then asks for segments out of order.
+// The in-order upload is held back by the server's memory bound, so the wanted segments can
+// only come over the wants channel (PUT .../segments/N); the backend must get every segment
+// byte for byte, and the in-order upload must skip the ones already sent.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp } from "node:fs";
+import { join } from "node:path";
+import { cloudlet } from "./_cli.ts";
+import { scratchDir, writeImageSet } from "./_images.ts";
+import { core } from "./_core.ts";
+import { openOverlay } from "../ts/node/overlay_files.ts";
+import { SynthesisServer, type LaunchedVm, type ServerBackend } from "../ts/server/server.ts";
+import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
+import type { OverlayReader } from "../ts/overlay/reader.ts";
+
+test("early start on loopback: wanted segments go ahead of an in-order upload held by the memory bound; every segment arrives once, intact", { timeout: 60_000 }, async () => {
+  const dir = await scratchDir("early-proto");
+  try {
+    const set = await writeImageSet(join(dir, "img"), 23, 2 << 20, 2 << 20, 60);
+    const path = join(dir, "app.overlay");
+    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "64K", "-o", path]);
+    assert.equal(r.code, 0, r.stderr);
+    const overlay = await openOverlay(core, path);
+    const meta = overlay.meta;
+    const n = meta.segments.length;
+    assert.ok(n >= 7, `the overlay has ${n} segments (more than the 5 the memory bound lets the in-order upload deliver)`);
+    const expected = await Promise.all(meta.segments.map((_, i) => overlay.segment(i)));
+    const got = new Map<number, Uint8Array>();
+    const order: number[] = [];
+    let resumedBeforeAll = false;
+    const backend: ServerBackend = {
+      lockHome: async () => async () => {},
+      cleanupOrphans: async () => [],
+      resetSessions: async () => {},
+      sessionDir: (id) => join(dir, "sessions", id),
+      bases: async () => [{ id: meta.base.id, name: "gen", disk: "", memory: "", dir: "", diskSize: meta.base.diskSize, memorySize: meta.base.memorySize, machine: "test" }],
+      warm: () => {},
+      synthesize: () => Promise.reject(new Error("this test runs early start only")),
+      launch: () => Promise.reject(new Error("this test runs early start only")),
+      close: async () => {},
+      earlyBlocker: async () => null,
+      synthesizeEarly: async (_base, _id, feed: OverlayReader, o: { onResumed: (vm: LaunchedVm) => void }) => {
+        const take = async (i: number) => {
+          if (got.has(i)) return;
+          got.set(i, await feed.segment(i));
+          order.push(i);
+        };
+        await take(n - 1);
+        resumedBeforeAll = got.size < n;
+        o.onResumed({ vmId: "fakevm", ports: [], stop: async () => {} });
+        await Promise.all([take(n - 3), take(Math.floor(n / 2))]);
+        for (let i = 0; i < n; i++) await take(i);
+      },
+    };
+    const server = new SynthesisServer({ core, backend, host: "127.0.0.1", port: 0, token: "early-proto-token-0123456789", log: () => {} });
+    await server.start();
+    try {
+      const client = new CloudletClient({ server: `127.0.0.1:${server.address().port}`, token: "early-proto-token-0123456789" });
+      let resumed = 0;
+      const sent = await sendOverlay({ core, client, overlay, metaBytes: overlay.metaBytes, earlyStart: true, onResumed: () => resumed++ });
+      assert.equal(sent.earlyStart, true);
+      assert.equal(resumed, 1);
+      assert.equal(resumedBeforeAll, true, "the VM resumed before the overlay had arrived");
+      assert.ok(sent.outOfOrder >= 1, `segments were sent out of order: ${sent.outOfOrder}`);
+      assert.equal(order[0], n - 1, "the device state's segment came first");
+      assert.equal(got.size, n);
+      for (let i = 0; i < n; i++) assert.deepEqual(got.get(i), expected[i], `segment ${i + 1}`);
+      const st = await client.status(sent.id);
+      assert.equal(st.state, "running");
+      assert.equal(st.received, st.expected);
+      assert.equal(st.outOfOrder, sent.outOfOrder, "the server counted the same segments out of order");
+      await client.close(sent.id);
+    } finally {
+      await server.stop();
+      await overlay.close();
+    }
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});

@@ -425,8 +425,8 @@ export class SynthesisServer {
       // Do not read an unwanted body: close the connection once the answer is out.
       if (!req.complete) {
         res.setHeader("connection", "close");
-        res.once("finish", () => sock?.destroy());
-        res.once("close", () => sock?.destroy());
+        res.once("finish", () => lingerClose(sock));
+        res.once("close", () => lingerClose(sock));
       }
       this.json(res, he.status, { error: { code: he.code, message: he.message } });
     }
@@ -570,7 +570,7 @@ export class SynthesisServer {
       const sock = req.socket;
       res.writeHead(409, { [OFFSET_HEADER]: String(s.feed.offset), "content-type": "application/json", connection: "close" });
       res.end(JSON.stringify({ error: { code: "OFFSET", message: `resume at offset ${s.feed.offset}` } }));
-      res.once("finish", () => sock?.destroy());
+      res.once("finish", () => lingerClose(sock));
       return;
     }
     s.firstByteAt ||= Date.now();
@@ -889,4 +889,34 @@ export async function loadOrCreateToken(path: string): Promise<{ token: string; 
 export function bootSegmentCount(meta: OverlayMeta): number {
   const n = meta.bootSet?.segments ?? 0;
   return Math.min(n, meta.segments.length);
+}
+
+/** How long, and for how many bytes, a connection closed after an early error answer is drained. */
+const LINGER_MS = 2000;
+const LINGER_BYTES = 4 << 20;
+
+/**
+ * Closes a connection whose request body was not read, after its error answer
+ * went out: sends FIN and drains what the client is still sending for a short,
+ * bounded time before destroying it. Destroying at once, with unread bytes in
+ * the kernel's buffer, sends a reset that can make the client lose the answer.
+ */
+function lingerClose(sock: Socket | null): void {
+  if (!sock || sock.destroyed || (sock as Socket & { lingering?: true }).lingering) return;
+  // Deno's node:http ends the answer early when the socket is half-closed: destroy there, as before.
+  if ("Deno" in globalThis) return void sock.destroy();
+  (sock as Socket & { lingering?: true }).lingering = true;
+  let drained = 0;
+  const stop = () => sock.destroy();
+  const timer = setTimeout(stop, LINGER_MS);
+  timer.unref?.();
+  sock.on("data", (b: Buffer) => {
+    drained += b.length;
+    if (drained > LINGER_BYTES) stop();
+  });
+  sock.once("close", () => clearTimeout(timer));
+  sock.once("end", stop);
+  sock.on("error", () => {});
+  sock.end();
+  sock.resume();
 }

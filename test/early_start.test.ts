@@ -1,9 +1,11 @@
 // Early start (`cloudlet synthesis BASE OVERLAY --early-start`) on real VMs under TCG, through the CLI.
-// One base and one overlay (the built-in guest customised by examples/webapp.sh) serve every test:
+// One base and one overlay (the built-in guest customised by examples/webapp.sh, then a 1 MiB tmpfs marker)
+// serve every test:
 // - the fallback (userfaultfd switched off for the test) resumes by full synthesis and says so in one line;
 // - the lazy VM answers while it fills (ps says "filling"), has the same boot as the fully synthesized
 //   one (resumed, not rebooted), its counter continues, and after the fill its disk and memory images
-//   equal a full synthesis of the same overlay byte for byte;
+//   equal a full synthesis of the same overlay byte for byte, and so does its running RAM (pmemsave) on
+//   the pages the guest has not written since: a tmpfs marker file the customisation wrote;
 // - the providers serve a page and a chunk of later segments out of order, verified;
 // - a corrupt segment in the background part stops the VM with an error naming it, leaving nothing;
 // - a cloudlet killed mid-fill leaves a frozen VM that `ps` ends and removes;
@@ -27,6 +29,27 @@ import { Registry } from "../ts/home/registry.ts";
 import { CloudletError } from "../ts/errors.ts";
 import { synthesizeFiles } from "../ts/jobs/file_synthesis.ts";
 import { CHUNK, ImageKind, type MachineConfig } from "../ts/overlay/format.ts";
+import { QmpClient } from "../ts/vm/qmp.ts";
+
+const PAGE = 4096;
+/** Blocks of the marker file: 1 MiB. */
+const MARKER_BLOCKS = 256;
+const MARKER_TAG = "CLOUDLET-MARK";
+/**
+ * Appended to examples/webapp.sh for this file's overlay: a tmpfs file (tmpfs data sits in whole pages)
+ * whose every 4 KiB block starts with MARKER_TAG and its six-digit number, then random bytes, so the
+ * memory comparison knows pages the guest never writes again instead of guessing. printf and head write
+ * straight into the file, so no other page starts with a tag and holds the same bytes.
+ */
+const MARKER_SCRIPT = `
+i=0
+while [ $i -lt ${MARKER_BLOCKS} ]; do
+  { printf '${MARKER_TAG}%06d' $i; head -c ${PAGE - MARKER_TAG.length - 6} /dev/urandom; } >> /dev/shm/marker
+  i=$((i + 1))
+done
+[ "$(wc -c < /dev/shm/marker)" -eq ${MARKER_BLOCKS * PAGE} ]
+echo "marker written: ${MARKER_BLOCKS} blocks in /dev/shm/marker"
+`;
 
 
 interface Fixture {
@@ -48,7 +71,9 @@ function shared(): Promise<Fixture> {
     ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
     const [base] = ok(await cloudlet(["list-base", ...H, "--json"]));
     const overlay = join(home, "webapp.overlay");
-    ok(await cloudlet(["overlay", "tiny", ...H, "--script", WEBAPP, "-o", overlay, "--segment-size", "128K", "--json", "--", "-redir", "tcp:0::80"]));
+    const script = join(home, "webapp-marked.sh");
+    await fsp.writeFile(script, (await fsp.readFile(WEBAPP, "utf8")) + MARKER_SCRIPT);
+    ok(await cloudlet(["overlay", "tiny", ...H, "--script", script, "-o", overlay, "--segment-size", "128K", "--json", "--", "-redir", "tcp:0::80"]));
     const full = join(home, "full");
     // Through the library: file mode's --machine/--cpu cannot name the reporting balloon of this base.
     await synthesizeFiles(await loadCoreFromDisk(), { baseDisk: join(base.dir, "disk.raw"), baseMem: join(base.dir, "memory.raw"), machine: base.machine, overlay, outDir: full, diskFormat: "raw", home });
@@ -111,6 +136,36 @@ test("early start: the VM resumes before its overlay is applied, answers while i
     assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
     t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 8 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
     try {
+      // The running VM's RAM against the full synthesis's memory, first thing after the fill.
+      const want = await fsp.readFile(join(f.full, "memory.raw"));
+      const dump = join(f.home, "lazy-ram.raw");
+      const qmp = await QmpClient.connect(join(vm.dir, "vm", "qmp.sock"), { timeoutMs: 10_000 });
+      try {
+        await qmp.execute("pmemsave", { val: 0, size: want.length, filename: dump }, 120_000);
+      } finally {
+        qmp.close();
+      }
+      const got = await fsp.readFile(dump);
+      await fsp.rm(dump, { force: true });
+      assert.equal(got.length, want.length);
+      const marks = markerPages(want);
+      const blocks = new Set(marks.map((m) => m.block));
+      assert.ok(marks.length >= MARKER_BLOCKS && blocks.size === MARKER_BLOCKS, `the full synthesis holds the marker's ${MARKER_BLOCKS} blocks (found ${marks.length} pages, ${blocks.size} distinct blocks): the test setup is wrong`);
+      const differ = marks.filter((m) => !samePage(got, want, m.page));
+      assert.deepEqual(differ.slice(0, 10), [], `${differ.length} of ${marks.length} marker pages differ in the running VM's RAM`);
+      // The check itself sees a single flipped byte in a marker page.
+      const probe = marks[marks.length >> 1].page * PAGE + 1000;
+      got[probe] ^= 1;
+      assert.equal(samePage(got, want, marks[marks.length >> 1].page), false);
+      got[probe] ^= 1;
+      let equal = 0;
+      let compared = 0;
+      for (let p = 0; p < want.length / PAGE; p++) {
+        if (p >= 0xa0 && p < 0x100) continue; // guest-physical 0xa0000-0xfffff shows VGA and BIOS, not RAM
+        compared++;
+        if (samePage(got, want, p)) equal++;
+      }
+      t.diagnostic(`running RAM after the fill: ${marks.length} marker pages (${MARKER_BLOCKS} blocks) all equal the full synthesis; ${equal} of ${compared} pages equal overall (${((equal / compared) * 100).toFixed(1)}%)`);
       assert.equal(ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === vm.vmId)?.state, "running");
       // Independent of cloudlet now (that process has exited): it keeps counting.
       const port = vm.ports[0].hostPort;
@@ -380,6 +435,25 @@ test("cleanup: the test home goes", async () => {
 async function noneLeft(home: string): Promise<void> {
   assert.deepEqual(await fsp.readdir(join(home, "vms")).catch(() => []), [], "no VM directory left");
   assert.equal(await qemuCount(home), 0, "no QEMU left running");
+}
+
+/** Pages of `mem` that start with the marker's tag and a block number, with that number. */
+function markerPages(mem: Buffer): { page: number; block: number }[] {
+  const tag = Buffer.from(MARKER_TAG);
+  const out: { page: number; block: number }[] = [];
+  for (let p = 0; p < mem.length / PAGE; p++) {
+    const at = p * PAGE;
+    if (!tag.equals(mem.subarray(at, at + tag.length))) continue;
+    const digits = mem.toString("latin1", at + tag.length, at + tag.length + 6);
+    if (/^\d{6}$/.test(digits) && Number(digits) < MARKER_BLOCKS) out.push({ page: p, block: Number(digits) });
+  }
+  return out;
+}
+
+/** Page `p` of `a` and of `b` hold the same bytes. */
+function samePage(a: Buffer, b: Buffer, p: number): boolean {
+  // Views, not Buffer#compare's ranges: Deno's ranged compare costs time in the whole buffer's size.
+  return Buffer.compare(a.subarray(p * PAGE, (p + 1) * PAGE), b.subarray(p * PAGE, (p + 1) * PAGE)) === 0;
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {

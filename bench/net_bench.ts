@@ -207,7 +207,8 @@ async function daemon(net: NetLink, cmd: string, args: string[], ready: RegExp, 
   const seen = new Promise<void>((resolve, reject) => {
     const on = (d: string) => {
       text += d;
-      for (const l of d.split("\n")) if (l.trim()) log.push(l);
+      // Stamped with the bench's clock, so a session's log lines line up with the samples' times.
+      for (const l of d.split("\n")) if (l.trim()) log.push(`${new Date().toISOString().slice(11, 23)} ${l}`);
       if (ready.test(text)) resolve();
     };
     c.stdout!.setEncoding("utf8").on("data", on);
@@ -664,7 +665,8 @@ async function main(): Promise<number> {
   // Every run's samples are also kept next to the overlays, for later analysis.
   const saved = join(WORK, `results-${started.replace(/[:.]/g, "-")}.json`);
   await fsp.writeFile(saved, JSON.stringify(result, null, 1) + "\n");
-  say(`samples written to ${saved}`);
+  await fsp.writeFile(saved.replace(/\.json$/, ".server.log"), serverLog.join("\n") + "\n");
+  say(`samples written to ${saved} (the server's and the sink's log beside it, .server.log)`);
   if (jsonOut) {
     process.stdout.write(JSON.stringify(result) + "\n");
   } else {

@@ -11,6 +11,9 @@
  *     here, across the link. Then the session is closed (VM stopped).
  *
  *   node --import tsx bench/_net_client.ts early SERVER TOKEN_FILE OVERLAY
+ *
+ *   Both take GUEST_PORT PATH after OVERLAY: the answer to wait for is a 200
+ *   from PATH on that guest port (default: the webapp page, GET / on port 80).
  *     (e) early start over the network: `sendOverlay` with earlyStart true
  *     (what `cloudlet client --early-start` runs). The first answer is
  *     polled from the moment the server says the VM resumed; the clock for
@@ -32,7 +35,7 @@ import { firstAnswer } from "./_net_http.ts";
 
 type Mark = { ms: number; what: string; received?: number; applied?: number; expected?: number };
 
-async function pipelined(server: string, tokenFile: string, path: string, early = false): Promise<unknown> {
+async function pipelined(server: string, tokenFile: string, path: string, early = false, guestPort = 80, answerPath = "/"): Promise<unknown> {
   const core = await loadCoreFromDisk();
   const token = (await fsp.readFile(tokenFile, "utf8")).trim();
   const client = new CloudletClient({ server, token });
@@ -55,8 +58,8 @@ async function pipelined(server: string, tokenFile: string, path: string, early 
       earlyStart: early,
       onResumed: (ep) => {
         resumedAt = at();
-        const port = ep.ports.find((p) => p.guestPort === 80)?.hostPort ?? ep.ports[0].hostPort;
-        answering = firstAnswer(ep.host, port);
+        const port = ep.ports.find((p) => p.guestPort === guestPort)?.hostPort ?? ep.ports[0].hostPort;
+        answering = firstAnswer(ep.host, port, undefined, answerPath);
         answering.catch(() => {});
       },
       progress: (p) => {
@@ -73,8 +76,8 @@ async function pipelined(server: string, tokenFile: string, path: string, early 
     const done = at();
     const cpu = process.cpuUsage(c0);
     if (early && !r.earlyStart) throw new Error(`early start did not run: ${r.earlyStartFallback ?? "the server did not start the VM early"}`);
-    const port = r.endpoint.ports.find((p) => p.guestPort === 80)?.hostPort ?? r.endpoint.ports[0].hostPort;
-    const answered = (await (answering ?? firstAnswer(r.endpoint.host, port))) - t0;
+    const port = r.endpoint.ports.find((p) => p.guestPort === guestPort)?.hostPort ?? r.endpoint.ports[0].hostPort;
+    const answered = (await (answering ?? firstAnswer(r.endpoint.host, port, undefined, answerPath))) - t0;
     const tc = performance.now();
     await client.close(r.id);
     return {
@@ -120,10 +123,11 @@ async function upload(url: string, path: string): Promise<unknown> {
 const [mode, ...args] = process.argv.slice(2);
 try {
   let out: unknown;
-  if (mode === "pipelined" && args.length === 3) out = await pipelined(args[0], args[1], args[2]);
-  else if (mode === "early" && args.length === 3) out = await pipelined(args[0], args[1], args[2], true);
+  const answerAt = args.length === 5 ? ([Number(args[3]), args[4]] as const) : ([80, "/"] as const);
+  if (mode === "pipelined" && (args.length === 3 || args.length === 5)) out = await pipelined(args[0], args[1], args[2], false, ...answerAt);
+  else if (mode === "early" && (args.length === 3 || args.length === 5)) out = await pipelined(args[0], args[1], args[2], true, ...answerAt);
   else if (mode === "upload" && args.length === 2) out = await upload(args[0], args[1]);
-  else throw new Error("usage: _net_client.ts pipelined|early SERVER TOKEN_FILE OVERLAY | upload URL FILE");
+  else throw new Error("usage: _net_client.ts pipelined|early SERVER TOKEN_FILE OVERLAY [GUEST_PORT PATH] | upload URL FILE");
   process.stdout.write(JSON.stringify(out) + "\n");
   process.exit(0);
 } catch (e) {

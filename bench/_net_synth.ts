@@ -3,7 +3,9 @@
  * in the server namespace, warm like `cloudlet serve`:
  *
  *   node --import tsx bench/_net_synth.ts HOME BASE BIND_IP
- *     then one overlay path per line on stdin; one JSON line per job on stdout
+ *     then one job per line on stdin: an overlay path (on BASE; the answer is the
+ *     webapp's page), or JSON {overlay, base, guestPort, path} (a 200 from PATH
+ *     on that guest port); one JSON line per job on stdout
  *
  * Each job runs what `cloudlet synthesis BASE OVERLAY --bind BIND_IP
  * --auto-ports` runs (`synthesizeVm`: same worker threads, qcow2 over the
@@ -35,16 +37,18 @@ process.on("SIGTERM", quit);
 
 const core = await loadCoreFromDisk();
 
-async function job(overlay: string): Promise<unknown> {
+async function job(line: string): Promise<unknown> {
+  const j = line.startsWith("{") ? (JSON.parse(line) as { overlay: string; base: string; guestPort: number; path: string }) : { overlay: line, base, guestPort: 80, path: "/" };
+  const overlay = j.overlay;
   let vmId: string | null = null;
   try {
     const t0 = performance.now();
-    const r = await synthesizeVm({ core, home, hostChoice: { host: "qemu" }, signal: controller.signal }, { base, overlay, hostAddress: bind, autoPorts: true });
+    const r = await synthesizeVm({ core, home, hostChoice: { host: "qemu" }, signal: controller.signal }, { base: j.base, overlay, hostAddress: bind, autoPorts: true });
     if (!("vmId" in r)) throw new Error("no VM started");
     vmId = r.vmId;
     const running = performance.now() - t0;
-    const port = r.ports.find((p) => p.guestPort === 80)?.hostPort ?? r.ports[0].hostPort;
-    const answered = (await firstAnswer(bind, port)) - t0;
+    const port = r.ports.find((p) => p.guestPort === j.guestPort)?.hostPort ?? r.ports[0].hostPort;
+    const answered = (await firstAnswer(bind, port, undefined, j.path)) - t0;
     return { ms: answered, synthesisMs: r.ms.synthesis, launchMs: r.ms.launch, runningMs: running, answerAfterRunningMs: answered - running };
   } catch (e) {
     return { error: (e as Error).stack ?? String(e) };

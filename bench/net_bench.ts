@@ -3,7 +3,7 @@
  * pipelined synthesis against the transfer alone and against transfer, then
  * decode+apply, one after the other.
  *
- *   node --import tsx bench/net_bench.ts [--rates 25,100,1000] [--reps 3] [--overlays webapp,bigdata] [--json]
+ *   node --import tsx bench/net_bench.ts [--rates 25,100,1000] [--reps 3] [--overlays webapp,bigdata,app] [--json]
  *
  * Two hosts: network namespaces joined by a veth pair, rate-limited with
  * tc tbf on both ends (netem is not available here). `cloudlet serve` and an
@@ -28,6 +28,14 @@
  * It builds what it needs in .build/bench/net/ (a home whose guest/ links to
  * .build/test-home/guest, the base "tiny", the overlays; cached), and always
  * removes the namespaces and stops what it started, also on Ctrl-C.
+ *
+ * The overlay "app" is not built here: it is early_start_bench.ts's pair
+ * (.build/bench/early-start/app-200-warm.overlay, with a recorded boot set, on
+ * the base "es-app" of .build/bench/early-start/home), the issue's realistic
+ * pair. That base is registered in this bench's home in place (its directory
+ * stays where it is; nothing is copied), and the app's first correct answer
+ * is a 200 from GET /b/0 on guest port 8080 (the app answers 500 when the
+ * block's hash is wrong).
  */
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, promises as fsp, readFileSync } from "node:fs";
@@ -35,6 +43,7 @@ import { availableParallelism, loadavg, release, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { Registry } from "../ts/home/registry.ts";
 import { makeNetLink, namespacesLike, run, type NetLink } from "./_net_ns.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -44,6 +53,11 @@ const WORK = join(REPO, ".build/bench/net");
 const HOME = join(WORK, "home");
 const GUEST_CACHE = join(REPO, ".build/test-home/guest");
 const BASE = "tiny";
+/** early_start_bench.ts's pair (built there, never here): its home, base and overlay. */
+const APP_DIR = join(REPO, ".build/bench/early-start");
+const APP_HOME = join(APP_DIR, "home");
+const APP_BASE = "es-app";
+const APP_OVERLAY = join(APP_DIR, "app-200-warm.overlay");
 /** Namespaces cl-nbPID-s / cl-nbPID-c, veths vnbPIDs / vnbPIDc: this run's, recognisable in `ip netns list`. */
 const TAG = `nb${process.pid % 100000}`;
 /** One run at a time: runs share the home (a server start empties its sessions/) and the overlays. */
@@ -55,7 +69,8 @@ const TARGET = 1.15;
 const USAGE = `usage: node --import tsx bench/net_bench.ts [options]
   --rates LIST     link rates in Mbit/s (default 25,100,1000)
   --reps N         timed reps of every measurement (default 3)
-  --overlays LIST  webapp, bigdata (default both)
+  --overlays LIST  webapp, bigdata, app (default webapp,bigdata); app is early_start_bench.ts's
+                   pair (${APP_OVERLAY} on base "${APP_BASE}"; build it there first)
   --json           print one JSON object (all samples) instead of tables
   --no-early       leave out (e), early start over the network
 Builds the base "tiny" and the overlays in .build/bench/net/ on first use (a few minutes).`;
@@ -74,18 +89,24 @@ echo "blob: $(wc -c < /tmp/blob.txt) bytes"
 interface OverlaySpec {
   name: string;
   what: string;
-  script: () => string;
+  /** The customisation, for overlays built here; none for "app" (early_start_bench.ts builds it). */
+  script?: () => string;
 }
 
 const OVERLAYS: OverlaySpec[] = [
   { name: "webapp", what: "examples/webapp.sh: a web page, a CGI script and a counter (busybox httpd on port 80)", script: () => readFileSync(join(REPO, "examples/webapp.sh"), "utf8") },
   { name: "bigdata", what: "webapp + 40 MiB of /dev/urandom as base64 text (53 MiB) in the guest's tmpfs /tmp", script: () => readFileSync(join(REPO, "examples/webapp.sh"), "utf8") + BIG_EXTRA },
+  { name: "app", what: `early_start_bench.ts's pair: python3 app holding 200 MiB, 512 MiB RAM, format v2 with a recorded boot set; first answer = 200 from GET /b/0 on guest port 8080` },
 ];
 
 interface OverlayInfo {
   name: string;
   what: string;
   path: string;
+  /** The base's name in HOME, and where its first correct answer comes from. */
+  base: string;
+  guestPort: number;
+  answerPath: string;
   bytes: number;
   segments: number;
   raw: number;
@@ -115,15 +136,30 @@ async function prepare(names: string[]): Promise<{ baseId: string; overlays: Ove
   const link = join(HOME, "guest");
   if (!existsSync(link)) await fsp.symlink(GUEST_CACHE, link);
   type BaseRow = { id: string; name: string };
+  const overlays: OverlayInfo[] = [];
+  const inspect = async (path: string) => JSON.parse(await cloudlet(["inspect", path, "--json"])) as { sizes: { overlay: number; raw: number; rebuilt: number }; segments: unknown[] };
+  if (names.includes("app")) {
+    if (!existsSync(APP_OVERLAY)) throw new Error(`--overlays app: ${APP_OVERLAY} is missing; build it with bench/early_start_bench.ts`);
+    const b = await new Registry(APP_HOME).getBase(APP_BASE).catch((e: Error) => {
+      throw new Error(`--overlays app: no base "${APP_BASE}" in ${APP_HOME} (${e.message}); build it with bench/early_start_bench.ts`);
+    });
+    // The row's dir is absolute and may name the checkout that built it: point it at this one's copy.
+    const dir = join(APP_HOME, "bases", b.id);
+    if (!existsSync(join(dir, "base.json"))) throw new Error(`--overlays app: ${dir} is missing`);
+    await new Registry(HOME).addBase({ ...b, dir });
+    const j = await inspect(APP_OVERLAY);
+    overlays.push({ name: "app", what: OVERLAYS.find((o) => o.name === "app")!.what, path: APP_OVERLAY, base: APP_BASE, guestPort: 8080, answerPath: "/b/0", bytes: j.sizes.overlay, segments: j.segments.length, raw: j.sizes.raw, rebuilt: j.sizes.rebuilt, built: false });
+  }
+  const built = OVERLAYS.filter((o) => o.script && names.includes(o.name));
+  if (!built.length) return { baseId: "", overlays };
   let base = (JSON.parse(await cloudlet(["list-base", "--json"])) as BaseRow[]).find((b) => b.name === BASE);
   if (!base) {
     say(`building base "${BASE}" (boots the built-in guest under QEMU; builds the guest first if .build/test-home/guest has none)`);
     await cloudlet(["base", "--name", BASE, "--json"], undefined, building.signal);
     base = (JSON.parse(await cloudlet(["list-base", "--json"])) as BaseRow[]).find((b) => b.name === BASE)!;
   }
-  const overlays: OverlayInfo[] = [];
-  for (const spec of OVERLAYS.filter((o) => names.includes(o.name))) {
-    const script = spec.script();
+  for (const spec of built) {
+    const script = spec.script!();
     const key = createHash("sha256").update(`${base.id}\n${script}\ntcp:8080::80`).digest("hex");
     const path = join(WORK, `${spec.name}.overlay`);
     const keyFile = `${path}.key`;
@@ -137,8 +173,8 @@ async function prepare(names: string[]): Promise<{ baseId: string; overlays: Ove
       await fsp.writeFile(keyFile, key + "\n");
       built = true;
     }
-    const j = JSON.parse(await cloudlet(["inspect", path, "--json"])) as { sizes: { overlay: number; raw: number; rebuilt: number }; segments: unknown[] };
-    overlays.push({ name: spec.name, what: spec.what, path, bytes: j.sizes.overlay, segments: j.segments.length, raw: j.sizes.raw, rebuilt: j.sizes.rebuilt, built });
+    const j = await inspect(path);
+    overlays.push({ name: spec.name, what: spec.what, path, base: BASE, guestPort: 80, answerPath: "/", bytes: j.sizes.overlay, segments: j.segments.length, raw: j.sizes.raw, rebuilt: j.sizes.rebuilt, built });
   }
   return { baseId: base.id, overlays };
 }
@@ -171,7 +207,8 @@ async function daemon(net: NetLink, cmd: string, args: string[], ready: RegExp, 
   const seen = new Promise<void>((resolve, reject) => {
     const on = (d: string) => {
       text += d;
-      for (const l of d.split("\n")) if (l.trim()) log.push(l);
+      // Stamped with the bench's clock, so a session's log lines line up with the samples' times.
+      for (const l of d.split("\n")) if (l.trim()) log.push(`${new Date().toISOString().slice(11, 23)} ${l}`);
       if (ready.test(text)) resolve();
     };
     c.stdout!.setEncoding("utf8").on("data", on);
@@ -245,9 +282,9 @@ class SynthHelper {
     return new Promise((resolve) => (this.next = resolve));
   }
 
-  async run(overlay: string): Promise<Record<string, unknown>> {
+  async run(job: { overlay: string; base: string; guestPort: number; path: string }): Promise<Record<string, unknown>> {
     const reply = this.line();
-    this.child.stdin!.write(overlay + "\n");
+    this.child.stdin!.write(JSON.stringify(job) + "\n");
     const r = JSON.parse(await Promise.race([reply, this.closed])) as Record<string, unknown>;
     if (r.error) throw new Error(`_net_synth.ts: ${r.error}`);
     return r;
@@ -287,12 +324,13 @@ async function measure(net: NetLink, synth: SynthHelper, method: Method, ov: Ove
 }
 
 async function measureOnce(net: NetLink, synth: SynthHelper, method: Method, ov: OverlayInfo, tokenFile: string, uploads: string): Promise<{ ms: number; detail: Record<string, unknown> }> {
+  const answerAt = [String(ov.guestPort), ov.answerPath];
   if (method === "pipelined") {
-    const r = await helper(net, net.cli, "_net_client.ts", ["pipelined", `${net.srvIp}:${SERVER_PORT}`, tokenFile, ov.path]);
+    const r = await helper(net, net.cli, "_net_client.ts", ["pipelined", `${net.srvIp}:${SERVER_PORT}`, tokenFile, ov.path, ...answerAt]);
     return { ms: r.ms as number, detail: r };
   }
   if (method === "early") {
-    const r = await helper(net, net.cli, "_net_client.ts", ["early", `${net.srvIp}:${SERVER_PORT}`, tokenFile, ov.path]);
+    const r = await helper(net, net.cli, "_net_client.ts", ["early", `${net.srvIp}:${SERVER_PORT}`, tokenFile, ov.path, ...answerAt]);
     return { ms: r.ms as number, detail: r };
   }
   if (method === "transfer") {
@@ -303,7 +341,7 @@ async function measureOnce(net: NetLink, synth: SynthHelper, method: Method, ov:
   const saved = join(uploads, name);
   try {
     const u = await helper(net, net.cli, "_net_client.ts", ["upload", `http://${net.srvIp}:${SINK_PORT}/save/${name}`, ov.path]);
-    const d = await synth.run(saved);
+    const d = await synth.run({ overlay: saved, base: ov.base, guestPort: ov.guestPort, path: ov.answerPath });
     return { ms: (u.ms as number) + (d.ms as number), detail: { uploadMs: u.ms, uploadMbit: u.mbit, uploadClientCpuMs: u.cpuMs, decodeApplyMs: d.ms, synthesisMs: d.synthesisMs, launchMs: d.launchMs, answerAfterRunningMs: d.answerAfterRunningMs } };
   } finally {
     await fsp.rm(saved, { force: true });
@@ -627,7 +665,8 @@ async function main(): Promise<number> {
   // Every run's samples are also kept next to the overlays, for later analysis.
   const saved = join(WORK, `results-${started.replace(/[:.]/g, "-")}.json`);
   await fsp.writeFile(saved, JSON.stringify(result, null, 1) + "\n");
-  say(`samples written to ${saved}`);
+  await fsp.writeFile(saved.replace(/\.json$/, ".server.log"), serverLog.join("\n") + "\n");
+  say(`samples written to ${saved} (the server's and the sink's log beside it, .server.log)`);
   if (jsonOut) {
     process.stdout.write(JSON.stringify(result) + "\n");
   } else {

@@ -275,7 +275,9 @@ export class LazyOverlay {
     for (let i = 0; i < n; i++) {
       signal.throwIfAborted();
       if (this.failure) throw this.failure;
-      for (let k = i; k < Math.min(n, i + ahead); k++) if (!this.applying.has(k)) this.decode(k).catch(() => {});
+      // Read ahead only what has arrived: asking a link-fed reader for a later
+      // segment raises it, and the fill's read-ahead would queue in front of the guest's own requests.
+      for (let k = i; k < Math.min(n, i + ahead); k++) if (!this.applying.has(k) && (this.overlay.segmentArrived?.(k) ?? true)) this.decode(k).catch(() => {});
       if (delayMs && !this.applying.has(i)) await new Promise((r) => setTimeout(r, delayMs));
       await this.apply(i);
     }

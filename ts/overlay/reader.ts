@@ -25,6 +25,12 @@ export interface OverlayReader {
   segment(i: number): Promise<Uint8Array>;
   /** The file that holds segment `i`, for messages. */
   segmentFile(i: number): string;
+  /**
+   * False while segment `i` has not arrived (a reader fed over a link, where
+   * asking for it early raises its priority). Readers without it hold every
+   * segment.
+   */
+  segmentArrived?(i: number): boolean;
 }
 
 async function readExact(src: ByteSource, offset: number, length: number, what: string): Promise<Uint8Array> {

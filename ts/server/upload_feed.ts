@@ -96,6 +96,11 @@ export class UploadFeed implements OverlayReader {
     return this.held[i] === 1;
   }
 
+  /** True once segment `i` has arrived whole (see {@link OverlayReader.segmentArrived}). */
+  segmentArrived(i: number): boolean {
+    return this.held[i] === 1;
+  }
+
   /** Segments asked for out of order and not yet arrived, lowest first. */
   pendingWants(): number[] {
     return [...this.wanted].sort((a, b) => a - b);

@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { cloudlet } from "./_cli.ts";
+import { FORMAT_VERSION } from "../ts/overlay/format.ts";
 import { writeImageSet } from "./_images.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -103,7 +104,7 @@ console.log(JSON.stringify({
 function checkConsumer(json: string, version: string, baseDisk: string): { overlay: string; baseId: string } {
   const r = JSON.parse(json);
   assert.equal(r.version, version);
-  assert.equal(r.formatVersion, 1);
+  assert.equal(r.formatVersion, FORMAT_VERSION, "the packaged library writes the current format");
   assert.ok(r.segments >= 2 && r.raw > 0, `a real overlay: ${json}`);
   assert.equal(r.rendered, true);
   assert.deepEqual(r.verified, { segments: r.segments, rebuilt: r.segments, rebuiltSkipped: 0, baseChecked: true });

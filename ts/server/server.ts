@@ -425,6 +425,8 @@ export class SynthesisServer {
       // Do not read an unwanted body: close the connection once the answer is out.
       if (!req.complete) {
         res.setHeader("connection", "close");
+        // Node destroys the socket as soon as the answer is flushed (destroySoon); drain first.
+        if (sock && !("Deno" in globalThis)) sock.destroySoon = () => lingerClose(sock);
         res.once("finish", () => lingerClose(sock));
         res.once("close", () => lingerClose(sock));
       }
@@ -569,6 +571,7 @@ export class SynthesisServer {
     if (offset !== s.feed.offset) {
       const sock = req.socket;
       res.writeHead(409, { [OFFSET_HEADER]: String(s.feed.offset), "content-type": "application/json", connection: "close" });
+      if (sock && !("Deno" in globalThis)) sock.destroySoon = () => lingerClose(sock);
       res.end(JSON.stringify({ error: { code: "OFFSET", message: `resume at offset ${s.feed.offset}` } }));
       res.once("finish", () => lingerClose(sock));
       return;

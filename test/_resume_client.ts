@@ -49,6 +49,15 @@ async function* firstPart() {
 await client.upload(s.id, 0, firstPart()).catch(() => {});
 await new Promise((r) => setTimeout(r, 300));
 let resumeAt = await client.offset(s.id);
+// Over a slow link the cut request's bytes still drain into the server after the cut, completing
+// segments as they come: read the resume point once it has held still for 2 s (the polls keep the
+// session active), not while it is still moving.
+for (let still = 0, polls = 0; still < 8 && polls < 160; polls++) {
+  await new Promise((r) => setTimeout(r, 250));
+  const now = await client.offset(s.id);
+  still = now === resumeAt ? still + 1 : 0;
+  resumeAt = now;
+}
 let after = -1;
 // Over a slow link the cut request's bytes still drain into the server for a while (the kernel sends what
 // was written before the close): until they have, the server answers "another upload ... in progress".

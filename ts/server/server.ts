@@ -561,6 +561,17 @@ export class SynthesisServer {
     return s;
   }
 
+  /** Turns a failed segment upload (in order or one PUT) into its answer; a corrupt segment ends the session now, with its cause, whatever the client does next. */
+  private uploadFailed(s: Session, e: unknown): never {
+    if (isCloudletError(e) && e.code === "CORRUPT_SEGMENT") {
+      this.failSession(s, e);
+      throw e;
+    }
+    if (s.terminal) throw new HttpError(409, "STATE", `session is ${s.state}${s.error ? `: ${s.error.message}` : ""}`);
+    if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
+    throw e;
+  }
+
   private async upload(s: Session, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if ((s.state !== "receiving" && s.state !== "filling") || !s.feed) throw new HttpError(409, "STATE", `session is ${s.state}; segments are accepted only after the meta and before launch`);
     const rawOffset = req.headers[OFFSET_HEADER];
@@ -589,14 +600,7 @@ export class SynthesisServer {
     try {
       await feed.ingest(counted, offset);
     } catch (e) {
-      // A corrupt segment ends the session now, with its cause, whatever the client does next.
-      if (isCloudletError(e) && e.code === "CORRUPT_SEGMENT") {
-        this.failSession(s, e);
-        throw e;
-      }
-      if (s.terminal) throw new HttpError(409, "STATE", `session is ${s.state}${s.error ? `: ${s.error.message}` : ""}`);
-      if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
-      throw e;
+      this.uploadFailed(s, e);
     }
     // Deno's node:http does not set req.complete; a body that reached its declared length is complete too.
     const declared = Number(req.headers["content-length"] ?? NaN);
@@ -728,13 +732,7 @@ export class SynthesisServer {
     try {
       fresh = await s.feed.put(i, counted);
     } catch (e) {
-      if (isCloudletError(e) && e.code === "CORRUPT_SEGMENT") {
-        this.failSession(s, e);
-        throw e;
-      }
-      if (s.terminal) throw new HttpError(409, "STATE", `session is ${s.state}${s.error ? `: ${s.error.message}` : ""}`);
-      if (isCloudletError(e) && e.code === "REMOTE") throw new HttpError(400, "BAD_UPLOAD", e.message);
-      throw e;
+      this.uploadFailed(s, e);
     }
     if (fresh) s.outOfOrder++;
     this.offsetHeaders(res, s, fresh ? 204 : 200);

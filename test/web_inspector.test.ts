@@ -138,7 +138,7 @@ test("served page: the numbers shown equal `cloudlet inspect --json`, and every 
     // Made without a warm-up: a version 2 overlay with no boot set says so and marks no segment.
     assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), "none");
     assert.match((await page.textContent("#boot-set"))!, /no boot set \(made without a warm-up/);
-    assert.equal(await page.$$eval("tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
+    assert.equal(await page.$$eval("table.segments tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();
@@ -264,7 +264,7 @@ test("boot set: the summary shows its segments, bytes, pages, chunks, base pages
     assert.equal(await page.getAttribute("[data-field=formatVersion]", "data-value"), "1");
     assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), "none");
     assert.match((await page.textContent("#boot-set"))!, /no boot set \(format version 1 has none\)/);
-    assert.equal(await page.$$eval("tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
+    assert.equal(await page.$$eval("table.segments tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();

@@ -8,7 +8,7 @@
 import { formatBytes, type InspectReport } from "../ts/inspect/report.ts";
 import { CHUNK, CLASS_NAMES, KIND_NAMES, RECORD_BYTES, SEGMENT_HEADER_BYTES } from "../ts/overlay/format.ts";
 import { field, fill, h, int, s } from "./dom.ts";
-import { CLASS_COLORS, CLASS_HELP, CLASS_LABELS } from "./palette.ts";
+import { BOOT_COLOR, CLASS_COLORS, CLASS_HELP, CLASS_LABELS } from "./palette.ts";
 import type { OpenedOverlay } from "./protocol.ts";
 
 /** Segment rows rendered at first; the rest on request (a meta may list a million). */
@@ -272,9 +272,6 @@ export class SegmentTable {
     el.textContent = text;
   }
 }
-
-/** Colour of the boot set's segments in the ratio chart (the badge's, in style.css). */
-const BOOT_COLOR = "#f59e0b";
 
 /** Bar chart of raw / compressed per segment (binned when there are many). */
 function ratioChart(r: InspectReport): SVGElement {

@@ -12,7 +12,7 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 /** Layer of a repository path: [name, rank]; an import must go to a lower rank (or the same folder). */
 function layerOf(path: string): [string, number] {
-  if (path === "ts/errors.ts" || path === "ts/version.ts" || path === "ts/printable.ts" || path.startsWith("ts/core/")) return ["core", 0];
+  if (path === "ts/errors.ts" || path === "ts/version.ts" || path === "ts/printable.ts" || path === "ts/deferred.ts" || path.startsWith("ts/core/")) return ["core", 0];
   if (path.startsWith("ts/component/")) return ["component", 1];
   if (path.startsWith("ts/overlay/")) return ["overlay", 2];
   if (path.startsWith("ts/inspect/")) return ["inspect", 3];

@@ -4,7 +4,8 @@
 // made by the engine. The numbers shown must equal `cloudlet inspect
 // --json`; a clicked region shows its chunks and a hex view with the XOR
 // against the base; corruption gets an error panel naming the segment; and
-// the shared kernel vectors pass in the page and in its Web Worker.
+// the shared kernel vectors pass in the page and in its Web Worker; an
+// overlay's boot set is shown and its segments marked (test/golden).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, promises as fsp } from "node:fs";
@@ -113,7 +114,7 @@ async function assertSameAsCli(page: Page, overlay: string): Promise<void> {
     const text = texts[path];
     const n = Number(value);
     const forms = Number.isFinite(n) && value !== "" && !/^(true|false)$/.test(value)
-      ? [value, n.toLocaleString("en-US"), formatBytes(n), n.toFixed(1), n.toFixed(2), `version ${value}`, `${n.toLocaleString("en-US")} MiB`]
+      ? [value, n.toLocaleString("en-US"), formatBytes(n), n.toFixed(1), n.toFixed(2), `version ${value}`, `${n.toLocaleString("en-US")} MiB`, `${(n * 100).toFixed(1)}%`]
       : [value];
     assert.ok(text !== undefined && text.trim() !== "", `${path}: shown empty`);
     if (value === "true") continue; // shown as a sentence ("All N segments match ...")
@@ -134,6 +135,10 @@ test("served page: the numbers shown equal `cloudlet inspect --json`, and every 
     assert.deepEqual(statuses, meta.segments.map(() => "ok"), "hash, decode and rebuilt hash checked for every segment");
     assert.match((await page.textContent("#integrity-text"))!, /Rebuilt chunks verified for \d+ segments\. Decoded classes match the meta's counts\./);
     assert.match((await page.textContent("#summary"))!, /base images: base\.raw, base\.mem/);
+    // Made without a warm-up: a version 2 overlay with no boot set says so and marks no segment.
+    assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), "none");
+    assert.match((await page.textContent("#boot-set"))!, /no boot set \(made without a warm-up/);
+    assert.equal(await page.$$eval("table.segments tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();
@@ -220,6 +225,50 @@ test("single-file page from disk: the seed layout and the base, opened together,
     assert.deepEqual(errors, []);
   } finally {
     await page.close();
+  }
+});
+
+const GOLDEN = (v: number, name: string) => new URL(`./golden/v${v}/${name}`, import.meta.url).pathname;
+
+test("boot set: the summary shows its segments, bytes, pages, chunks, base pages and reason, and its segments are marked; a version 1 overlay has none", async () => {
+  const v2 = GOLDEN(2, "golden.overlay");
+  const boot = (await openOverlay(core, v2).then(async (ov) => (await ov.close(), ov.meta))).bootSet;
+  assert.ok(boot && boot.segments >= 1, "test/golden/v2 has a boot set");
+  const srv = await startInspectServer({ core, overlay: v2, webRoot: await ensureInspectorBuilt() });
+  const { page, errors } = await newPage();
+  try {
+    await page.goto(srv.url);
+    assert.equal(await checked(page), "done");
+    // Every bootSet.* number of `cloudlet inspect --json` is on the page, with the rest.
+    await assertSameAsCli(page, v2);
+    const total = (await cloudlet(["inspect", "--json", v2]).then((r) => JSON.parse(r.stdout))).segments.length;
+    assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), String(boot.segments));
+    const text = (await page.textContent("#boot-set"))!.replace(/\s+/g, " ");
+    assert.match(text, new RegExp(`segments 1–${boot.segments} of ${total}: 7\\.21 KiB compressed \\(57\\.6% of the segments\\), 16\\.2 KiB raw`));
+    assert.match(text, /sent first: 2 memory pages, 1 disk chunk, and 1 base memory page/);
+    assert.match(text, /recorded by: warmup-script golden\.sh/);
+    // The segment table and the ratio chart mark the boot set's segments, and only those.
+    const rows = await page.$$eval("table.segments tbody tr", (trs) => trs.map((t) => t.hasAttribute("data-boot-set")));
+    assert.deepEqual(rows, Array.from({ length: total }, (_, i) => i < boot.segments));
+    assert.equal(await page.$$eval("table.segments tbody tr .badge.boot", (x) => x.length), boot.segments);
+    assert.equal(await page.$$eval("svg.chart rect[data-boot-set]", (x) => x.length), boot.segments);
+    await page.screenshot({ path: join(ARTIFACTS, "web-inspector-boot-set.png"), fullPage: true });
+
+    // Version 1, dropped in its seed layout: the page still renders, and says there is no boot set.
+    const v1 = ["golden.overlay-meta", "golden-1.xz", "golden-2.xz"].map((f) => GOLDEN(1, f));
+    await page.goto(pathToFileURL(standalone).href);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.setInputFiles("#file-input", v1);
+    assert.equal(await checked(page), "done");
+    await assertSameAsCli(page, v1[0]);
+    assert.equal(await page.getAttribute("[data-field=formatVersion]", "data-value"), "1");
+    assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), "none");
+    assert.match((await page.textContent("#boot-set"))!, /no boot set \(format version 1 has none\)/);
+    assert.equal(await page.$$eval("table.segments tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
+    assert.deepEqual(errors, []);
+  } finally {
+    await page.close();
+    await srv.close();
   }
 });
 

@@ -1,13 +1,14 @@
 /**
- * The report panels: summary, class breakdown (table and charts), segment
- * table with per-segment compression ratios, and the launch config. Every
+ * The report panels: summary (with the boot set), class breakdown (table and
+ * charts), segment table with per-segment compression ratios (boot-set
+ * segments marked), and the launch config. Every
  * number comes from `inspectMeta`, the function behind `cloudlet inspect`,
  * and carries `data-field` = its path in the `--json` report.
  */
 import { formatBytes, type InspectReport } from "../ts/inspect/report.ts";
 import { CHUNK, CLASS_NAMES, KIND_NAMES, RECORD_BYTES, SEGMENT_HEADER_BYTES } from "../ts/overlay/format.ts";
 import { field, fill, h, int, s } from "./dom.ts";
-import { CLASS_COLORS, CLASS_HELP, CLASS_LABELS } from "./palette.ts";
+import { BOOT_COLOR, CLASS_COLORS, CLASS_HELP, CLASS_LABELS } from "./palette.ts";
 import type { OpenedOverlay } from "./protocol.ts";
 
 /** Segment rows rendered at first; the rest on request (a meta may list a million). */
@@ -38,6 +39,7 @@ export function renderSummary(el: HTMLElement, r: InspectReport, o: OpenedOverla
       row("base", "disk ", bytesField("base.diskSize", r.base.diskSize), ", memory ", bytesField("base.memorySize", r.base.memorySize), ", ", field("base.machine.machine", m.machine), " / ", field("base.machine.cpu", m.cpu), " / ", field("base.machine.ramMiB", m.ramMiB, `${m.ramMiB} MiB`)),
       row("rebuilt images", ...KIND_NAMES.flatMap((k, i) => [i ? ", " : "", `${k} `, bytesField(`imageSizes.${k}`, r.imageSizes[k])])),
       row("checks", baseNote + (o.unused.length ? `; not used: ${o.unused.join(", ")}` : "")),
+      bootSetRow(r),
     ),
     h(
       "div",
@@ -47,6 +49,45 @@ export function renderSummary(el: HTMLElement, r: InspectReport, o: OpenedOverla
       sizeBox("raw", "sizes.raw", r.sizes.raw, "all segment payloads, decompressed"),
       sizeBox("rebuilt", "sizes.rebuilt", r.sizes.rebuilt, "bytes of the images the overlay rewrites"),
       h("div", { class: "size" }, h("div", { class: "big" }, field("sizes.ratio", r.sizes.ratio, `${r.sizes.ratio.toFixed(1)}×`)), h("div", { class: "label" }, "rebuilt / overlay")),
+    ),
+  );
+}
+
+/** What the VM needs first: the boot set's segments and what they hold, or why there is none. */
+function bootSetRow(r: InspectReport): HTMLElement {
+  const b = r.bootSet;
+  if (!b) {
+    const why = r.formatVersion < 2 ? "format version 1 has none" : "made without a warm-up: segments are in image order";
+    return h("tr", { id: "boot-set", "data-boot-set": "none" }, h("th", {}, "boot set"), h("td", {}, "no boot set ", h("span", { class: "muted" }, `(${why})`)));
+  }
+  const plural = (n: number, one: string) => `${int(n)} ${one}${n === 1 ? "" : "s"}`;
+  return h(
+    "tr",
+    { id: "boot-set", "data-boot-set": b.segments },
+    h("th", {}, "boot set"),
+    h(
+      "td",
+      {},
+      h("span", { class: "badge boot" }, "boot"),
+      " segments 1–",
+      field("bootSet.segments", b.segments, int(b.segments)),
+      ` of ${int(r.segments.length)}: `,
+      bytesField("bootSet.compressed", b.compressed),
+      " compressed (",
+      field("bootSet.fraction", b.fraction, `${(b.fraction * 100).toFixed(1)}%`),
+      " of the segments), ",
+      bytesField("bootSet.raw", b.raw),
+      " raw",
+      h("br"),
+      "sent first: ",
+      field("bootSet.pages", b.pages, plural(b.pages, "memory page")),
+      ", ",
+      field("bootSet.chunks", b.chunks, plural(b.chunks, "disk chunk")),
+      ", and ",
+      field("bootSet.basePages", b.basePages, plural(b.basePages, "base memory page"), "pages the warm-up touched that equal the base's: no segment holds them"),
+      h("br"),
+      "recorded by: ",
+      h("code", {}, field("bootSet.reason", b.reason)),
     ),
   );
 }
@@ -158,17 +199,20 @@ export class SegmentTable {
   readonly #more: HTMLElement;
   readonly #r: InspectReport;
   readonly #status: string[];
+  /** Segments in the boot set (the first ones). */
+  readonly #boot: number;
   #shown = 0;
 
   /** @param el the section @param r the report */
   constructor(el: HTMLElement, r: InspectReport) {
     this.#r = r;
+    this.#boot = r.bootSet?.segments ?? 0;
     this.#status = r.segments.map(() => "pending");
     this.#body = h("tbody");
     this.#more = h("div", { class: "more" });
     fill(
       el,
-      h("h2", {}, `Segments (${int(r.segments.length)})`),
+      h("h2", {}, `Segments (${int(r.segments.length)})`, r.bootSet ? h("small", {}, " · ", h("span", { class: "badge boot" }, "boot"), ` the first ${int(r.bootSet.segments)}: the boot set, sent first`) : null),
       ratioChart(r),
       h(
         "div",
@@ -193,8 +237,8 @@ export class SegmentTable {
       this.#body.append(
         h(
           "tr",
-          { id: `segment-row-${i}` },
-          h("td", { class: "num" }, field(`${p}.number`, sg.number)),
+          { id: `segment-row-${i}`, class: i < this.#boot ? "boot" : null, "data-boot-set": i < this.#boot },
+          h("td", { class: "num" }, i < this.#boot ? h("span", { class: "badge boot", title: "in the boot set: sent first" }, "boot") : null, field(`${p}.number`, sg.number)),
           h("td", { class: "num" }, bytesField(`${p}.compressed`, sg.compressed)),
           h("td", { class: "num" }, bytesField(`${p}.raw`, sg.raw)),
           h("td", { class: "num" }, field(`${p}.ratio`, sg.ratio, sg.ratio.toFixed(2))),
@@ -246,14 +290,18 @@ function ratioChart(r: InspectReport): SVGElement {
     ratios.push(comp ? raw / comp : 0);
   }
   const max = Math.max(1, ...ratios);
+  const boot = r.bootSet?.segments ?? 0;
   const svg = s("svg", { width: W, height: H + 24, role: "img", "aria-label": "compression ratio per segment", class: "chart" });
-  svg.append(s("text", { x: 0, y: 12, class: "chart-title" }, `compression ratio per segment (raw / compressed${bins < n ? `, ${bins} bins of ~${Math.round(n / bins)} segments` : ""}); max ${max.toFixed(2)}×`));
+  svg.append(s("text", { x: 0, y: 12, class: "chart-title" }, `compression ratio per segment (raw / compressed${bins < n ? `, ${bins} bins of ~${Math.round(n / bins)} segments` : ""}); max ${max.toFixed(2)}×${boot ? "; amber: the boot set" : ""}`));
   const bw = Math.min(24, W / Math.max(bins, 1));
   ratios.forEach((v, b) => {
     const bh = (v / max) * H;
     const first = Math.floor((b * n) / bins) + 1;
     const last = Math.floor(((b + 1) * n) / bins);
-    svg.append(s("rect", { x: b * bw, y: 18 + H - bh, width: Math.max(bw - 1, 1), height: Math.max(bh, 1), fill: "#6366f1" }, s("title", {}, `${first === last ? `segment ${first}` : `segments ${first}–${last}`}: ${v.toFixed(2)}×`)));
+    // The boot set is a prefix: a bin is marked when it starts inside it.
+    const inBoot = first <= boot;
+    const attrs = { x: b * bw, y: 18 + H - bh, width: Math.max(bw - 1, 1), height: Math.max(bh, 1), fill: inBoot ? BOOT_COLOR : "#6366f1", ...(inBoot ? { "data-boot-set": "true" } : {}) };
+    svg.append(s("rect", attrs, s("title", {}, `${first === last ? `segment ${first}` : `segments ${first}–${last}`}: ${v.toFixed(2)}×${inBoot ? " (boot set)" : ""}`)));
   });
   return svg;
 }

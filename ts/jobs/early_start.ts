@@ -22,6 +22,7 @@
 import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
+import { type Deferred, deferred } from "../deferred.ts";
 import { CloudletError } from "../errors.ts";
 import { CHUNK, ImageKind, type OverlayMeta, type PortForward, type SegmentRecords } from "../overlay/format.ts";
 import { readAt } from "../overlay/io.ts";
@@ -161,7 +162,7 @@ export class LazyOverlay {
   private readonly segOf: Int32Array[] = [];
   private readonly applying = new Map<number, Promise<void>>();
   private readonly decoding = new Map<number, Promise<SegmentRecords>>();
-  private readonly waiting = new Map<number, { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }>();
+  private readonly waiting = new Map<number, Deferred<void>>();
   private readonly chunkCounts = [0, 0, 0];
   private failure: unknown = null;
   private readonly onFail: Array<(e: unknown) => void> = [];
@@ -308,14 +309,10 @@ export class LazyOverlay {
     return p;
   }
 
-  private waiter(i: number) {
+  private waiter(i: number): Deferred<void> {
     let w = this.waiting.get(i);
     if (!w) {
-      let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<void>((a, b) => ((resolve = a), (reject = b)));
-      promise.catch(() => {});
-      w = { promise, resolve, reject };
+      w = deferred();
       this.waiting.set(i, w);
     }
     return w;

@@ -16,6 +16,7 @@
  * (`horizon`) is not raised: those come next anyway. The link runs whether
  * or not anyone reads, as an upload does: delivery times depend only on the rate and the requests.
  */
+import { type Deferred, deferred } from "../deferred.ts";
 import { CloudletError } from "../errors.ts";
 import type { OverlayReader } from "./reader.ts";
 
@@ -57,7 +58,7 @@ export class RateLimitedReader implements OverlayReader {
   /** Deliveries in the order they happened. */
   readonly deliveries: LinkDelivery[] = [];
   private readonly arrived: Uint8Array;
-  private readonly waiters = new Map<number, { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }>();
+  private readonly waiters = new Map<number, Deferred<void>>();
   private readonly wanted: number[] = [];
   private readonly metaSize: number;
   private readonly bytesPerMs: number;
@@ -150,11 +151,7 @@ export class RateLimitedReader implements OverlayReader {
     if (this.closed) return Promise.reject(this.closed);
     let w = this.waiters.get(i);
     if (!w) {
-      let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<void>((a, b) => ((resolve = a), (reject = b)));
-      promise.catch(() => {});
-      w = { promise, resolve, reject };
+      w = deferred();
       this.waiters.set(i, w);
     }
     return w.promise;

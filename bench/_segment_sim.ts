@@ -119,6 +119,9 @@ const OPTION_VARIANTS: Record<string, string> = {
   "lc1 lp3 pb3": "preset=6,lc=1,lp=3,pb=3",
   "lc4 lp0 pb0": "preset=6,lc=4,lp=0,pb=0",
   "delta8 + today": "delta8",
+  // Match finders: hash chains need less encoder memory than the preset's binary tree (bt4).
+  "mf=hc4": "preset=6,mf=hc4",
+  "mf=bt3": "preset=6,mf=bt3",
 };
 
 /** Compressed size of `data` as one .xz stream with `xz args` (async, so several run at once). */

@@ -6,8 +6,15 @@
  * the data chunks are compared (records are the same in every variant).
  *
  *   node --import tsx bench/_segment_sim.ts DIR [--variants "a;b;..."]
+ *
+ * `--options` measures LZMA2 literal/position settings (lc, lp, pb) and the delta filter instead,
+ * per image part, each block compressed as its own `.xz` stream (exactly what a segment is), and
+ * also the best variant per block (what a per-segment choice could reach at most):
+ *
+ *   node --import tsx bench/_segment_sim.ts DIR --options [--blocks 1,4] [--parts disk,memory]
+ *        [--option-variants "a;b;..."] [--jobs 2]
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -98,7 +105,89 @@ function xzSize(file: string, args: string[]): number {
   return r.stdout.length;
 }
 
+/** xz CLI arguments per option variant; `X` in a name is replaced by the part's base filter (x86 on disk). */
+const OPTION_VARIANTS: Record<string, string> = {
+  "today (lc3 lp0 pb2)": "preset=6",
+  "pb0": "preset=6,pb=0",
+  "pb3": "preset=6,pb=3",
+  "lc0": "preset=6,lc=0",
+  "lc0 pb3": "preset=6,lc=0,pb=3",
+  "lc0 lp2 pb2": "preset=6,lc=0,lp=2,pb=2",
+  "lc1 lp2 pb2": "preset=6,lc=1,lp=2,pb=2",
+  "lc2 lp2 pb2": "preset=6,lc=2,lp=2,pb=2",
+  "lc0 lp3 pb3": "preset=6,lc=0,lp=3,pb=3",
+  "lc1 lp3 pb3": "preset=6,lc=1,lp=3,pb=3",
+  "lc4 lp0 pb0": "preset=6,lc=4,lp=0,pb=0",
+  "delta8 + today": "delta8",
+  // Match finders: hash chains need less encoder memory than the preset's binary tree (bt4).
+  "mf=hc4": "preset=6,mf=hc4",
+  "mf=bt3": "preset=6,mf=bt3",
+};
+
+/** Compressed size of `data` as one .xz stream with `xz args` (async, so several run at once). */
+function xzStreamSize(data: Uint8Array, args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const p = spawn("xz", ["-z", "-c", "-T1", ...args]);
+    let n = 0;
+    const err: Buffer[] = [];
+    p.stdout.on("data", (b: Buffer) => (n += b.length));
+    p.stderr.on("data", (b: Buffer) => err.push(b));
+    p.on("error", reject);
+    p.on("close", (code) => (code === 0 ? resolve(n) : reject(new Error(`xz ${args.join(" ")}: ${Buffer.concat(err)}`))));
+    p.stdin.end(data);
+  });
+}
+
+/** The LZMA option experiment (see the header). */
+async function optionsMain(dir: string, argv: string[]): Promise<void> {
+  const arg = (name: string, def: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : def);
+  const blocks = arg("--blocks", "1,4").split(",").map(Number);
+  const parts = arg("--parts", "disk,memory").split(",");
+  const jobs = Number(arg("--jobs", "2"));
+  const names = argv.includes("--option-variants") ? arg("--option-variants", "").split(";") : Object.keys(OPTION_VARIANTS);
+  const out: Record<string, unknown> = {};
+  for (const part of parts) {
+    const k = part === "disk" ? 0 : 1;
+    const chunks = dataChunks(join(dir, `image${k}.bin`));
+    const all = new Uint8Array(chunks.length * CHUNK);
+    chunks.forEach((c, i) => all.set(c, i * CHUNK));
+    // Disk segments carry the x86 filter today (writer.ts x86Disk); memory segments none.
+    const pre = k === 0 ? ["--x86"] : [];
+    for (const mib of blocks) {
+      const size = mib << 20;
+      const pieces: Uint8Array[] = [];
+      for (let o = 0; o < all.length; o += size) pieces.push(all.subarray(o, Math.min(all.length, o + size)));
+      const per: Record<string, number[]> = {};
+      const tasks: Array<() => Promise<void>> = [];
+      for (const name of names) {
+        const v = OPTION_VARIANTS[name];
+        if (!v) throw new Error(`unknown option variant ${name}`);
+        const dict = `dict=${mib}MiB`;
+        const args = v === "delta8" ? [...pre, "--delta=dist=8", `--lzma2=preset=6,${dict}`] : [...pre, `--lzma2=${v},${dict}`];
+        per[name] = pieces.map(() => 0);
+        pieces.forEach((p, i) => tasks.push(async () => void (per[name][i] = await xzStreamSize(p, args))));
+      }
+      const t0 = performance.now();
+      let next = 0;
+      await Promise.all(Array.from({ length: jobs }, async () => { while (next < tasks.length) await tasks[next++](); }));
+      const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+      const base = sum(per[names[0]]);
+      const rows: Record<string, { bytes: number; ratio: number; blocksBest: number }> = {};
+      const best = pieces.map((_, i) => Math.min(...names.map((n) => per[n][i])));
+      for (const n of names) rows[n] = { bytes: sum(per[n]), ratio: +(sum(per[n]) / base).toFixed(4), blocksBest: per[n].filter((x, i) => x === best[i]).length };
+      rows["best per block"] = { bytes: sum(best), ratio: +(sum(best) / base).toFixed(4), blocksBest: pieces.length };
+      out[`${part},${mib}MiB`] = { blocks: pieces.length, rawBytes: all.length, seconds: +((performance.now() - t0) / 1000).toFixed(1), rows };
+      process.stderr.write(`${part} ${mib} MiB: ${JSON.stringify(rows)}\n`);
+    }
+  }
+  process.stdout.write(JSON.stringify(out, null, 1) + "\n");
+}
+
 const dir = process.argv[2];
+if (process.argv.includes("--options")) {
+  await optionsMain(dir, process.argv.slice(3));
+  process.exit(0);
+}
 const only = process.argv.includes("--variants") ? process.argv[process.argv.indexOf("--variants") + 1].split(";") : null;
 const kinds = ["disk", "memory"];
 const result: Record<string, Record<string, number>> = {};

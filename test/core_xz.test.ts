@@ -69,6 +69,18 @@ test("PRESET_X86 puts the x86 BCJ filter first: xz -d reads it, it is smaller fo
   assert.throws(() => core.xzCompress(code, 10 | PRESET_X86), /preset/);
 });
 
+test("streams with other LZMA2 literal/position bits (lc, lp, pb) decode in this core: LZMA2 carries them in its chunk headers", async () => {
+  // What a writer choosing lc/lp/pb per segment would emit; this core (and so every older reader) must read it.
+  const data = vectorInput("mixed", 11, (1 << 20) + 5);
+  for (const bits of ["lc=0,lp=3,pb=3", "lc=1,lp=3,pb=3", "lc=0,lp=2,pb=2", "lc=4,lp=0,pb=0", "lc=0,lp=0,pb=0"]) {
+    for (const x86 of [[], ["--x86"]]) {
+      const z = await xzTool(["-z", "-c", "-T1", ...x86, `--lzma2=preset=6,dict=1MiB,${bits}`], data);
+      assertBytes(core.xzDecompressExact(z, data.length), data, bits);
+      assertBytes(await pipe(z, core.xzDecompressStream(), 4099), data, `${bits} streamed`);
+    }
+  }
+});
+
 test("pulls are bounded: a 64 MiB zero stream decodes in pieces of at most 1 MiB", async () => {
   const z = await xzTool(["-z", "-c", "-T1"], new Uint8Array(64 << 20));
   const d = core.xzDecoder();

@@ -15,6 +15,25 @@ import { openOverlay } from "../ts/node/overlay_files.ts";
 import { SynthesisServer, type LaunchedVm, type ServerBackend } from "../ts/server/server.ts";
 import { CloudletClient, sendOverlay } from "../ts/server/client.ts";
 import type { OverlayReader } from "../ts/overlay/reader.ts";
+import type { OverlayMeta } from "../ts/overlay/format.ts";
+import { SlowLink } from "./_slow_link.ts";
+
+/** A backend that stands in for the VM: early start only, run by `fill` (no QEMU). */
+function earlyBackend(dir: string, meta: OverlayMeta, fill: (feed: OverlayReader, o: { onResumed: (vm: LaunchedVm) => void }) => Promise<void>): ServerBackend {
+  return {
+    lockHome: async () => async () => {},
+    cleanupOrphans: async () => [],
+    resetSessions: async () => {},
+    sessionDir: (id) => join(dir, "sessions", id),
+    bases: async () => [{ id: meta.base.id, name: "gen", disk: "", memory: "", dir: "", diskSize: meta.base.diskSize, memorySize: meta.base.memorySize, machine: "test" }],
+    warm: () => {},
+    synthesize: () => Promise.reject(new Error("this test runs early start only")),
+    launch: () => Promise.reject(new Error("this test runs early start only")),
+    close: async () => {},
+    earlyBlocker: async () => null,
+    synthesizeEarly: async (_base, _id, feed: OverlayReader, o: { onResumed: (vm: LaunchedVm) => void }) => fill(feed, o),
+  };
+}
 
 test("early start on loopback: wanted segments go ahead of an in-order upload held by the memory bound; every segment arrives once, intact", { timeout: 60_000 }, async () => {
   const dir = await scratchDir("early-proto");
@@ -31,18 +50,7 @@ test("early start on loopback: wanted segments go ahead of an in-order upload he
     const got = new Map<number, Uint8Array>();
     const order: number[] = [];
     let resumedBeforeAll = false;
-    const backend: ServerBackend = {
-      lockHome: async () => async () => {},
-      cleanupOrphans: async () => [],
-      resetSessions: async () => {},
-      sessionDir: (id) => join(dir, "sessions", id),
-      bases: async () => [{ id: meta.base.id, name: "gen", disk: "", memory: "", dir: "", diskSize: meta.base.diskSize, memorySize: meta.base.memorySize, machine: "test" }],
-      warm: () => {},
-      synthesize: () => Promise.reject(new Error("this test runs early start only")),
-      launch: () => Promise.reject(new Error("this test runs early start only")),
-      close: async () => {},
-      earlyBlocker: async () => null,
-      synthesizeEarly: async (_base, _id, feed: OverlayReader, o: { onResumed: (vm: LaunchedVm) => void }) => {
+    const backend = earlyBackend(dir, meta, async (feed, o) => {
         const take = async (i: number) => {
           if (got.has(i)) return;
           got.set(i, await feed.segment(i));
@@ -53,8 +61,7 @@ test("early start on loopback: wanted segments go ahead of an in-order upload he
         o.onResumed({ vmId: "fakevm", ports: [], stop: async () => {} });
         await Promise.all([take(n - 3), take(Math.floor(n / 2))]);
         for (let i = 0; i < n; i++) await take(i);
-      },
-    };
+    });
     const server = new SynthesisServer({ core, backend, host: "127.0.0.1", port: 0, token: "early-proto-token-0123456789", log: () => {} });
     await server.start();
     try {
@@ -74,6 +81,59 @@ test("early start on loopback: wanted segments go ahead of an in-order upload he
       assert.equal(st.outOfOrder, sent.outOfOrder, "the server counted the same segments out of order");
       await client.close(sent.id);
     } finally {
+      await server.stop();
+      await overlay.close();
+    }
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("over a slow shared link, the in-order upload yields the link while a wanted segment is on its way", { timeout: 120_000 }, async () => {
+  const dir = await scratchDir("early-yield");
+  try {
+    const set = await writeImageSet(join(dir, "img"), 29, 8 << 20, 8 << 20, 2000);
+    const path = join(dir, "app.overlay");
+    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "1M", "-o", path]);
+    assert.equal(r.code, 0, r.stderr);
+    const overlay = await openOverlay(core, path);
+    const meta = overlay.meta;
+    const n = meta.segments.length;
+    const sizes = meta.segments.map((g) => g.compressedSize);
+    const wanted = n - 2;
+    assert.ok(n >= 6 && sizes[wanted] >= 400 << 10, `the overlay has ${n} segments of ${sizes.join(", ")} bytes (want at least 6, the wanted one at least 400 KiB)`);
+    // 2 MB/s from client to server, shared by the in-order PATCH and the wanted segment's PUT.
+    const link = new SlowLink(2e6);
+    const patched = () => link.carried(/^PATCH /);
+    // In-order bytes the link had carried when the want went out and when its segment arrived.
+    let atWant = -1;
+    let atArrival = -1;
+    const backend = earlyBackend(dir, meta, async (feed, o) => {
+      // Segments in order as they come, so that the in-order upload runs at the link's rate; then one far ahead.
+      for (let i = 0; i < 3; i++) await feed.segment(i);
+      atWant = patched();
+      await feed.segment(wanted);
+      atArrival = patched();
+      o.onResumed({ vmId: "fakevm", ports: [], stop: async () => {} });
+      for (let i = 3; i < n; i++) if (i !== wanted) await feed.segment(i);
+    });
+    const server = new SynthesisServer({ core, backend, host: "127.0.0.1", port: 0, token: "early-yield-token-0123456789", log: () => {} });
+    await server.start();
+    try {
+      const client = new CloudletClient({ server: `127.0.0.1:${server.address().port}`, token: "early-yield-token-0123456789", connect: link.connect });
+      const sent = await sendOverlay({ core, client, overlay, metaBytes: overlay.metaBytes, earlyStart: true });
+      assert.equal(sent.earlyStart, true);
+      assert.equal(sent.outOfOrder, 1, "the wanted segment went by PUT, and only it");
+      assert.ok(link.carried(/^PUT .*\/segments\//) >= sizes[wanted], "the link carried the PUT");
+      assert.ok(atWant > 0 && atArrival >= atWant, `in-order bytes on the link at the want ${atWant}, at its arrival ${atArrival}`);
+      // Sharing the link, the in-order upload would carry about the wanted segment's size meanwhile; yielding, what it had written already.
+      const during = atArrival - atWant;
+      assert.ok(during <= 160 << 10, `the in-order upload carried ${during} bytes while segment ${wanted + 1} (${sizes[wanted]} bytes) was on its way; it should have paused`);
+      const st = await client.status(sent.id);
+      assert.equal(st.received, st.expected);
+      await client.close(sent.id);
+    } finally {
+      link.close();
       await server.stop();
       await overlay.close();
     }

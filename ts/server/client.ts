@@ -5,6 +5,7 @@
  */
 import * as http from "node:http";
 import * as https from "node:https";
+import type { Duplex } from "node:stream";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
 import { encodePackHeader, HEADER_BYTES } from "../overlay/format.ts";
@@ -22,6 +23,8 @@ export interface ServerAddress {
   tls?: boolean;
   /** CA certificate (PEM) to trust, for self-signed servers. */
   ca?: Buffer;
+  /** Opens each request's connection instead of a plain TCP (or TLS) one: tests put a simulated link here. */
+  connect?: (opts: { host?: string | null; port?: number | string | null }) => Duplex;
 }
 
 interface Reply {
@@ -63,6 +66,7 @@ export class CloudletClient {
           headers: { authorization: `Bearer ${this.addr.token}`, ...opts.headers },
           ca: this.addr.ca,
           signal: opts.signal,
+          ...(this.addr.connect ? { createConnection: this.addr.connect as unknown as http.RequestOptions["createConnection"] } : {}),
         },
         (res) => {
           if (opts.raw) return opts.raw(res);
@@ -323,6 +327,64 @@ export async function* segmentData(overlay: OverlayReader, offset: number): Asyn
   }
 }
 
+/** One write of the in-order upload: small, so that it stops within a few ms (at 25 Mbit/s, 21 ms) when a want arrives. */
+const PIECE_BYTES = 64 << 10;
+
+/**
+ * The longest the in-order upload pauses at a time for wanted segments: a
+ * third of the lease, well inside the server's idle timeout (the lease) for
+ * the paused request's connection. After it, one piece goes before the next pause.
+ */
+export function pauseBound(leaseMs: number): number {
+  return Math.max(250, Math.floor(leaseMs / 3));
+}
+
+/**
+ * Lets the in-order upload yield the link to wanted segments: {@link clear}
+ * waits while a wanted segment's PUT is queued or in flight, for at most
+ * `maxPauseMs` at a time, so that a burst of wants cannot starve the upload
+ * or leave its request silent past the server's idle timeout.
+ */
+export class WantGate {
+  private pending = 0;
+  private waiters: Array<() => void> = [];
+  /** Pauses so far, and the time spent in them (for tests and benches). */
+  readonly stats = { pauses: 0, pausedMs: 0 };
+  /** @param maxPauseMs the longest single pause */
+  constructor(private readonly maxPauseMs: number) {}
+
+  /** A wanted segment was queued. */
+  begin(): void {
+    this.pending++;
+  }
+
+  /** A wanted segment's PUT settled (taken, held already, or failed). */
+  end(): void {
+    if (--this.pending > 0) return;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Resolves at once when no want is pending; else when none is, after `maxPauseMs`, or on abort. */
+  async clear(signal?: AbortSignal): Promise<void> {
+    if (this.pending === 0 || signal?.aborted) return;
+    const t0 = Date.now();
+    this.stats.pauses++;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        const k = this.waiters.indexOf(done);
+        if (k >= 0) this.waiters.splice(k, 1);
+        resolve();
+      };
+      const timer = setTimeout(done, this.maxPauseMs);
+      signal?.addEventListener("abort", done, { once: true });
+      this.waiters.push(done);
+    });
+    this.stats.pausedMs += Date.now() - t0;
+  }
+}
+
 /** Options for {@link sendOverlay}. */
 export interface SendOptions {
   core: Core;
@@ -419,11 +481,16 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       fallback = st.earlyStartFallback;
       // Segments sent (or being sent) out of order: the in-order upload stops before one and resumes past it.
       const sent = new Map<number, Promise<boolean>>();
+      // The in-order upload yields the link while a wanted segment is queued or in flight.
+      const gate = new WantGate(pauseBound(session.leaseMs));
       let wanting: Promise<void> = Promise.resolve();
       if (early) {
         let queue = Promise.resolve();
         wanting = client.wants(id, (i) => {
+          // Sent by PUT even when the in-order upload wrote its bytes already: those may wait behind the
+          // server's memory bound, which only synthesis taking this segment frees (the duplicate is dropped).
           if (sent.has(i)) return;
+          gate.begin();
           const p = (queue = queue.then(async () => {
             const ok = await client.putSegment(id, i, await overlay.segment(i), signal);
             if (ok) outOfOrder++;
@@ -436,6 +503,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
             },
           );
           sent.set(i, p);
+          void p.finally(() => gate.end());
         }, signal).catch(() => {});
       }
       const total = overlay.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
@@ -454,8 +522,9 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
             const out = sent.get(i);
             if (out && (await out)) return;
             const bytes = await overlay.segment(i);
-            for (let k = pos < offset ? offset - pos : 0; k < bytes.length; k += 256 << 10) {
-              const piece = bytes.subarray(k, k + (256 << 10));
+            for (let k = pos < offset ? offset - pos : 0; k < bytes.length; k += PIECE_BYTES) {
+              await gate.clear(signal);
+              const piece = bytes.subarray(k, k + PIECE_BYTES);
               yield piece;
               sentBytes += piece.length;
               o.progress?.({ phase: "upload", done: sentBytes, total });

@@ -69,6 +69,12 @@ export class SlowLink {
         done(e);
       },
     });
+    // Looks like a socket that is connecting, as node:http's client (Node's and Deno's) expects.
+    Object.assign(duplex, { connecting: true });
+    socket.once("connect", () => {
+      Object.assign(duplex, { connecting: false });
+      duplex.emit("connect");
+    });
     socket.on("data", (b: Buffer) => {
       if (!duplex.push(b)) socket.pause();
     });

@@ -19,6 +19,7 @@ interface Flow {
   carried: number;
   /** The request line of the first request on it, e.g. "PATCH /v1/sessions/ID/data". */
   first: string;
+  resets: number;
 }
 
 /** A shared client-to-server link of `bytesPerSec`. */
@@ -29,8 +30,14 @@ export class SlowLink {
   private turn = 0;
   private readonly tick: ReturnType<typeof setInterval>;
 
-  /** @param bytesPerSec the link's rate, client to server */
-  constructor(private readonly bytesPerSec: number) {
+  /**
+   * @param bytesPerSec the link's rate, client to server
+   * @param resettable connections have resetAndDestroy (as a TCP socket under Node), which drops the bytes not yet carried
+   */
+  constructor(
+    private readonly bytesPerSec: number,
+    private readonly resettable = true,
+  ) {
     this.tick = setInterval(() => this.send(), TICK_MS);
   }
 
@@ -41,10 +48,15 @@ export class SlowLink {
 
   private readonly all: Flow[] = [];
 
+  /** Connections reset by their client. */
+  resets(): number {
+    return this.all.reduce((t, f) => t + f.resets, 0);
+  }
+
   /** For http.request's `createConnection`: a connection to `port` on 127.0.0.1 over this link. */
   readonly connect = (opts: { port?: number | string | null }): Duplex => {
     const socket = net.connect(Number(opts.port), "127.0.0.1");
-    const flow: Flow = { socket, queue: [], carried: 0, first: "" };
+    const flow: Flow = { socket, queue: [], carried: 0, first: "", resets: 0 };
     this.flows.push(flow);
     this.all.push(flow);
     const leave = () => {
@@ -69,6 +81,16 @@ export class SlowLink {
         done(e);
       },
     });
+    if (this.resettable) {
+      Object.assign(duplex, {
+        resetAndDestroy: () => {
+          flow.resets++;
+          leave();
+          socket.resetAndDestroy();
+          duplex.destroy();
+        },
+      });
+    }
     // Looks like a socket that is connecting, as node:http's client (Node's and Deno's) expects.
     Object.assign(duplex, { connecting: true });
     socket.once("connect", () => {

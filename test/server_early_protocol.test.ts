@@ -92,7 +92,12 @@ test("early start on loopback: wanted segments go ahead of an in-order upload he
 // Deno's node:http client sends over a socket handle of its own and takes no createConnection stream, so the simulated link runs under Node only.
 const LINK_SKIP = "Deno" in globalThis && "the simulated link is a createConnection stream, which Deno's node:http client does not take";
 
-test("over a slow shared link, the in-order upload yields the link while a wanted segment is on its way", { timeout: 120_000, skip: LINK_SKIP }, async () => {
+/**
+ * Over a slow shared link, a wanted segment's PUT against the in-order upload:
+ * with `resettable` connections the client cuts the in-order upload (and its
+ * unsent bytes) for the want; without (Deno, TLS) it pauses it.
+ */
+async function yieldsTheLink(resettable: boolean): Promise<void> {
   const dir = await scratchDir("early-yield");
   try {
     const set = await writeImageSet(join(dir, "img"), 29, 8 << 20, 8 << 20, 2000);
@@ -106,7 +111,7 @@ test("over a slow shared link, the in-order upload yields the link while a wante
     const wanted = n - 2;
     assert.ok(n >= 6 && sizes[wanted] >= 400 << 10, `the overlay has ${n} segments of ${sizes.join(", ")} bytes (want at least 6, the wanted one at least 400 KiB)`);
     // 2 MB/s from client to server, shared by the in-order PATCH and the wanted segment's PUT.
-    const link = new SlowLink(2e6);
+    const link = new SlowLink(2e6, resettable);
     const patched = () => link.carried(/^PATCH /);
     // In-order bytes the link had carried when the want went out and when its segment arrived.
     let atWant = -1;
@@ -129,9 +134,13 @@ test("over a slow shared link, the in-order upload yields the link while a wante
       assert.equal(sent.outOfOrder, 1, "the wanted segment went by PUT, and only it");
       assert.ok(link.carried(/^PUT .*\/segments\//) >= sizes[wanted], "the link carried the PUT");
       assert.ok(atWant > 0 && atArrival >= atWant, `in-order bytes on the link at the want ${atWant}, at its arrival ${atArrival}`);
-      // Sharing the link, the in-order upload would carry about the wanted segment's size meanwhile; yielding, what it had written already.
+      // Sharing the link, the in-order upload would carry about the wanted segment's size meanwhile.
+      // Paused, it carries what it had written already (a piece); cut, at most a link quantum.
       const during = atArrival - atWant;
-      assert.ok(during <= 160 << 10, `the in-order upload carried ${during} bytes while segment ${wanted + 1} (${sizes[wanted]} bytes) was on its way; it should have paused`);
+      const bound = resettable ? 32 << 10 : 160 << 10;
+      assert.ok(during <= bound, `the in-order upload carried ${during} bytes while segment ${wanted + 1} (${sizes[wanted]} bytes) was on its way; it should have ${resettable ? "been cut" : "paused"}`);
+      assert.equal(sent.uploadsCut, resettable ? 1 : 0, "cut once for the want where connections can be reset");
+      assert.equal(link.resets(), sent.uploadsCut);
       const st = await client.status(sent.id);
       assert.equal(st.received, st.expected);
       await client.close(sent.id);
@@ -143,7 +152,11 @@ test("over a slow shared link, the in-order upload yields the link while a wante
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
   }
-});
+}
+
+test("over a slow shared link, the client cuts the in-order upload (reset, dropping its unsent bytes) while a wanted segment is on its way", { timeout: 120_000, skip: LINK_SKIP }, () => yieldsTheLink(true));
+
+test("over a slow shared link where connections cannot be reset (Deno, TLS), the in-order upload pauses while a wanted segment is on its way", { timeout: 120_000, skip: LINK_SKIP }, () => yieldsTheLink(false));
 
 test("the want gate: the in-order upload waits while wants are pending (a burst until the last settles), never longer than the bound at a time", async () => {
   const gate = new WantGate(300);

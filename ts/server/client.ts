@@ -5,6 +5,7 @@
  */
 import * as http from "node:http";
 import * as https from "node:https";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
@@ -206,11 +207,12 @@ export class CloudletClient {
   }
 
   /** Streams segment data from `offset`; `chunks` yields it. Resolves with the server's new offset. */
-  async upload(id: string, offset: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<number> {
+  async upload(id: string, offset: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal, onRequest?: (req: http.ClientRequest) => void): Promise<number> {
     const r = await this.request("PATCH", `/sessions/${id}/data`, {
       headers: { "content-type": "application/octet-stream", [OFFSET_HEADER]: String(offset), "transfer-encoding": "chunked" },
       signal,
       stream: async (req) => {
+        onRequest?.(req);
         for await (const c of chunks) {
           if (!req.write(c)) {
             await new Promise<void>((res, rej) => {
@@ -385,6 +387,22 @@ export class WantGate {
   }
 }
 
+/**
+ * Resets a request's connection (RST): the bytes its socket has not sent yet
+ * are dropped, where closing would still send them. Returns false where the
+ * runtime cannot (Deno, a TLS socket): the caller keeps the request.
+ */
+export function resetConnection(req: http.ClientRequest): boolean {
+  const sock = req.socket as (Socket & { resetAndDestroy?: () => void }) | null;
+  if (!sock || sock.destroyed || typeof sock.resetAndDestroy !== "function") return false;
+  try {
+    sock.resetAndDestroy();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Options for {@link sendOverlay}. */
 export interface SendOptions {
   core: Core;
@@ -423,6 +441,8 @@ export interface SentOverlay {
   earlyStartFallback?: string;
   /** Segments sent out of order because the server wanted them first. */
   outOfOrder: number;
+  /** In-order uploads this client cut (connection reset) to give the link to wanted segments. */
+  uploadsCut: number;
 }
 
 /**
@@ -438,6 +458,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
   const session = await client.createSession(o.url, signal, o.earlyStart ?? "auto");
   const id = session.id;
   let outOfOrder = 0;
+  let uploadsCut = 0;
   // From the resume on, the session is held like a running one: keep-alives until fully local.
   const holdStop = new AbortController();
   let holding: Promise<void> | null = null;
@@ -483,6 +504,9 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       const sent = new Map<number, Promise<boolean>>();
       // The in-order upload yields the link while a wanted segment is queued or in flight.
       const gate = new WantGate(pauseBound(session.leaseMs));
+      // The in-order upload's request while it runs, and whether this client cut it for a want.
+      let patching: http.ClientRequest | null = null;
+      let cut = false;
       let wanting: Promise<void> = Promise.resolve();
       if (early) {
         let queue = Promise.resolve();
@@ -491,6 +515,10 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           // server's memory bound, which only synthesis taking this segment frees (the duplicate is dropped).
           if (sent.has(i)) return;
           gate.begin();
+          // Pausing stops new bytes, but the socket still holds what it was given (its send buffer grows to
+          // megabytes on a fast-to-fill link, a second and more at 25 Mbit/s) and shares the link with the PUT:
+          // reset the connection to drop them. The server drops the cut segment's part; the next upload starts at its offset.
+          if (patching && !cut) cut = resetConnection(patching);
           const p = (queue = queue.then(async () => {
             const ok = await client.putSegment(id, i, await overlay.segment(i), signal);
             if (ok) outOfOrder++;
@@ -533,9 +561,24 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           }
         })();
         try {
-          offset = await client.upload(id, offset, counted, signal);
+          offset = await client.upload(id, offset, counted, signal, (req) => {
+            patching = req;
+            // Once answered, its connection may carry another request (keep-alive): never reset it then.
+            const done = () => {
+              if (patching === req) patching = null;
+            };
+            req.once("response", done).once("close", done);
+          });
         } catch (e) {
           if (failure) throw failure;
+          if (cut && !signal.aborted) {
+            // Cut for a want: once the wanted segments are sent, continue where the server is.
+            cut = false;
+            uploadsCut++;
+            await gate.clear(signal);
+            offset = await client.offset(id, signal);
+            continue;
+          }
           if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
           await new Promise((r) => setTimeout(r, 300 * errors));
           const before = offset;
@@ -559,7 +602,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
       throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
     }
-    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder };
+    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder, uploadsCut };
   } catch (e) {
     stop.abort();
     // Bounded: over a dead link the request would hang; the server ends the session on its lease then.

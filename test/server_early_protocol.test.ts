@@ -7,6 +7,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { cloudlet } from "./_cli.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
@@ -157,6 +159,75 @@ async function yieldsTheLink(resettable: boolean): Promise<void> {
 test("over a slow shared link, the client cuts the in-order upload (reset, dropping its unsent bytes) while a wanted segment is on its way", { timeout: 120_000, skip: LINK_SKIP }, () => yieldsTheLink(true));
 
 test("over a slow shared link where connections cannot be reset (Deno, TLS), the in-order upload pauses while a wanted segment is on its way", { timeout: 120_000, skip: LINK_SKIP }, () => yieldsTheLink(false));
+
+test("a {url} session downloads a segment fetched by range for a want once: the in-order download stops before it and resumes past it", { timeout: 120_000 }, async () => {
+  const dir = await scratchDir("early-url");
+  try {
+    const set = await writeImageSet(join(dir, "img"), 31, 8 << 20, 8 << 20, 2000);
+    const path = join(dir, "app.overlay");
+    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "1M", "-o", path]);
+    assert.equal(r.code, 0, r.stderr);
+    const file = await fsp.readFile(path);
+    const overlay = await openOverlay(core, path);
+    const meta = overlay.meta;
+    const n = meta.segments.length;
+    const wanted = n - 2;
+    const size = meta.segments[wanted].compressedSize;
+    assert.ok(n >= 6 && size >= 400 << 10, `the overlay has ${n} segments; segment ${wanted + 1} is ${size} bytes`);
+    // The overlay over HTTP with Range, each answer at 4 MB/s (so the in-order download is still on its way when
+    // the wanted segment arrives), counting the bytes it sends.
+    let served = 0;
+    const files = http.createServer((req, res) => {
+      const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
+      if (!m) return void res.writeHead(400).end();
+      const from = Number(m[1]);
+      const to = m[2] ? Number(m[2]) : file.length - 1;
+      res.writeHead(206, { "content-range": `bytes ${from}-${to}/${file.length}`, "content-length": String(to - from + 1) });
+      let at = from;
+      const tick = setInterval(() => {
+        if (res.destroyed || at > to) {
+          clearInterval(tick);
+          if (!res.destroyed) res.end();
+          return;
+        }
+        const k = Math.min(40 << 10, to + 1 - at);
+        res.write(file.subarray(at, at + k));
+        served += k;
+        at += k;
+      }, 10);
+      res.on("close", () => clearInterval(tick));
+    });
+    await new Promise<void>((ok) => files.listen(0, "127.0.0.1", ok));
+    let handedOver = 0;
+    const backend = earlyBackend(dir, meta, async (feed, o) => {
+      await feed.segment(wanted);
+      o.onResumed({ vmId: "fakevm", ports: [], stop: async () => {} });
+      for (let i = 0; i < n; i++) if (i !== wanted) await feed.segment(i), handedOver++;
+    });
+    const server = new SynthesisServer({ core, backend, host: "127.0.0.1", port: 0, token: "early-url-token-0123456789ab", log: () => {} });
+    await server.start();
+    try {
+      const client = new CloudletClient({ server: `127.0.0.1:${server.address().port}`, token: "early-url-token-0123456789ab" });
+      const sent = await sendOverlay({ core, client, overlay: null, url: `http://127.0.0.1:${(files.address() as AddressInfo).port}/app.overlay`, earlyStart: true });
+      assert.equal(sent.earlyStart, true);
+      assert.equal(handedOver, n - 1);
+      const st = await client.status(sent.id);
+      assert.equal(st.outOfOrder, 1, "the wanted segment came by range");
+      assert.equal(st.received, st.expected);
+      // Every byte once, and the wanted segment twice before: the header and meta, the segments, and a little past
+      // the wanted segment's start (an answer's bytes in flight when the download was stopped there).
+      const once = file.length;
+      assert.ok(served < once + size / 2, `served ${served} bytes for a ${once}-byte overlay whose wanted segment is ${size} bytes: it was downloaded twice`);
+      await client.close(sent.id);
+    } finally {
+      await server.stop();
+      await new Promise<void>((ok) => files.close(() => ok()));
+      await overlay.close();
+    }
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
 
 test("the want gate: the in-order upload waits while wants are pending (a burst until the last settles), never longer than the bound at a time", async () => {
   const gate = new WantGate(300);

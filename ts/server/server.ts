@@ -823,18 +823,21 @@ export class SynthesisServer {
         yield c;
       }
     };
-    for (let attempt = 0; !s.feed!.complete && !s.terminal; attempt++) {
+    // A download also ends, without an error, where it reaches a segment fetched by range for a want:
+    // the next one starts past it, so no wanted segment is downloaded twice.
+    for (let failures = 0; !s.feed!.complete && !s.terminal; ) {
       let body: AsyncGenerator<Uint8Array> | null = null;
       try {
-        body = renewing(await src.body(s.feed!.offset));
-        await s.feed!.ingest(body, s.feed!.offset);
+        const at = s.feed!.offset;
+        body = renewing(await src.body(at));
+        await s.feed!.ingest(s.feed!.untilHeld(body, at), at);
       } catch (e) {
         // The feed stops reading on an error without closing its source: cancel this download.
         void body?.return(undefined).catch(() => {});
         // A corrupt segment is final; only transfer errors are retried.
-        if (s.terminal || s.feed!.failed || attempt >= 5) throw e;
+        if (s.terminal || s.feed!.failed || failures++ >= 5) throw e;
         this.o.log(`session ${s.id}: fetch interrupted at ${s.feed!.offset} (${(e as Error).message}); resuming`);
-        await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+        await new Promise((r) => setTimeout(r, 300 * failures));
       }
       s.lastActivity = Date.now();
     }

@@ -216,6 +216,36 @@ export class UploadFeed implements OverlayReader {
   }
 
   /**
+   * An in-order body from byte `offset` (a segment boundary), ended at the
+   * start of the first later segment already held (fetched out of order
+   * meanwhile), so that its source is not read for bytes {@link ingest} would
+   * drop: the next body starts at the new {@link offset}, past the held run.
+   */
+  async *untilHeld(body: AsyncIterable<Uint8Array>, offset: number): AsyncGenerator<Uint8Array> {
+    const sizes = this.meta.segments.map((g) => g.compressedSize);
+    let seg = 0;
+    for (let at = 0; seg < sizes.length && at + sizes[seg] <= offset; ) at += sizes[seg++];
+    let left = seg < sizes.length ? sizes.slice(0, seg + 1).reduce((t, n) => t + n, 0) - offset : 0;
+    for await (let c of body) {
+      while (c.length) {
+        if (left === 0) {
+          // Past the last segment: pass the rest on; ingest refuses a body longer than the overlay.
+          if (++seg >= sizes.length) {
+            yield c;
+            break;
+          }
+          left = sizes[seg];
+          if (this.held[seg]) return;
+        }
+        const k = Math.min(left, c.length);
+        yield c.subarray(0, k);
+        c = c.subarray(k);
+        left -= k;
+      }
+    }
+  }
+
+  /**
    * Receives segment `i` on its own (out of order): exactly its compressed
    * size (from the meta; a longer body is refused before it is read past
    * the limit), checked against its hash. Returns false when the segment was

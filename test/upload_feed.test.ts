@@ -135,3 +135,27 @@ test("while the stream waits on the memory bound, a segment synthesis waits for 
   await ing;
   assert.equal(feed.complete, true);
 });
+
+test("untilHeld ends an in-order body at the start of a segment already held, so the next body starts past it", async () => {
+  const { segs, meta } = overlay([10, 20, 30, 40, 5]);
+  const feed = new UploadFeed(core, meta, "t", 8);
+  assert.equal(await feed.put(2, body(segs[2])), true);
+  assert.equal(await feed.put(3, body(segs[3])), true);
+  const all = new Uint8Array(105);
+  segs.reduce((at, b) => (all.set(b, at), at + b.length), 0);
+  // Chunks that straddle segment boundaries.
+  const chunks = [all.subarray(0, 7), all.subarray(7, 25), all.subarray(25, 45), all.subarray(45)];
+  let read = 0;
+  const source = async function* () {
+    for (const c of chunks) {
+      read += c.length;
+      yield c;
+    }
+  };
+  await feed.ingest(feed.untilHeld(source(), 0), 0);
+  assert.equal(feed.offset, 100, "segments 0-1 came in order; 2-3 were held: the next body starts at segment 4");
+  assert.ok(read <= 45, `the source was read up to the held segment's start and no further chunk (${read} bytes)`);
+  await feed.ingest(feed.untilHeld(body(all.subarray(100)), 100), 100);
+  assert.equal(feed.complete, true);
+  for (let i = 0; i < 5; i++) assert.deepEqual(await feed.segment(i), segs[i]);
+});

@@ -681,12 +681,12 @@ async function main(): Promise<number> {
     console.log(`link:    veth between two network namespaces, tc tbf on both ends (e.g. ${tcShown[rates[0]]})`);
     for (const o of prepared.overlays) console.log(`overlay: ${o.name} ${mb(o.bytes)} in ${o.segments} segments (${mb(o.raw)} raw, rewrites ${mb(o.rebuilt)}): ${o.what}`);
     console.log(`target:  (a) pipelined <= ${TARGET} x max((b) transfer, D decode+apply until the first HTTP answer), medians\n`);
-    console.log(report(rs));
+    if (rs.length) console.log(report(rs));
     const early = samples.filter((x) => x.method === "early");
     if (!rs.length && early.length) {
       // (a), (b) or (c) left out (--methods): no rows; (e) on its own.
       const num = (k: string) => stat(early.map((x) => x.detail[k] as number));
-      console.log(`(e) early, ${early.length} samples: 1st answer ${spread(stat(early.map((x) => x.ms)))} s, resumed ${spread(num("resumedMs"))} s, fully local ${spread(num("localMs"))} s, segments sent ahead ${num("outOfOrder").median}`);
+      console.log(`(e) early, ${early.length} samples: 1st answer ${spread(stat(early.map((x) => x.ms)))} s, resumed ${spread(num("resumedMs"))} s, fully local ${spread(num("localMs"))} s, segments sent ahead ${num("outOfOrder").median}, in-order uploads cut ${num("uploadsCut").median}`);
     }
     const missed = rs.filter((r) => !r.met);
     if (rs.length) console.log(`\ntarget: ${missed.length ? `MISSED at ${missed.map((r) => `${r.rate} Mbit/s ${r.overlay} (${r.ratio.toFixed(2)}x)`).join(", ")}` : "met at every rate"}`);

@@ -576,13 +576,20 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
             cut = false;
             uploadsCut++;
             await gate.clear(signal);
+          } else {
+            if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
+            await new Promise((r) => setTimeout(r, 300 * errors));
+          }
+          const before = offset;
+          try {
             offset = await client.offset(id, signal);
+          } catch (e2) {
+            // As an upload's failure (a kept-alive connection the server closed meanwhile, say): with the offset
+            // as it was, the next upload is told the server's (409) if it moved.
+            if (failure) throw failure;
+            if (signal.aborted || ++errors > (o.retries ?? 5)) throw e2;
             continue;
           }
-          if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
-          await new Promise((r) => setTimeout(r, 300 * errors));
-          const before = offset;
-          offset = await client.offset(id, signal);
           // Retries count failures in a row: an attempt that moved the server's offset was progress.
           if (offset > before) errors = 0;
         }

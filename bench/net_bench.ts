@@ -686,7 +686,7 @@ async function main(): Promise<number> {
     if (!rs.length && early.length) {
       // (a), (b) or (c) left out (--methods): no rows; (e) on its own.
       const num = (k: string) => stat(early.map((x) => x.detail[k] as number));
-      console.log(`(e) early, ${early.length} samples: 1st answer ${spread(stat(early.map((x) => x.ms)))} s, resumed ${spread(num("resumedMs"))} s, fully local ${spread(num("localMs"))} s, segments sent ahead ${num("outOfOrder").median}, in-order uploads cut ${num("uploadsCut").median}`);
+      console.log(`(e) early, ${early.length} samples: 1st answer ${spread(stat(early.map((x) => x.ms)))} s, resumed ${spread(num("resumedMs"))} s, fully local ${spread(num("localMs"))} s, segments sent ahead ${num("outOfOrder").median}, in-order uploads cut ${num("uploadsCut").median}; from a want to its PUT answered: median ${stat(early.flatMap((x) => (x.detail.wantsServedMs as number[] | undefined) ?? [])).median} ms, slowest ${Math.max(...early.flatMap((x) => (x.detail.wantsServedMs as number[] | undefined) ?? []))} ms`);
     }
     const missed = rs.filter((r) => !r.met);
     if (rs.length) console.log(`\ntarget: ${missed.length ? `MISSED at ${missed.map((r) => `${r.rate} Mbit/s ${r.overlay} (${r.ratio.toFixed(2)}x)`).join(", ")}` : "met at every rate"}`);

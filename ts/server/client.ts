@@ -441,6 +441,8 @@ export interface SentOverlay {
   earlyStartFallback?: string;
   /** Segments sent out of order because the server wanted them first. */
   outOfOrder: number;
+  /** Per wanted segment sent, ms from its want to the server's answer to its PUT (queueing included). */
+  wantsServedMs: number[];
   /** In-order uploads this client cut (connection reset) to give the link to wanted segments. */
   uploadsCut: number;
 }
@@ -458,6 +460,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
   const session = await client.createSession(o.url, signal, o.earlyStart ?? "auto");
   const id = session.id;
   let outOfOrder = 0;
+  const wantsServedMs: number[] = [];
   let uploadsCut = 0;
   // From the resume on, the session is held like a running one: keep-alives until fully local.
   const holdStop = new AbortController();
@@ -519,9 +522,11 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           // megabytes on a fast-to-fill link, a second and more at 25 Mbit/s) and shares the link with the PUT:
           // reset the connection to drop them. The server drops the cut segment's part; the next upload starts at its offset.
           if (patching && !cut) cut = resetConnection(patching);
+          const wantedAt = Date.now();
           const p = (queue = queue.then(async () => {
             const ok = await client.putSegment(id, i, await overlay.segment(i), signal);
             if (ok) outOfOrder++;
+            wantsServedMs.push(Date.now() - wantedAt);
           })).then(
             () => true,
             // Not taken (cut off, or the session ended): the in-order upload sends it.
@@ -609,7 +614,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
       throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
     }
-    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder, uploadsCut };
+    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder, uploadsCut, wantsServedMs };
   } catch (e) {
     stop.abort();
     // Bounded: over a dead link the request would hang; the server ends the session on its lease then.

@@ -519,7 +519,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           if (sent.has(i)) return;
           gate.begin();
           // Pausing stops new bytes, but the socket still holds what it was given (its send buffer grows to
-          // megabytes on a fast-to-fill link, a second and more at 25 Mbit/s) and shares the link with the PUT:
+          // megabytes, over half a second at 25 Mbit/s) and shares the link with the PUT:
           // reset the connection to drop them. The server drops the cut segment's part; the next upload starts at its offset.
           if (patching && !cut) cut = resetConnection(patching);
           const wantedAt = Date.now();

@@ -137,9 +137,10 @@ async function yieldsTheLink(resettable: boolean): Promise<void> {
       assert.ok(link.carried(/^PUT .*\/segments\//) >= sizes[wanted], "the link carried the PUT");
       assert.ok(atWant > 0 && atArrival >= atWant, `in-order bytes on the link at the want ${atWant}, at its arrival ${atArrival}`);
       // Sharing the link, the in-order upload would carry about the wanted segment's size meanwhile.
-      // Paused, it carries what it had written already (a piece); cut, at most a link quantum.
+      // Paused, it carries what it had written already (a piece); cut, about nothing.
       const during = atArrival - atWant;
-      const bound = resettable ? 32 << 10 : 160 << 10;
+      // (Bounds with room for the want taking tens of ms to reach the client on a loaded machine: the link carries 1 MB/s of the PATCH meanwhile.)
+      const bound = resettable ? 96 << 10 : 224 << 10;
       assert.ok(during <= bound, `the in-order upload carried ${during} bytes while segment ${wanted + 1} (${sizes[wanted]} bytes) was on its way; it should have ${resettable ? "been cut" : "paused"}`);
       assert.equal(sent.uploadsCut, resettable ? 1 : 0, "cut once for the want where connections can be reset");
       assert.equal(link.resets(), sent.uploadsCut);

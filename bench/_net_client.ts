@@ -91,7 +91,7 @@ async function pipelined(server: string, tokenFile: string, path: string, early 
       cpuMs: (cpu.user + cpu.system) / 1000,
       closeMs: performance.now() - tc,
       marks,
-      ...(early ? { resumedMs: resumedAt, localMs: done, outOfOrder: r.outOfOrder } : {}),
+      ...(early ? { resumedMs: resumedAt, localMs: done, outOfOrder: r.outOfOrder, uploadsCut: r.uploadsCut, wantsServedMs: r.wantsServedMs } : {}),
     };
   } finally {
     await overlay.close();

@@ -73,6 +73,8 @@ const USAGE = `usage: node --import tsx bench/net_bench.ts [options]
                    pair (${APP_OVERLAY} on base "${APP_BASE}"; build it there first)
   --json           print one JSON object (all samples) instead of tables
   --no-early       leave out (e), early start over the network
+  --methods LIST   only these of pipelined, transfer, sequential, early (default all; e.g. early to
+                   compare builds of (e); without (a), (b) and (c) only the samples and an (e) summary print)
 Builds the base "tiny" and the overlays in .build/bench/net/ on first use (a few minutes).`;
 
 // ---------------------------------------------------------------- overlays
@@ -556,7 +558,7 @@ async function takeLock(): Promise<void> {
 async function main(): Promise<number> {
   const { values: v } = parseArgs({
     args: process.argv.slice(2),
-    options: { rates: { type: "string", default: "25,100,1000" }, reps: { type: "string", default: "3" }, overlays: { type: "string", default: "webapp,bigdata" }, json: { type: "boolean", default: false }, "no-early": { type: "boolean", default: false }, help: { type: "boolean", short: "h", default: false } },
+    options: { rates: { type: "string", default: "25,100,1000" }, reps: { type: "string", default: "3" }, overlays: { type: "string", default: "webapp,bigdata" }, json: { type: "boolean", default: false }, "no-early": { type: "boolean", default: false }, methods: { type: "string", default: "pipelined,transfer,sequential,early" }, help: { type: "boolean", short: "h", default: false } },
     strict: true,
     allowPositionals: false,
   });
@@ -572,6 +574,11 @@ async function main(): Promise<number> {
   const names = v.overlays.split(",").map((s) => s.trim());
   const unknown = names.filter((n) => !OVERLAYS.some((o) => o.name === n));
   if (unknown.length || !names.length) throw new Error(`--overlays: unknown ${unknown.join(", ")} (have: ${OVERLAYS.map((o) => o.name).join(", ")})`);
+  const ALL: Method[] = ["pipelined", "transfer", "sequential", "early"];
+  const methods = v.methods.split(",").map((x) => x.trim()) as Method[];
+  const badMethods = methods.filter((x) => !ALL.includes(x));
+  if (badMethods.length || !methods.length) throw new Error(`--methods: unknown ${badMethods.join(", ")} (have: ${ALL.join(", ")})`);
+  const order = ALL.filter((x) => methods.includes(x) && !(x === "early" && v["no-early"]));
   if (process.getuid?.() !== 0) throw new Error("needs root (network namespaces, tc, QEMU)");
 
   const m = machine();
@@ -638,9 +645,8 @@ async function main(): Promise<number> {
     // Warm-up, unthrottled and untimed: page cache, base index, V8 code.
     for (const ov of prepared.overlays) {
       say(`warm-up: ${ov.name}`);
-      for (const method of (v["no-early"] ? ["pipelined", "sequential"] : ["pipelined", "sequential", "early"]) as Method[]) await measure(net, synth, method, ov, tokenFile, uploads);
+      for (const method of order.filter((x) => x !== "transfer")) await measure(net, synth, method, ov, tokenFile, uploads);
     }
-    const order: Method[] = v["no-early"] ? ["pipelined", "transfer", "sequential"] : ["pipelined", "transfer", "sequential", "early"];
     for (const rate of rates) {
       tcShown[rate] = await net.setRate(rate);
       for (let rep = 0; rep < reps; rep++) {
@@ -675,9 +681,15 @@ async function main(): Promise<number> {
     console.log(`link:    veth between two network namespaces, tc tbf on both ends (e.g. ${tcShown[rates[0]]})`);
     for (const o of prepared.overlays) console.log(`overlay: ${o.name} ${mb(o.bytes)} in ${o.segments} segments (${mb(o.raw)} raw, rewrites ${mb(o.rebuilt)}): ${o.what}`);
     console.log(`target:  (a) pipelined <= ${TARGET} x max((b) transfer, D decode+apply until the first HTTP answer), medians\n`);
-    console.log(report(rs));
+    if (rs.length) console.log(report(rs));
+    const early = samples.filter((x) => x.method === "early");
+    if (!rs.length && early.length) {
+      // (a), (b) or (c) left out (--methods): no rows; (e) on its own.
+      const num = (k: string) => stat(early.map((x) => x.detail[k] as number));
+      console.log(`(e) early, ${early.length} samples: 1st answer ${spread(stat(early.map((x) => x.ms)))} s, resumed ${spread(num("resumedMs"))} s, fully local ${spread(num("localMs"))} s, segments sent ahead ${num("outOfOrder").median}, in-order uploads cut ${num("uploadsCut").median}; from a want to its PUT answered: median ${stat(early.flatMap((x) => (x.detail.wantsServedMs as number[] | undefined) ?? [])).median} ms, slowest ${Math.max(...early.flatMap((x) => (x.detail.wantsServedMs as number[] | undefined) ?? []))} ms`);
+    }
     const missed = rs.filter((r) => !r.met);
-    console.log(`\ntarget: ${missed.length ? `MISSED at ${missed.map((r) => `${r.rate} Mbit/s ${r.overlay} (${r.ratio.toFixed(2)}x)`).join(", ")}` : "met at every rate"}`);
+    if (rs.length) console.log(`\ntarget: ${missed.length ? `MISSED at ${missed.map((r) => `${r.rate} Mbit/s ${r.overlay} (${r.ratio.toFixed(2)}x)`).join(", ")}` : "met at every rate"}`);
   }
   return 0;
 }

@@ -94,3 +94,68 @@ test("memory stays bounded with segments arriving both ways: a request waits whi
   await Promise.all([put, ing]);
   assert.equal(feed.complete, true);
 });
+
+test("no want for the segment the stream brings next: not when synthesis, handed a segment, asks for the next at once, nor past segments held already", async () => {
+  const { segs, meta } = overlay([10, 10, 10, 10, 10]);
+  const feed = new UploadFeed(core, meta, "t", 8);
+  const told: number[] = [];
+  feed.onWant = (i) => told.push(i);
+  // Synthesis reading in order, each request made the moment the previous segment is handed over.
+  const reading = (async () => {
+    for (const i of [0, 1, 3]) assert.deepEqual(await feed.segment(i), segs[i]);
+  })();
+  assert.equal(await feed.put(2, body(segs[2])), true);
+  const parts = async function* () {
+    for (const i of [0, 1]) {
+      yield segs[i];
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  await feed.ingest(parts(), 0);
+  // Segments 0 and 1 came in order; 3 was asked for after 1, with 2 held: the next upload starts at 3.
+  assert.deepEqual(told, [], "nothing the stream brings next was asked for");
+  await feed.ingest(body(segs[3], segs[4]), 30);
+  await reading;
+  assert.deepEqual(told, []);
+});
+
+test("while the stream waits on the memory bound, a segment synthesis waits for is asked for, also the next one in order", async () => {
+  const { segs, meta } = overlay([5, 5, 5, 5, 5]);
+  const feed = new UploadFeed(core, meta, "t", 1);
+  const told: number[] = [];
+  feed.onWant = (i) => told.push(i);
+  const ing = feed.ingest(body(...segs), 0);
+  await new Promise((r) => setTimeout(r, 20));
+  // Two segments are ready and the stream waits; synthesis asks for segment 2, the stream's next.
+  const s2 = feed.segment(2);
+  assert.deepEqual(told, [2], "the stream brings nothing while it waits: the next segment is wanted");
+  assert.equal(await feed.put(2, body(segs[2])), true);
+  assert.deepEqual(await s2, segs[2]);
+  for (const i of [0, 1, 3, 4]) assert.deepEqual(await feed.segment(i), segs[i]);
+  await ing;
+  assert.equal(feed.complete, true);
+});
+
+test("untilHeld ends an in-order body at the start of a segment already held, so the next body starts past it", async () => {
+  const { segs, meta } = overlay([10, 20, 30, 40, 5]);
+  const feed = new UploadFeed(core, meta, "t", 8);
+  assert.equal(await feed.put(2, body(segs[2])), true);
+  assert.equal(await feed.put(3, body(segs[3])), true);
+  const all = new Uint8Array(105);
+  segs.reduce((at, b) => (all.set(b, at), at + b.length), 0);
+  // Chunks that straddle segment boundaries.
+  const chunks = [all.subarray(0, 7), all.subarray(7, 25), all.subarray(25, 45), all.subarray(45)];
+  let read = 0;
+  const source = async function* () {
+    for (const c of chunks) {
+      read += c.length;
+      yield c;
+    }
+  };
+  await feed.ingest(feed.untilHeld(source(), 0), 0);
+  assert.equal(feed.offset, 100, "segments 0-1 came in order; 2-3 were held: the next body starts at segment 4");
+  assert.ok(read <= 45, `the source was read up to the held segment's start and no further chunk (${read} bytes)`);
+  await feed.ingest(feed.untilHeld(body(all.subarray(100)), 100), 100);
+  assert.equal(feed.complete, true);
+  for (let i = 0; i < 5; i++) assert.deepEqual(await feed.segment(i), segs[i]);
+});

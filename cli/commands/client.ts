@@ -18,7 +18,7 @@ export function register(cli: CAC): void {
     .option("--token-file <file>", "The server's token (default: <home>/server/token)")
     .option("--tls", "Speak HTTPS")
     .option("--ca <file>", "CA certificate (PEM) to trust, with --tls")
-    .option("--early-start", "Ask the server to resume the VM before the overlay has arrived (on its boot set) and fill it while it runs; this client sends the segments the VM needs first. Without it the server decides (early when the overlay has a boot set); --no-early-start: never")
+    .option("--early-start", "Ask the server to resume the VM before the overlay has arrived (on its boot set) and fill it while it runs; this client sends the segments the VM needs first, holding its in-order upload back meanwhile. Without it the server decides (early when the overlay has a boot set); --no-early-start: never")
     .option("--detach", "Leave the session (and VM) running without this client and exit; early started, only once the VM is fully local (until then it needs this client)")
     .action(async (o: Common & Record<string, unknown>) => {
       const core = await loadCoreFromDisk();

@@ -5,6 +5,8 @@
  */
 import * as http from "node:http";
 import * as https from "node:https";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import type { Core } from "../core/core.ts";
 import { CloudletError } from "../errors.ts";
 import { encodePackHeader, HEADER_BYTES } from "../overlay/format.ts";
@@ -22,6 +24,8 @@ export interface ServerAddress {
   tls?: boolean;
   /** CA certificate (PEM) to trust, for self-signed servers. */
   ca?: Buffer;
+  /** Opens each request's connection instead of a plain TCP (or TLS) one: tests put a simulated link here. */
+  connect?: (opts: { host?: string | null; port?: number | string | null }) => Duplex;
 }
 
 interface Reply {
@@ -63,6 +67,7 @@ export class CloudletClient {
           headers: { authorization: `Bearer ${this.addr.token}`, ...opts.headers },
           ca: this.addr.ca,
           signal: opts.signal,
+          ...(this.addr.connect ? { createConnection: this.addr.connect as unknown as http.RequestOptions["createConnection"] } : {}),
         },
         (res) => {
           if (opts.raw) return opts.raw(res);
@@ -202,11 +207,12 @@ export class CloudletClient {
   }
 
   /** Streams segment data from `offset`; `chunks` yields it. Resolves with the server's new offset. */
-  async upload(id: string, offset: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<number> {
+  async upload(id: string, offset: number, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal, onRequest?: (req: http.ClientRequest) => void): Promise<number> {
     const r = await this.request("PATCH", `/sessions/${id}/data`, {
       headers: { "content-type": "application/octet-stream", [OFFSET_HEADER]: String(offset), "transfer-encoding": "chunked" },
       signal,
       stream: async (req) => {
+        onRequest?.(req);
         for await (const c of chunks) {
           if (!req.write(c)) {
             await new Promise<void>((res, rej) => {
@@ -323,6 +329,80 @@ export async function* segmentData(overlay: OverlayReader, offset: number): Asyn
   }
 }
 
+/** One write of the in-order upload: small, so that it stops within a few ms (at 25 Mbit/s, 21 ms) when a want arrives. */
+const PIECE_BYTES = 64 << 10;
+
+/**
+ * The longest the in-order upload pauses at a time for wanted segments: a
+ * third of the lease, well inside the server's idle timeout (the lease) for
+ * the paused request's connection. After it, one piece goes before the next pause.
+ */
+export function pauseBound(leaseMs: number): number {
+  return Math.max(250, Math.floor(leaseMs / 3));
+}
+
+/**
+ * Lets the in-order upload yield the link to wanted segments: {@link clear}
+ * waits while a wanted segment's PUT is queued or in flight, for at most
+ * `maxPauseMs` at a time, so that a burst of wants cannot starve the upload
+ * or leave its request silent past the server's idle timeout.
+ */
+export class WantGate {
+  private pending = 0;
+  private waiters: Array<() => void> = [];
+  /** Pauses so far, and the time spent in them (for tests and benches). */
+  readonly stats = { pauses: 0, pausedMs: 0 };
+  /** @param maxPauseMs the longest single pause */
+  constructor(private readonly maxPauseMs: number) {}
+
+  /** A wanted segment was queued. */
+  begin(): void {
+    this.pending++;
+  }
+
+  /** A wanted segment's PUT settled (taken, held already, or failed). */
+  end(): void {
+    if (--this.pending > 0) return;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Resolves at once when no want is pending; else when none is, after `maxPauseMs`, or on abort. */
+  async clear(signal?: AbortSignal): Promise<void> {
+    if (this.pending === 0 || signal?.aborted) return;
+    const t0 = Date.now();
+    this.stats.pauses++;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        const k = this.waiters.indexOf(done);
+        if (k >= 0) this.waiters.splice(k, 1);
+        resolve();
+      };
+      const timer = setTimeout(done, this.maxPauseMs);
+      signal?.addEventListener("abort", done, { once: true });
+      this.waiters.push(done);
+    });
+    this.stats.pausedMs += Date.now() - t0;
+  }
+}
+
+/**
+ * Resets a request's connection (RST): the bytes its socket has not sent yet
+ * are dropped, where closing would still send them. Returns false where the
+ * runtime cannot (Deno, a TLS socket): the caller keeps the request.
+ */
+export function resetConnection(req: http.ClientRequest): boolean {
+  const sock = req.socket as (Socket & { resetAndDestroy?: () => void }) | null;
+  if (!sock || sock.destroyed || typeof sock.resetAndDestroy !== "function") return false;
+  try {
+    sock.resetAndDestroy();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Options for {@link sendOverlay}. */
 export interface SendOptions {
   core: Core;
@@ -361,6 +441,10 @@ export interface SentOverlay {
   earlyStartFallback?: string;
   /** Segments sent out of order because the server wanted them first. */
   outOfOrder: number;
+  /** Per wanted segment sent, ms from its want to the server's answer to its PUT (queueing included). */
+  wantsServedMs: number[];
+  /** In-order uploads this client cut (connection reset) to give the link to wanted segments. */
+  uploadsCut: number;
 }
 
 /**
@@ -376,6 +460,8 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
   const session = await client.createSession(o.url, signal, o.earlyStart ?? "auto");
   const id = session.id;
   let outOfOrder = 0;
+  const wantsServedMs: number[] = [];
+  let uploadsCut = 0;
   // From the resume on, the session is held like a running one: keep-alives until fully local.
   const holdStop = new AbortController();
   let holding: Promise<void> | null = null;
@@ -419,14 +505,28 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       fallback = st.earlyStartFallback;
       // Segments sent (or being sent) out of order: the in-order upload stops before one and resumes past it.
       const sent = new Map<number, Promise<boolean>>();
+      // The in-order upload yields the link while a wanted segment is queued or in flight.
+      const gate = new WantGate(pauseBound(session.leaseMs));
+      // The in-order upload's request while it runs, and whether this client cut it for a want.
+      let patching: http.ClientRequest | null = null;
+      let cut = false;
       let wanting: Promise<void> = Promise.resolve();
       if (early) {
         let queue = Promise.resolve();
         wanting = client.wants(id, (i) => {
+          // Sent by PUT even when the in-order upload wrote its bytes already: those may wait behind the
+          // server's memory bound, which only synthesis taking this segment frees (the duplicate is dropped).
           if (sent.has(i)) return;
+          gate.begin();
+          // Pausing stops new bytes, but the socket still holds what it was given (its send buffer grows to
+          // megabytes, over half a second at 25 Mbit/s) and shares the link with the PUT:
+          // reset the connection to drop them. The server drops the cut segment's part; the next upload starts at its offset.
+          if (patching && !cut) cut = resetConnection(patching);
+          const wantedAt = Date.now();
           const p = (queue = queue.then(async () => {
             const ok = await client.putSegment(id, i, await overlay.segment(i), signal);
             if (ok) outOfOrder++;
+            wantsServedMs.push(Date.now() - wantedAt);
           })).then(
             () => true,
             // Not taken (cut off, or the session ended): the in-order upload sends it.
@@ -436,6 +536,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
             },
           );
           sent.set(i, p);
+          void p.finally(() => gate.end());
         }, signal).catch(() => {});
       }
       const total = overlay.meta.segments.reduce((t, s) => t + s.compressedSize, 0);
@@ -454,8 +555,9 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
             const out = sent.get(i);
             if (out && (await out)) return;
             const bytes = await overlay.segment(i);
-            for (let k = pos < offset ? offset - pos : 0; k < bytes.length; k += 256 << 10) {
-              const piece = bytes.subarray(k, k + (256 << 10));
+            for (let k = pos < offset ? offset - pos : 0; k < bytes.length; k += PIECE_BYTES) {
+              await gate.clear(signal);
+              const piece = bytes.subarray(k, k + PIECE_BYTES);
               yield piece;
               sentBytes += piece.length;
               o.progress?.({ phase: "upload", done: sentBytes, total });
@@ -464,13 +566,35 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
           }
         })();
         try {
-          offset = await client.upload(id, offset, counted, signal);
+          offset = await client.upload(id, offset, counted, signal, (req) => {
+            patching = req;
+            // Once answered, its connection may carry another request (keep-alive): never reset it then.
+            const done = () => {
+              if (patching === req) patching = null;
+            };
+            req.once("response", done).once("close", done);
+          });
         } catch (e) {
           if (failure) throw failure;
-          if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
-          await new Promise((r) => setTimeout(r, 300 * errors));
+          if (cut && !signal.aborted) {
+            // Cut for a want: once the wanted segments are sent, continue where the server is.
+            cut = false;
+            uploadsCut++;
+            await gate.clear(signal);
+          } else {
+            if (signal.aborted || ++errors > (o.retries ?? 5)) throw e;
+            await new Promise((r) => setTimeout(r, 300 * errors));
+          }
           const before = offset;
-          offset = await client.offset(id, signal);
+          try {
+            offset = await client.offset(id, signal);
+          } catch (e2) {
+            // As an upload's failure (a kept-alive connection the server closed meanwhile, say): with the offset
+            // as it was, the next upload is told the server's (409) if it moved.
+            if (failure) throw failure;
+            if (signal.aborted || ++errors > (o.retries ?? 5)) throw e2;
+            continue;
+          }
           // Retries count failures in a row: an attempt that moved the server's offset was progress.
           if (offset > before) errors = 0;
         }
@@ -490,7 +614,7 @@ export async function sendOverlay(o: SendOptions): Promise<SentOverlay> {
       if (st.error) throw new CloudletError("REMOTE", `the cloudlet failed the session: ${st.error.message}`);
       throw new CloudletError("REMOTE", `the session ended in state ${st.state} without a VM`);
     }
-    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder };
+    return { id, endpoint, leaseMs: session.leaseMs, earlyStart: early, ...(fallback ? { earlyStartFallback: fallback } : {}), outOfOrder, uploadsCut, wantsServedMs };
   } catch (e) {
     stop.abort();
     // Bounded: over a dead link the request would hang; the server ends the session on its lease then.

@@ -425,10 +425,7 @@ export class SynthesisServer {
       // Do not read an unwanted body: close the connection once the answer is out.
       if (!req.complete) {
         res.setHeader("connection", "close");
-        // Node destroys the socket as soon as the answer is flushed (destroySoon); drain first.
-        if (sock && !("Deno" in globalThis)) sock.destroySoon = () => lingerClose(sock);
-        res.once("finish", () => lingerClose(sock));
-        res.once("close", () => lingerClose(sock));
+        closeAfterAnswer(sock, res);
       }
       this.json(res, he.status, { error: { code: he.code, message: he.message } });
     }
@@ -582,9 +579,8 @@ export class SynthesisServer {
     if (offset !== s.feed.offset) {
       const sock = req.socket;
       res.writeHead(409, { [OFFSET_HEADER]: String(s.feed.offset), "content-type": "application/json", connection: "close" });
-      if (sock && !("Deno" in globalThis)) sock.destroySoon = () => lingerClose(sock);
+      closeAfterAnswer(sock, res);
       res.end(JSON.stringify({ error: { code: "OFFSET", message: `resume at offset ${s.feed.offset}` } }));
-      res.once("finish", () => lingerClose(sock));
       return;
     }
     s.firstByteAt ||= Date.now();
@@ -827,18 +823,21 @@ export class SynthesisServer {
         yield c;
       }
     };
-    for (let attempt = 0; !s.feed!.complete && !s.terminal; attempt++) {
+    // A download also ends, without an error, where it reaches a segment fetched by range for a want:
+    // the next one starts past it, so no wanted segment is downloaded twice.
+    for (let failures = 0; !s.feed!.complete && !s.terminal; ) {
       let body: AsyncGenerator<Uint8Array> | null = null;
       try {
-        body = renewing(await src.body(s.feed!.offset));
-        await s.feed!.ingest(body, s.feed!.offset);
+        const at = s.feed!.offset;
+        body = renewing(await src.body(at));
+        await s.feed!.ingest(s.feed!.untilHeld(body, at), at);
       } catch (e) {
         // The feed stops reading on an error without closing its source: cancel this download.
         void body?.return(undefined).catch(() => {});
         // A corrupt segment is final; only transfer errors are retried.
-        if (s.terminal || s.feed!.failed || attempt >= 5) throw e;
+        if (s.terminal || s.feed!.failed || failures++ >= 5) throw e;
         this.o.log(`session ${s.id}: fetch interrupted at ${s.feed!.offset} (${(e as Error).message}); resuming`);
-        await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
+        await new Promise((r) => setTimeout(r, 300 * failures));
       }
       s.lastActivity = Date.now();
     }
@@ -897,15 +896,27 @@ const LINGER_MS = 2000;
 const LINGER_BYTES = 4 << 20;
 
 /**
+ * Closes the connection of a request whose body was not read, once its (error)
+ * answer is out: {@link lingerClose} under Node, which otherwise destroys the
+ * socket as soon as the answer is flushed (destroySoon). Deno's node:http ends
+ * the answer early when the socket is half-closed, so there it is destroyed once the answer is out.
+ */
+function closeAfterAnswer(sock: Socket | null, res: http.ServerResponse): void {
+  if (!sock) return;
+  let close = (): void => void sock.destroy();
+  if (!("Deno" in globalThis)) sock.destroySoon = close = () => lingerClose(sock);
+  res.once("finish", close);
+  res.once("close", close);
+}
+
+/**
  * Closes a connection whose request body was not read, after its error answer
  * went out: sends FIN and drains what the client is still sending for a short,
  * bounded time before destroying it. Destroying at once, with unread bytes in
  * the kernel's buffer, sends a reset that can make the client lose the answer.
  */
-function lingerClose(sock: Socket | null): void {
-  if (!sock || sock.destroyed || (sock as Socket & { lingering?: true }).lingering) return;
-  // Deno's node:http ends the answer early when the socket is half-closed: destroy there, as before.
-  if ("Deno" in globalThis) return void sock.destroy();
+function lingerClose(sock: Socket): void {
+  if (sock.destroyed || (sock as Socket & { lingering?: true }).lingering) return;
   (sock as Socket & { lingering?: true }).lingering = true;
   let drained = 0;
   const stop = () => sock.destroy();

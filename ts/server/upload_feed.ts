@@ -50,6 +50,8 @@ export class UploadFeed implements OverlayReader {
   private ingesting = false;
   /** The segment the in-order upload's bytes are filling now (while one runs). */
   private streamAt = 0;
+  /** The in-order upload waits for synthesis to take segments (the memory bound): it brings nothing meanwhile. */
+  private streamWaiting = false;
   /** Segments being received out of order right now (one request each). */
   private readonly putting = new Set<number>();
   /** Segments synthesis asked for out of order that have not arrived; told to {@link UploadFeed.onWant}. */
@@ -123,12 +125,29 @@ export class UploadFeed implements OverlayReader {
       ws.push({ resolve, reject });
       this.waiters.set(i, ws);
     });
-    // The segment the in-order stream is bringing now is left to it; any later one is asked for.
-    if (this.onWant && !this.held[i] && i > (this.ingesting ? this.streamAt : this.prefix) && !this.wanted.has(i)) {
-      this.wanted.add(i);
-      this.onWant(i);
-    }
+    this.maybeWant(i);
     return p;
+  }
+
+  /**
+   * Asks for segment `i` out of order when the in-order stream will not bring it
+   * next: the segment it is bringing now (or, between requests, the resume
+   * point) is left to it; any later one is asked for, and every one while the
+   * stream waits on the memory bound.
+   */
+  private maybeWant(i: number): void {
+    if (!this.onWant || this.held[i] || this.wanted.has(i)) return;
+    let next = !this.ingesting ? this.prefix : this.streamWaiting ? -1 : this.streamAt;
+    // Held segments are skipped: the client's upload ends before one and resumes past it.
+    while (next >= 0 && next < i && this.held[next]) next++;
+    if (i <= next) return;
+    this.wanted.add(i);
+    this.onWant(i);
+  }
+
+  /** The stream stopped or started waiting: segments synthesis waits for may now have to be asked for. */
+  private wantWaiting(): void {
+    for (const i of this.waiters.keys()) this.maybeWant(i);
   }
 
   /** Fails every waiting and future segment request. */
@@ -177,9 +196,12 @@ export class UploadFeed implements OverlayReader {
           p = p.subarray(k);
           if (have === want) {
             this.check(at, buf);
-            // Sent out of order meanwhile (or being sent): these bytes are a duplicate.
-            if (!this.held[at] && !this.putting.has(at)) await this.accept(at, buf);
+            const done = at;
+            // Moved on before the handover: synthesis, handed this segment, asks for the next one at once,
+            // and that one is the stream's to bring, not a want.
             this.streamAt = ++at;
+            // Sent out of order meanwhile (or being sent): these bytes are a duplicate.
+            if (!this.held[done] && !this.putting.has(done)) await this.accept(done, buf, true);
             buf = null;
             have = 0;
           }
@@ -189,6 +211,37 @@ export class UploadFeed implements OverlayReader {
     } finally {
       this.wake = null;
       this.ingesting = false;
+      this.wantWaiting();
+    }
+  }
+
+  /**
+   * An in-order body from byte `offset` (a segment boundary), ended at the
+   * start of the first later segment already held (fetched out of order
+   * meanwhile), so that its source is not read for bytes {@link ingest} would
+   * drop: the next body starts at the new {@link offset}, past the held run.
+   */
+  async *untilHeld(body: AsyncIterable<Uint8Array>, offset: number): AsyncGenerator<Uint8Array> {
+    const sizes = this.meta.segments.map((g) => g.compressedSize);
+    let seg = 0;
+    for (let at = 0; seg < sizes.length && at + sizes[seg] <= offset; ) at += sizes[seg++];
+    let left = seg < sizes.length ? sizes.slice(0, seg + 1).reduce((t, n) => t + n, 0) - offset : 0;
+    for await (let c of body) {
+      while (c.length) {
+        if (left === 0) {
+          // Past the last segment: pass the rest on; ingest refuses a body longer than the overlay.
+          if (++seg >= sizes.length) {
+            yield c;
+            break;
+          }
+          left = sizes[seg];
+          if (this.held[seg]) return;
+        }
+        const k = Math.min(left, c.length);
+        yield c.subarray(0, k);
+        c = c.subarray(k);
+        left -= k;
+      }
     }
   }
 
@@ -233,7 +286,7 @@ export class UploadFeed implements OverlayReader {
   }
 
   /** Marks segment `i` held, moves the resume point over it, and hands it to synthesis. */
-  private async accept(i: number, bytes: Uint8Array): Promise<void> {
+  private async accept(i: number, bytes: Uint8Array, fromStream = false): Promise<void> {
     this.held[i] = 1;
     this.heldCount++;
     this.wanted.delete(i);
@@ -246,7 +299,16 @@ export class UploadFeed implements OverlayReader {
     }
     this.ready.set(i, bytes);
     // Backpressure: hold the request until synthesis takes segments.
-    while (this.ready.size > this.maxAhead && !this.failure) await new Promise<void>((r) => this.space.add(r));
+    if (this.ready.size <= this.maxAhead || this.failure) return;
+    if (fromStream) {
+      this.streamWaiting = true;
+      this.wantWaiting();
+    }
+    try {
+      while (this.ready.size > this.maxAhead && !this.failure) await new Promise<void>((r) => this.space.add(r));
+    } finally {
+      if (fromStream) this.streamWaiting = false;
+    }
   }
 
   private freeSpace(): void {

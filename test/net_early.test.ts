@@ -14,15 +14,15 @@ import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ChildProcess } from "node:child_process";
-import { cloudlet, CLOUDLET } from "./_cli.ts";
+import { CLOUDLET } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { makeNetPair, type NetPair } from "./_netns.ts";
 import { scratchDir } from "./_images.ts";
 import { core } from "./_core.ts";
 import { decodePackHeader, HEADER_BYTES } from "../ts/overlay/format.ts";
 import { openOverlay } from "../ts/node/overlay_files.ts";
+import { cachedOverlay, homeWithBase } from "./_vm_fixture.ts";
 
-const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
 const TOKEN = "test-token-0123456789abcdef";
 const AUTH = ["-H", `Authorization: Bearer ${TOKEN}`];
@@ -46,19 +46,11 @@ let fixture: Promise<Fixture> | null = null;
 /** Base + overlay in a fresh home, and the two hosts with a slow client link (built once; every test awaits it). */
 function setup(): Promise<Fixture> {
   fixture ??= (async () => {
-    const home = join(TEST_HOME, `netearly-${process.pid}`);
-    await fsp.rm(home, { recursive: true, force: true });
-    await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-    await fsp.mkdir(home, { recursive: true });
-    await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
-    const ok = async (args: string[]) => {
-      const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
-      assert.equal(r.code, 0, r.stderr);
-    };
-    await ok(["base", "--name", "tiny"]);
+    // The base and overlay come from the fixture cache (the same overlay as test/net_server.test.ts's).
+    const home = await homeWithBase("netearly");
     const work = await scratchDir("netearly");
     const overlay = join(work, "webapp.overlay");
-    await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:8080::80"]);
+    await cachedOverlay(await fsp.readFile(WEBAPP, "utf8"), ["--", "-redir", "tcp:8080::80"], overlay);
     const tokenFile = join(work, "token");
     await fsp.writeFile(tokenFile, TOKEN + "\n", { mode: 0o600 });
     const tag = `e${process.pid % 10000}`;
@@ -79,11 +71,18 @@ interface Served {
   child: ChildProcess;
   log: () => string;
   stop: () => Promise<void>;
+  /** Ends the fill's waits from now on (they are an upper bound until then). */
+  openGate: () => Promise<void>;
 }
 
-/** Starts `cloudlet serve` in the server namespace (the fill waits `fillDelayMs` before each segment it starts itself). */
+let gates = 0;
+/**
+ * Starts `cloudlet serve` in the server namespace (the fill waits `fillDelayMs` before each segment it starts
+ * itself, until the test opens the gate).
+ */
 async function serve(f: Fixture, extra: string[] = [], fillDelayMs = 1500): Promise<Served> {
-  const child = f.net.spawn(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--idle-timeout", "4", "--no-announce", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: String(fillDelayMs) } });
+  const gate = join(f.work, `fill-gate-${++gates}`);
+  const child = f.net.spawn(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--idle-timeout", "4", "--no-announce", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: String(fillDelayMs), CLOUDLET_EARLY_FILL_GATE: gate } });
   let log = "";
   child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
   const exited = new Promise<void>((r) => child.on("close", () => r()));
@@ -96,6 +95,7 @@ async function serve(f: Fixture, extra: string[] = [], fillDelayMs = 1500): Prom
       child.kill("SIGINT");
       await exited;
     },
+    openGate: () => fsp.writeFile(gate, ""),
   };
 }
 
@@ -174,6 +174,8 @@ test("early start over upload: the VM answers before its overlay has arrived, wa
     // Detaching before the fill is refused by the server, with the reason.
     const det = dec(await f.net.exec(f.net.cli, "curl", ["-s", "-X", "POST", ...AUTH, `http://${f.net.srvIp}:8021/v1/sessions/${session}/detach`]));
     assert.match(det, /still filling/);
+    // Checked while it fills: the rest of the fill need not wait.
+    await srv.openGate();
     assert.equal(await r.done, 0, r.stderr());
     const out = JSON.parse(r.stdout());
     assert.equal(out.detached, true);
@@ -214,6 +216,7 @@ http.createServer((req, res) => {
     const r = client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--early-start", "--detach"]);
     const port = await resumedPort(r);
     assert.match(await untilAnswer(f, `http://${f.net.srvIp}:${port}/`, 60_000), /Hello from a synthesized/);
+    await srv.openGate();
     assert.equal(await r.done, 0, r.stderr());
     const out = JSON.parse(r.stdout());
     assert.ok(out.earlyStart.resumedMs < out.earlyStart.localMs, JSON.stringify(out));

@@ -15,8 +15,8 @@ import { makeNetPair, type NetPair } from "./_netns.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
 import { core } from "./_core.ts";
 import { decodePackHeader, encodePackHeader, HEADER_BYTES } from "../ts/overlay/format.ts";
+import { cachedOverlay, homeWithBase } from "./_vm_fixture.ts";
 
-const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
 const WEBAPP = fileURLToPath(new URL("../examples/webapp.sh", import.meta.url));
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
 
@@ -32,19 +32,11 @@ let fixture: Promise<Fixture> | null = null;
 /** Base + overlay in a fresh home, and the two hosts (built once; every test awaits it). */
 function setup(): Promise<Fixture> {
   fixture ??= (async () => {
-    const home = join(TEST_HOME, `net-${process.pid}`);
-    await fsp.rm(home, { recursive: true, force: true });
-    await fsp.mkdir(join(TEST_HOME, "guest"), { recursive: true });
-    await fsp.mkdir(home, { recursive: true });
-    await fsp.symlink(join(TEST_HOME, "guest"), join(home, "guest"));
-    const ok = async (args: string[]) => {
-      const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
-      assert.equal(r.code, 0, r.stderr);
-    };
-    await ok(["base", "--name", "tiny"]);
+    // The base and overlay come from the fixture cache (test/vm_flow.test.ts makes its own through the CLI).
+    const home = await homeWithBase("net");
     const work = await scratchDir("net");
     const overlay = join(work, "webapp.overlay");
-    await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:8080::80"]);
+    await cachedOverlay(await fsp.readFile(WEBAPP, "utf8"), ["--", "-redir", "tcp:8080::80"], overlay);
     const tokenFile = join(work, "token");
     await fsp.writeFile(tokenFile, "test-token-0123456789abcdef\n", { mode: 0o600 });
     const net = await makeNetPair(`t${process.pid % 10000}`, 10 + (process.pid % 200));

@@ -19,6 +19,8 @@ import { fileURLToPath } from "node:url";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { Registry } from "../ts/home/registry.ts";
+import { openBase } from "../ts/home/base_cache.ts";
+import { core } from "./_core.ts";
 
 /** Where the tests keep their homes and the shared guest cache (`guest/`). */
 export const TEST_HOME = fileURLToPath(new URL("../.build/test-home", import.meta.url));
@@ -99,7 +101,7 @@ let sources: string | null = null;
  * .wasm under ts/ and cli/, the commands under bin/, the npm lock file, the
  * built-in guest's image and the QEMU binaries. Any change gives new cache keys, so a stale fixture is never used.
  */
-function sourcesDigest(): string {
+export function sourcesDigest(): string {
   if (sources) return sources;
   const h = createHash("sha256");
   const walk = (dir: string) => {
@@ -111,15 +113,16 @@ function sourcesDigest(): string {
   };
   for (const d of ["ts", "cli", "bin"]) walk(join(ROOT, d));
   h.update(readFileSync(join(ROOT, "package-lock.json")));
-  // The guest image is large: its build writes new files, so names, sizes and times identify it.
+  // The guest image is large: its build writes new files, so names, sizes and times identify it
+  // (whole milliseconds: Deno's node:fs drops the fraction Node keeps, and both runs must agree).
   const image = join(TEST_HOME, "guest", "image");
   for (const n of readdirSync(image).sort()) {
     const st = statSync(join(image, n));
-    h.update(`guest/${n} ${st.size} ${st.mtimeMs}\0`);
+    h.update(`guest/${n} ${st.size} ${Math.floor(st.mtimeMs)}\0`);
   }
   for (const bin of ["/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-img"]) {
     const st = statSync(bin);
-    h.update(`${bin} ${st.size} ${st.mtimeMs}\0`);
+    h.update(`${bin} ${st.size} ${Math.floor(st.mtimeMs)}\0`);
   }
   sources = h.digest("hex").slice(0, 24);
   return sources;
@@ -137,15 +140,22 @@ async function cached(name: string, recipe: string, build: (dir: string) => Prom
   if (await fsp.access(join(dir, "complete")).then(() => true, () => false)) return dir;
   await fsp.mkdir(FIXTURE_CACHE, { recursive: true });
   for (const old of await fsp.readdir(FIXTURE_CACHE)) {
-    // Older versions of this fixture, and builds that never finished (tests run one file at a time).
-    if (old.startsWith(`${name}-`) || old.startsWith(".")) await fsp.rm(join(FIXTURE_CACHE, old), { recursive: true, force: true });
+    // Older versions of this fixture, and builds that never finished (their process is gone).
+    const pid = /^\.(\d+)$/.exec(old)?.[1];
+    const stale = old.startsWith(`${name}-`) || (pid !== undefined && !(await fsp.access(`/proc/${pid}`).then(() => true, () => false)));
+    if (stale) await fsp.rm(join(FIXTURE_CACHE, old), { recursive: true, force: true });
   }
   const tmp = join(FIXTURE_CACHE, `.${process.pid}`);
+  await fsp.rm(tmp, { recursive: true, force: true });
   await fsp.mkdir(tmp, { recursive: true });
   try {
     await build(tmp);
     await fsp.writeFile(join(tmp, "complete"), recipe);
-    await fsp.rename(tmp, dir);
+    // Another test process may have finished the same fixture meanwhile: then its copy serves.
+    await fsp.rename(tmp, dir).catch(async (e) => {
+      if (!(await fsp.access(join(dir, "complete")).then(() => true, () => false))) throw e;
+      await fsp.rm(tmp, { recursive: true, force: true });
+    });
   } catch (e) {
     await fsp.rm(tmp, { recursive: true, force: true });
     throw e;
@@ -175,6 +185,10 @@ export async function addCachedBase(home: string): Promise<void> {
   await fsp.mkdir(join(home, "bases"), { recursive: true });
   // From the cached home's own folder: the registry there names the folder it was built in.
   await runTool("cp", ["-a", "--reflink=auto", "--sparse=always", join(cache, "bases", row.id), dir]);
+  // Prepared as `cloudlet base` leaves a base: the copy's digests and index are keyed by the files' inodes,
+  // and a base scanned on first use would resume its first VM seconds later than a test expects.
+  const opened = await openBase(core, { disk: join(dir, "disk.raw"), memory: join(dir, "memory.raw"), machine: row.machine, dir, needIndex: false });
+  await opened.close();
   await new Registry(home).addBase({ ...row, dir, created: new Date().toISOString() });
 }
 

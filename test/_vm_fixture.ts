@@ -4,7 +4,7 @@
  * HTTP page polled from the host, the CLI's --json answer, and checks that no
  * QEMU of a home is left.
  *
- * And a fixture cache (`TEST_HOME/fixtures`): the built-in guest's base and
+ * And a fixture cache (`TEST_HOME/fx`): the built-in guest's base and
  * overlays of it made once per set of sources, so that the files that only
  * need "a base and an overlay" (not the making of them) copy one instead of
  * booting and customising a guest each, and the Deno run of the suite reuses
@@ -20,6 +20,7 @@ import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
 import { Registry } from "../ts/home/registry.ts";
 import { openBase } from "../ts/home/base_cache.ts";
+import { buildGuestImage } from "../ts/vm/guest_image.ts";
 import { core } from "./_core.ts";
 
 /** Where the tests keep their homes and the shared guest cache (`guest/`). */
@@ -91,15 +92,18 @@ export async function ensureLibvirtd(): Promise<void> {
 
 /** The repository root. */
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-/** Where cached fixtures live: one folder per recipe and digest of what builds it. */
-// Short: QEMU's sockets live under a base's folder, and a socket path must stay under 108 bytes.
+/**
+ * Where cached fixtures live: one folder per recipe and digest of what builds it. A short name: QEMU's
+ * sockets live under a base's folder while it is made, and a socket path must stay under 108 bytes.
+ */
 export const FIXTURE_CACHE = join(TEST_HOME, "fx");
 
 let sources: string | null = null;
 /**
  * A digest of everything that makes a base or an overlay: the TypeScript and
  * .wasm under ts/ and cli/, the commands under bin/, the npm lock file, the
- * built-in guest's image and the QEMU binaries. Any change gives new cache keys, so a stale fixture is never used.
+ * built-in guest's image and the QEMU binaries. Any change gives new cache keys, so a stale fixture is
+ * never used. The guest must be built (see {@link cached}).
  */
 export function sourcesDigest(): string {
   if (sources) return sources;
@@ -135,6 +139,8 @@ export function sourcesDigest(): string {
  * the same name (other keys) are removed.
  */
 async function cached(name: string, recipe: string, build: (dir: string) => Promise<void>): Promise<string> {
+  // The built-in guest first (on a fresh clone the first fixture builds it): its files are part of the key.
+  await buildGuestImage({ cacheDir: join(TEST_HOME, "guest") });
   const key = createHash("sha256").update(sourcesDigest()).update("\0").update(recipe).digest("hex").slice(0, 16);
   const dir = join(FIXTURE_CACHE, `${name}-${key}`);
   if (await fsp.access(join(dir, "complete")).then(() => true, () => false)) return dir;

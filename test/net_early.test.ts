@@ -71,18 +71,20 @@ interface Served {
   child: ChildProcess;
   log: () => string;
   stop: () => Promise<void>;
-  /** Ends the fill's waits from now on (they are an upper bound until then). */
+  /** Ends the fill's waits from now on (they are an upper bound until then); only with `gated`. */
   openGate: () => Promise<void>;
 }
 
 let gates = 0;
 /**
  * Starts `cloudlet serve` in the server namespace (the fill waits `fillDelayMs` before each segment it starts
- * itself, until the test opens the gate).
+ * itself; `gated`: until the test opens the gate).
  */
-async function serve(f: Fixture, extra: string[] = [], fillDelayMs = 1500): Promise<Served> {
+async function serve(f: Fixture, extra: string[] = [], fillDelayMs = 1500, gated = false): Promise<Served> {
   const gate = join(f.work, `fill-gate-${++gates}`);
-  const child = f.net.spawn(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--idle-timeout", "4", "--no-announce", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: String(fillDelayMs), CLOUDLET_EARLY_FILL_GATE: gate } });
+  const env: Record<string, string> = { CLOUDLET_EARLY_FILL_DELAY_MS: String(fillDelayMs) };
+  if (gated) env.CLOUDLET_EARLY_FILL_GATE = gate;
+  const child = f.net.spawn(f.net.srv, CLOUDLET, ["serve", "--home", f.home, "--listen", `${f.net.srvIp}:8021`, "--token-file", f.tokenFile, "--idle-timeout", "4", "--no-announce", ...extra], { env });
   let log = "";
   child.stderr!.setEncoding("utf8").on("data", (d: string) => (log += d));
   const exited = new Promise<void>((r) => child.on("close", () => r()));
@@ -159,7 +161,7 @@ test("early start over upload: the VM answers before its overlay has arrived, wa
   const f = await setup();
   // The background fill waits 15 s before it starts (and before each segment it starts itself): the app's
   // request raises the segments it needs, so the VM answers long before it is fully local.
-  const srv = await serve(f, [], 15_000);
+  const srv = await serve(f, [], 15_000, true);
   try {
     const r = client(f, ["-o", f.overlay, "--early-start", "--detach"]);
     const port = await resumedPort(r);
@@ -211,7 +213,7 @@ http.createServer((req, res) => {
   res.end(data.subarray(a, b + 1));
 }).listen(8099, "${f.net.cliIp}", () => console.log("up"));`]);
   await new Promise((r) => fileServer.stdout!.once("data", r));
-  const srv = await serve(f, [], 5000);
+  const srv = await serve(f, [], 5000, true);
   try {
     const r = client(f, ["--url", `http://${f.net.cliIp}:8099/webapp.overlay`, "--early-start", "--detach"]);
     const port = await resumedPort(r);
@@ -310,7 +312,7 @@ test("faults mid-fill: a segment failing its hash, the link dropped, the client 
       // The two sides time out on their own clocks: the client may give up before the server's lease ends.
       const leaseEnded = /failed: the client sent nothing \(no segment, no keep-alive\) for 4 s while its VM was filling/;
       for (let i = 0; i < 100 && !leaseEnded.test(srv.log()); i++) await sleep(100);
-      assert.match(srv.log(), leaseEnded);
+      assert.match(srv.log(), leaseEnded, `the server's log:\n${srv.log()}\nthe client's:\n${cut.stderr()}`);
     } finally {
       await f.net.exec(f.net.cli, "ip", ["link", "set", f.dev, "up"]);
     }

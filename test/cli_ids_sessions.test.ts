@@ -10,7 +10,7 @@ import * as http from "node:http";
 import { join } from "node:path";
 import { cloudlet } from "./_cli.ts";
 import { registeredBase, serve, type RegisteredBase } from "./_registered_base.ts";
-import { freshHome, WEBAPP } from "./_vm_fixture.ts";
+import { cachedOverlay, homeWithBase, WEBAPP } from "./_vm_fixture.ts";
 import { charsToTellApart } from "../ts/core/ids.ts";
 
 const TOKEN = "ids-sessions-token-0123456789abcdef";
@@ -231,15 +231,15 @@ test("item 6: stop of a session whose server cannot be reached says to give --se
 // ---- item 6, with one real VM (the built-in guest, cached) ----
 
 test("items 5 and 6: synthesis --no-run without BASE; client --detach prints the session id; ps shows the running session with the server log's ports; stop ends it through the server", async () => {
-  const home = await freshHome("ids");
+  const home = await homeWithBase("ids");
   const ok = async (args: string[]) => {
     const r = await cloudlet([args[0], "--home", home, ...args.slice(1)]);
     assert.equal(r.code, 0, r.stderr);
     return r;
   };
-  await ok(["base", "--name", "tiny"]);
+  // The base and overlay come from the fixture cache (test/vm_flow.test.ts makes its own through the CLI).
   const overlay = join(home, "webapp.overlay");
-  await ok(["overlay", "tiny", "--script", WEBAPP, "-o", overlay, "--", "-redir", "tcp:0::80"]);
+  await cachedOverlay(await fsp.readFile(WEBAPP, "utf8"), ["--", "-redir", "tcp:0::80"], overlay);
   // Item 5 in VM mode: no BASE, the overlay's base id finds "tiny" in the registry.
   const verified = JSON.parse((await ok(["synthesis", overlay, "--no-run", "--json"])).stdout);
   assert.equal(verified.verified, true);

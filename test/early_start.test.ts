@@ -17,7 +17,7 @@ import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import { cloudlet, type CliResult } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
-import { freshHome, get, ok, qemuCount, sleep, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
+import { cachedOverlay, get, homeWithBase, ok, qemuCount, sleep, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
 import { loadCoreFromDisk } from "../ts/node/core_file.ts";
 import { openOverlay } from "../ts/node/overlay_files.ts";
 import { openBase } from "../ts/home/base_cache.ts";
@@ -67,14 +67,13 @@ let fixture: Promise<Fixture> | null = null;
 /** The shared base, overlay and full synthesis (every test awaits this; Deno's node:test lacks hooks). */
 function shared(): Promise<Fixture> {
   fixture ??= (async () => {
-    const home = await freshHome("early");
+    // The base and overlay come from the fixture cache (made once for both runtimes; test/vm_flow.test.ts
+    // makes its own through the CLI, and the working-set test below makes an overlay here).
+    const home = await homeWithBase("early");
     const H = ["--home", home];
-    ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
     const [base] = ok(await cloudlet(["list-base", ...H, "--json"]));
     const overlay = join(home, "webapp.overlay");
-    const script = join(home, "webapp-marked.sh");
-    await fsp.writeFile(script, (await fsp.readFile(WEBAPP, "utf8")) + MARKER_SCRIPT);
-    ok(await cloudlet(["overlay", "tiny", ...H, "--script", script, "-o", overlay, "--segment-size", "128K", "--json", "--", "-redir", "tcp:0::80"]));
+    await cachedOverlay((await fsp.readFile(WEBAPP, "utf8")) + MARKER_SCRIPT, ["--segment-size", "128K", "--", "-redir", "tcp:0::80"], overlay);
     const full = join(home, "full");
     // Through the library: file mode's --machine/--cpu cannot name the reporting balloon of this base.
     await synthesizeFiles(await loadCoreFromDisk(), { baseDisk: join(base.dir, "disk.raw"), baseMem: join(base.dir, "memory.raw"), machine: base.machine, overlay, outDir: full, diskFormat: "raw", home });
@@ -99,16 +98,19 @@ function shared(): Promise<Fixture> {
 test("early start: the VM resumes before its overlay is applied, answers while it fills, and ends equal to a full synthesis", async (t) => {
   const f = await shared();
   const H = ["--home", f.home];
-  // The background waits before each segment, so the VM runs while most of the overlay is not applied;
-  // 8 s: the guest itself raises most segments on demand, and the rest must outlast its first answer under load.
-  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "8000" } });
+  // The background waits before each segment, so the VM runs while most of the overlay is not applied:
+  // the guest itself raises most segments on demand, and the rest must outlast the checks while it fills
+  // (under load). The gate ends the waits once those checks are done, so the delay is only an upper bound.
+  const gate = join(f.home, "fill-gate-lazy");
+  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "30000", CLOUDLET_EARLY_FILL_GATE: gate } });
   let filling: { id: string; ports: { hostPort: number }[] } | null = null;
   let done: CliResult | null = null;
   void run.then((r) => (done = r));
   try {
     await lazyVmChecks();
   } finally {
-    // A failed check must not leave the VM running: stop whatever this run started.
+    // A failed check must not leave the VM running (or its fill waiting): stop whatever this run started.
+    await fsp.writeFile(gate, "");
     const r = await run;
     const id = /"vmId": "([0-9a-f]{12})"/.exec(r.stdout)?.[1] ?? (filling as { id: string } | null)?.id;
     if (id) await cloudlet(["stop", id, ...H]);
@@ -127,6 +129,7 @@ test("early start: the VM resumes before its overlay is applied, answers while i
     const c1 = Number(/counter=(\d+)/.exec(during)?.[1]);
     const stillFilling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { id: string }) => v.id === filling!.id);
     assert.equal(stillFilling?.state, "filling", "answered before the fill ended");
+    await fsp.writeFile(gate, "");
 
     const vm = ok(await run);
     const e = vm.earlyStart;
@@ -135,7 +138,7 @@ test("early start: the VM resumes before its overlay is applied, answers while i
     assert.ok(e.pagesOnDemand > 0, "the guest faulted pages in on demand");
     assert.ok(e.segmentsOnDemand >= 1, "a request raised a segment ahead of the background");
     assert.ok(e.segments > e.segmentsBeforeResume, JSON.stringify(e));
-    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill delayed 8 s a segment), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
+    t.diagnostic(`resumed ${Math.round(e.resumedMs)} ms, fully local ${Math.round(e.localMs)} ms (fill held until the checks while filling), ${e.pagesOnDemand} pages and ${e.chunksOnDemand} chunks on demand, ${e.segmentsOnDemand} of ${e.segments} segments raised`);
     try {
       // The running VM's RAM against the full synthesis's memory, first thing after the fill.
       const want = await fsp.readFile(join(f.full, "memory.raw"));
@@ -398,10 +401,12 @@ test("working set: overlay --warmup-url records what the warm-up touched and wri
   assert.ok(count(lead, ImageKind.Memory) >= boot.pages && count(lead, ImageKind.Disk) >= boot.chunks);
   assert.equal(count(meta.segments.slice(boot.segments), ImageKind.State), 0);
 
-  /** An early start of `ws` with a slow fill; the app asked as soon as ps shows the VM filling. */
+  /** An early start of `ws` with a slow fill (until the app has answered); the app asked as soon as ps shows the VM filling. */
+  let gates = 0;
   const early = async (extra: string[]) => {
     const t0 = performance.now();
-    const run = cloudlet(["synthesis", "tiny", ws, ...H, "--early-start", "--json", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "1500" } });
+    const gate = join(f.home, `fill-gate-ws${++gates}`);
+    const run = cloudlet(["synthesis", "tiny", ws, ...H, "--early-start", "--json", ...extra], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "1500", CLOUDLET_EARLY_FILL_GATE: gate } });
     let done: CliResult | null = null;
     void run.then((r) => (done = r));
     let filling: { id: string; ports: { hostPort: number }[] } | null = null;
@@ -412,6 +417,7 @@ test("working set: overlay --warmup-url records what the warm-up touched and wri
     assert.ok(filling, `ps never showed the VM filling: ${(done as CliResult | null)?.stderr}`);
     const answer = await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000);
     const answerMs = performance.now() - t0;
+    await fsp.writeFile(gate, "");
     const r = await run;
     const vm = ok(r);
     ok(await cloudlet(["stop", vm.vmId, ...H, "--json"]));

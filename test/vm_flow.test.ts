@@ -11,7 +11,7 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { cloudlet, CLOUDLET } from "./_cli.ts";
 import { runTool } from "./_tools.ts";
-import { ensureLibvirtd, freshHome, get, ok, qemuCount, TEST_HOME, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
+import { addCachedBase, ensureLibvirtd, freshHome, get, ok, qemuCount, TEST_HOME, untilAnswer, WEBAPP } from "./_vm_fixture.ts";
 
 /** Nothing left behind: no temporary base, run or VM directory, no QEMU of this home. */
 async function clean(home: string): Promise<void> {
@@ -108,8 +108,8 @@ test("errors: unknown base, disk not raw, port in use, guest never ready, VM die
   assert.doesNotMatch(never.stderr, /\bat .*\.ts:\d+/);
   await clean(home);
 
-  // A working base and overlay for the rest.
-  ok(await cloudlet(["base", ...H, "--name", "tiny", "--json"]));
+  // A working base and overlay for the rest: the base from the fixture cache (the flow tests above make theirs).
+  await addCachedBase(home);
   const ovPath = join(home, "fixed.overlay");
   const blocker = createServer();
   await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));

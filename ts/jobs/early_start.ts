@@ -64,6 +64,21 @@ export const NO_USERFAULTFD_ENV = "CLOUDLET_NO_USERFAULTFD";
  * fetch on demand) before it is fully local. Requests on demand never wait for it.
  */
 export const FILL_DELAY_ENV = "CLOUDLET_EARLY_FILL_DELAY_MS";
+/**
+ * Test switch beside FILL_DELAY_ENV: a path whose appearance ends the fill's waits, so that a test holds the
+ * fill for as long as it checks the VM while it fills (the delay is then only an upper bound) and no longer.
+ */
+export const FILL_GATE_ENV = "CLOUDLET_EARLY_FILL_GATE";
+
+/** Waits `ms`, or less once the file `gate` exists (looked for every 100 ms). */
+async function fillPause(ms: number, gate: string | undefined): Promise<void> {
+  if (!gate) return new Promise((r) => setTimeout(r, ms));
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fsp.access(gate).then(() => true, () => false)) return;
+    await new Promise((r) => setTimeout(r, Math.min(100, end - Date.now())));
+  }
+}
 
 /** Why the lazy path cannot run for this host and overlay, or null when it can. */
 export async function earlyStartBlocker(host: HostChoice, meta: OverlayMeta): Promise<string | null> {
@@ -267,19 +282,20 @@ export class LazyOverlay {
 
   /**
    * Applies every segment in order, decoding a few ahead. `delayMs` (a test
-   * switch) waits before the fill starts and before each segment it starts itself.
+   * switch) waits before the fill starts and before each segment it starts itself,
+   * less once the file `gate` (another) exists.
    */
-  async fill(signal: AbortSignal, delayMs = 0): Promise<void> {
+  async fill(signal: AbortSignal, delayMs = 0, gate?: string): Promise<void> {
     const n = this.overlay.meta.segments.length;
     const ahead = Math.max(2, this.codec.parallelism * 2);
-    if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+    if (delayMs) await fillPause(delayMs, gate);
     for (let i = 0; i < n; i++) {
       signal.throwIfAborted();
       if (this.failure) throw this.failure;
       // Read ahead only what has arrived: asking a link-fed reader for a later
       // segment raises it, and the fill's read-ahead would queue in front of the guest's own requests.
       for (let k = i; k < Math.min(n, i + ahead); k++) if (!this.applying.has(k) && (this.overlay.segmentArrived?.(k) ?? true)) this.decode(k).catch(() => {});
-      if (delayMs && !this.applying.has(i)) await new Promise((r) => setTimeout(r, delayMs));
+      if (delayMs && !this.applying.has(i)) await fillPause(delayMs, gate);
       await this.apply(i);
     }
   }
@@ -490,7 +506,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     baseChecked.catch((e) => lz.fail(e));
     const delay = Number(process.env[FILL_DELAY_ENV] ?? 0) || 0;
     const filled = (async () => {
-      await lz.fill(signal, delay);
+      await lz.fill(signal, delay, process.env[FILL_GATE_ENV] || undefined);
       await baseChecked;
       await Promise.all(sinks.map((s) => s.finish()));
       await Promise.all(sinks.map((s) => s.commit()));

@@ -176,6 +176,17 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
   const out = new Uint8Array(offsets.length * CHUNK);
   if (!src || !offsets.length) return out;
   const order = offsets.map((_, i) => i).sort((x, y) => offsets[x] - offsets[y]);
+  if (src.readInto) {
+    // Straight into place: a run is back to back both in the base and in `out`.
+    for (let i = 0; i < order.length; ) {
+      let j = i + 1;
+      while (j < order.length && offsets[order[j]] === offsets[order[j - 1]] + CHUNK && order[j] === order[j - 1] + 1) j++;
+      const start = offsets[order[i]];
+      if (start < src.size) await src.readInto(start, out.subarray(order[i] * CHUNK, (order[i] + j - i) * CHUNK));
+      i = j;
+    }
+    return out;
+  }
   for (let i = 0; i < order.length; ) {
     // A run of chunks that sit back to back in the base (at most 4 MiB).
     let j = i + 1;

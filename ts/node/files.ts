@@ -111,6 +111,15 @@ export class FileSource implements ByteSource {
     return this.queue.run(() => this.readNow(offset, length));
   }
 
+  /**
+   * The descriptor, for a worker thread of this process to pread from
+   * (Node: descriptors are per process), or null where that does not hold
+   * (Deno). Valid until {@link close}.
+   */
+  get sharedFd(): number | null {
+    return SYNC_POSITIONAL_IO ? this.fh.fd : null;
+  }
+
   /** Reads into `dst` from `offset` (fewer bytes only at the end of the file); resolves to the bytes read. */
   readInto(offset: number, dst: Uint8Array): Promise<number> {
     if (SYNC_POSITIONAL_IO) {

@@ -52,14 +52,15 @@ class HandleQueue {
 }
 
 /**
- * Node's positional calls are single pread/pwrite system calls, so they are
- * made synchronously: on page-cached files one takes microseconds, and the
- * promise API's hand-off to libuv's thread pool and back (a request object,
- * a futex wake, an event-loop wake-up and a promise per call) cost more CPU
- * than the copy itself; synthesis makes thousands of them
- * (bench/OVERLAY_RESULTS.md, "Synthesis speed, third pass"). Deno emulates
- * a positional call with a seek on a shared cursor, so there every call
- * stays asynchronous and queued (see HandleQueue).
+ * Node's positional calls are single pread/pwrite system calls, so
+ * `FileSource.readInto` and `AtomicFile.write` make them synchronously: on
+ * page-cached files one takes microseconds, and the promise API's hand-off
+ * to libuv's thread pool and back (a request object, a futex wake, an
+ * event-loop wake-up and a promise per call) cost more CPU than the copy
+ * itself; synthesis makes thousands of them (bench/OVERLAY_RESULTS.md,
+ * "Synthesis speed, third pass"). Deno emulates a positional call with a
+ * seek on a shared cursor, so there every call stays asynchronous and
+ * queued (see HandleQueue).
  */
 const SYNC_POSITIONAL_IO = typeof (globalThis as { Deno?: unknown }).Deno === "undefined";
 
@@ -99,15 +100,6 @@ export class FileSource implements ByteSource {
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
-    if (SYNC_POSITIONAL_IO) {
-      const buf = new Uint8Array(Math.max(0, Math.min(length, this.size - offset)));
-      try {
-        const got = this.readIntoNow(offset, buf);
-        return Promise.resolve(got === buf.length ? buf : buf.subarray(0, got));
-      } catch (e) {
-        return Promise.reject(e);
-      }
-    }
     return this.queue.run(() => this.readNow(offset, length));
   }
 
@@ -120,7 +112,13 @@ export class FileSource implements ByteSource {
     return SYNC_POSITIONAL_IO ? this.fh.fd : null;
   }
 
-  /** Reads into `dst` from `offset` (fewer bytes only at the end of the file); resolves to the bytes read. */
+  /**
+   * Reads into `dst` from `offset` (fewer bytes only at the end of the
+   * file); resolves to the bytes read. Synchronous under Node (see
+   * SYNC_POSITIONAL_IO): synthesis reads its base chunks with it, thousands
+   * of small reads; `read` stays asynchronous for the large reads of
+   * creation and the scans, which overlap with other work.
+   */
   readInto(offset: number, dst: Uint8Array): Promise<number> {
     if (SYNC_POSITIONAL_IO) {
       try {

@@ -17,6 +17,8 @@ import { toHex } from "../ts/core/vectors.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../ts/home/base_cache.ts";
 import { holeChunkRuns } from "../ts/node/disk_image.ts";
 import { CloudletError } from "../ts/errors.ts";
+import { FileSource } from "../ts/node/files.ts";
+import { BufferSource } from "../ts/overlay/io.ts";
 
 const pattern = (n: number, seed: number) => new Uint8Array(n).map((_, i) => (i * 131 + seed * 17 + (i >> 9)) & 0xff);
 
@@ -107,6 +109,42 @@ test("the base check on the workers reads only data chunks, gives the prepared i
   } finally {
     await codec.close();
     await base.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("hashSourceRanges: a worker reads the base file itself (pread on the same descriptor) and hashes what the main thread would; zero-padded past the end; not for other sources", async () => {
+  const dir = await scratchDir("synth-checks");
+  const path = join(dir, "b.raw");
+  const bytes = pattern(5 * CHUNK + 1000, 4); // a partial last chunk
+  await fsp.writeFile(path, bytes);
+  const src = await FileSource.open(path);
+  const codec = new WorkerCodec(2);
+  try {
+    const ranges = [[CHUNK, 2 * CHUNK], [4 * CHUNK, 2 * CHUNK], [9 * CHUNK, CHUNK]] as const; // the last two run past the end
+    const expected = new Uint8Array(5 * CHUNK);
+    expected.set(bytes.subarray(CHUNK, 3 * CHUNK), 0);
+    expected.set(bytes.subarray(4 * CHUNK), 2 * CHUNK);
+    const byWorker = codec.hashSourceRanges(src, ranges);
+    if (!src.sharedFd) {
+      // Deno: descriptors are not shared with workers, so the caller reads (the existing path).
+      assert.equal(byWorker, null);
+      return;
+    }
+    assert.ok(byWorker, "a worker reads a FileSource");
+    assert.deepEqual(await byWorker, core.hashChunks("blake3", expected));
+    // A changed byte in the file shows in the digest of its chunk, and only there.
+    const w = await fsp.open(path, "r+");
+    await w.write(new Uint8Array([bytes[4 * CHUNK + 5] ^ 1]), 0, 1, 4 * CHUNK + 5);
+    await w.close();
+    const changed = (await codec.hashSourceRanges(src, ranges))!;
+    const want = core.hashChunks("blake3", expected);
+    assert.deepEqual(changed.subarray(0, 64), want.subarray(0, 64));
+    assert.notDeepEqual(changed.subarray(64, 96), want.subarray(64, 96));
+    assert.equal(codec.hashSourceRanges(new BufferSource(bytes), ranges), null, "an in-memory source is not read by a worker");
+  } finally {
+    await codec.close();
+    await src.close();
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });

@@ -6,7 +6,7 @@ import { CloudletError } from "../errors.ts";
 import { type SegmentCodec } from "../overlay/codec.ts";
 import { CHUNK, ImageKind, type MachineConfig, type OverlayMeta } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
-import { checkBase, prefetchSegments, synthesize } from "../overlay/synthesis.ts";
+import { type BaseCheck, checkBase, prefetchSegments, startBaseCheck, synthesize } from "../overlay/synthesis.ts";
 import { cacheDirFor, fileIdentity, openBase } from "../home/base_cache.ts";
 import { WorkerCodec } from "../node/codec_pool.ts";
 import { holeChunkRuns } from "../node/disk_image.ts";
@@ -124,13 +124,17 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
     }
     const diskName = diskFormat === "qcow2" ? SYNTH_FILES.qcow2 : SYNTH_FILES.raw;
     const sinks: Array<RawImageSink | Qcow2Sink> = [];
+    let baseCheck: BaseCheck | null = null;
+    let checkStarted: Promise<unknown> = Promise.resolve();
     try {
       const diskPath = join(tmpDir, diskName);
       const durable = o.durable ?? true;
       // The outputs (sparse copies of the base images) and the base's hole
       // maps (a `qemu-img map` each) are set up at once, not one after another.
       const holes = Promise.all([holeChunkRuns(o.baseDisk, CHUNK), holeChunkRuns(o.baseMem, CHUNK)]);
-      holes.catch(() => {}); // awaited below
+      // The base check starts as soon as the holes are known, beside the rest of the set-up.
+      checkStarted = holes.then(([disk, memory]) => (baseCheck = startBaseCheck(core, meta, base.disk, base.memory, { codec, digests: base.digests, knownZero: { disk, memory }, signal: o.signal })));
+      checkStarted.catch(() => {}); // awaited below
       const made = await Promise.allSettled([
         diskFormat === "qcow2"
           ? fsp.realpath(o.baseDisk).then((backing) => Qcow2Sink.create(diskPath, meta.imageSizes[ImageKind.Disk], backing, durable))
@@ -141,7 +145,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
       for (const m of made) if (m.status === "fulfilled") sinks.push(m.value);
       const failed = made.find((m) => m.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
-      const [diskHoles, memHoles] = await holes;
+      await checkStarted;
       const r = await synthesize({
         core,
         baseId: base.id,
@@ -150,7 +154,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         overlay,
         codec,
         sinks: sinks as [RawImageSink, RawImageSink, RawImageSink],
-        baseCheck: { digests: base.digests, knownZero: { disk: diskHoles, memory: memHoles } },
+        baseCheckStarted: baseCheck!,
         prefetched,
         progress: o.progress,
         signal: o.signal,
@@ -169,6 +173,10 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
         seconds: (performance.now() - t0) / 1000,
       };
     } catch (e) {
+      // A set-up failure: the base check may be starting or running (synthesize stops it on its own failures).
+      await checkStarted.catch(() => {});
+      (baseCheck as BaseCheck | null)?.stop();
+      await (baseCheck as BaseCheck | null)?.done.catch(() => {});
       await Promise.allSettled(sinks.map((s) => s.abort()));
       await fsp.rm(tmpDir, { recursive: true, force: true });
       // Name the output the user asked for, not our temporary directory or part file.

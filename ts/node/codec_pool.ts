@@ -7,12 +7,14 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { CodecFailure, type CompressOptions, type DecodedHashed, DEFAULT_PRESET, type SegmentCodec } from "../overlay/codec.ts";
+import type { ByteSource } from "../overlay/io.ts";
+import { FileSource, inputError } from "./files.ts";
 import { XZ_MEMLIMIT } from "../core/core.ts";
 
 /** A request to a worker (see codec_worker.mjs). */
 interface CodecRequest {
   id: number;
-  op: "compress" | "decompress" | "hash" | "decodeHashed";
+  op: "compress" | "decompress" | "hash" | "decodeHashed" | "hashFd";
   data: Uint8Array;
   rawSize: number;
   /** compress: x86 BCJ filter first. */
@@ -20,6 +22,9 @@ interface CodecRequest {
   /** decodeHashed: the BLAKE3 the compressed bytes must have, and where the hashed data area starts. */
   expectHash?: Uint8Array;
   hashFrom?: number;
+  /** hashFd: the descriptor to pread from, and the byte ranges [offset, length] to read back to back. */
+  fd?: number;
+  ranges?: ReadonlyArray<readonly [number, number]>;
 }
 
 /** Default dictionary cap: segments are ~1 MiB, and a larger dictionary only costs memory (bench/README.md). */
@@ -133,6 +138,15 @@ export class WorkerCodec implements SegmentCodec {
 
   hashChunks(data: Uint8Array): Promise<Uint8Array> {
     return this.run("hash", data, 0, true);
+  }
+
+  hashSourceRanges(src: ByteSource, ranges: ReadonlyArray<readonly [number, number]>): Promise<Uint8Array> | null {
+    const fd = src instanceof FileSource ? src.sharedFd : null;
+    if (fd === null) return null;
+    // Nothing to copy or transfer: the worker reads the file itself.
+    return this.run("hashFd", new Uint8Array(0), 0, true, false, { fd, ranges }).catch((e: Error) => {
+      throw e instanceof CodecFailure ? e : inputError(e, src.name);
+    });
   }
 
   decodeHashed(xz: Uint8Array, rawSize: number, expectHash: Uint8Array, hashFrom: number): Promise<DecodedHashed> {

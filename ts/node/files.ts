@@ -2,7 +2,7 @@
  * File access for Node and Deno: byte sources over files, atomic outputs, and
  * the mapping from OS errors to messages a user can act on.
  */
-import { promises as fsp } from "node:fs";
+import { promises as fsp, readSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { CloudletError } from "../errors.ts";
@@ -51,6 +51,19 @@ class HandleQueue {
   }
 }
 
+/**
+ * Node's positional calls are single pread/pwrite system calls, so
+ * `FileSource.readInto` and `AtomicFile.write` make them synchronously: on
+ * page-cached files one takes microseconds, and the promise API's hand-off
+ * to libuv's thread pool and back (a request object, a futex wake, an
+ * event-loop wake-up and a promise per call) cost more CPU than the copy
+ * itself; synthesis makes thousands of them (bench/OVERLAY_RESULTS.md,
+ * "Synthesis speed, third pass"). Deno emulates a positional call with a
+ * seek on a shared cursor, so there every call stays asynchronous and
+ * queued (see HandleQueue).
+ */
+const SYNC_POSITIONAL_IO = typeof (globalThis as { Deno?: unknown }).Deno === "undefined";
+
 /** A read-only file as a {@link ByteSource}. */
 export class FileSource implements ByteSource {
   private readonly queue = new HandleQueue();
@@ -90,6 +103,52 @@ export class FileSource implements ByteSource {
     return this.queue.run(() => this.readNow(offset, length));
   }
 
+  /**
+   * The descriptor, for a worker thread of this process to pread from
+   * (Node: descriptors are per process), or null where that does not hold
+   * (Deno). Valid until {@link close}.
+   */
+  get sharedFd(): number | null {
+    return SYNC_POSITIONAL_IO ? this.fh.fd : null;
+  }
+
+  /**
+   * Reads into `dst` from `offset` (fewer bytes only at the end of the
+   * file); resolves to the bytes read. Synchronous under Node (see
+   * SYNC_POSITIONAL_IO): synthesis reads its base chunks with it, thousands
+   * of small reads; `read` stays asynchronous for the large reads of
+   * creation and the scans, which overlap with other work.
+   */
+  readInto(offset: number, dst: Uint8Array): Promise<number> {
+    if (SYNC_POSITIONAL_IO) {
+      try {
+        return Promise.resolve(this.readIntoNow(offset, dst));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return this.queue.run(async () => {
+      const b = await this.readNow(offset, dst.length);
+      dst.set(b);
+      return b.length;
+    });
+  }
+
+  private readIntoNow(offset: number, dst: Uint8Array): number {
+    const len = Math.max(0, Math.min(dst.length, this.size - offset));
+    let got = 0;
+    try {
+      while (got < len) {
+        const n = readSync(this.fh.fd, dst, got, len - got, offset + got);
+        if (n === 0) break;
+        got += n;
+      }
+    } catch (e) {
+      throw inputError(e, this.name);
+    }
+    return got;
+  }
+
   private async readNow(offset: number, length: number): Promise<Uint8Array> {
     const len = Math.max(0, Math.min(length, this.size - offset));
     const buf = new Uint8Array(len);
@@ -124,6 +183,10 @@ export function partName(path: string): string {
 export class AtomicFile {
   private closed = false;
   private readonly queue = new HandleQueue();
+  /** Bytes written since the last background flush started. */
+  private unflushed = 0;
+  /** The background fdatasync in flight, if any. */
+  private flushing: Promise<void> | null = null;
   private constructor(
     readonly path: string,
     readonly tmp: string,
@@ -160,7 +223,36 @@ export class AtomicFile {
 
   /** Writes all of `data` at `offset`. */
   write(data: Uint8Array, offset: number): Promise<void> {
-    return this.queue.run(() => this.writeNow(data, offset));
+    if (SYNC_POSITIONAL_IO) {
+      try {
+        let done = 0;
+        while (done < data.length) done += writeSync(this.fh.fd, data, done, data.length - done, offset + done);
+      } catch (e) {
+        return Promise.reject(outputError(e, this.path));
+      }
+      this.wrote(data.length);
+      return Promise.resolve();
+    }
+    return this.queue.run(() => this.writeNow(data, offset)).then(() => this.wrote(data.length));
+  }
+
+  /**
+   * Counts written bytes and, for a durable file, starts an fdatasync in
+   * the background every FLUSH_EVERY bytes: the kernel then writes the data
+   * out while synthesis goes on, and the fsync before the rename (which
+   * must still come, and still covers everything) has little left to do.
+   * One flush at a time; a failed one is reported by close().
+   */
+  private wrote(bytes: number): void {
+    if (!this.durable) return;
+    this.unflushed += bytes;
+    if (this.unflushed < FLUSH_EVERY || this.flushing) return;
+    this.unflushed = 0;
+    const p = this.fh.datasync().finally(() => {
+      if (this.flushing === p) this.flushing = null;
+    });
+    p.catch(() => {}); // awaited (and reported) by close()
+    this.flushing = p;
   }
 
   private async writeNow(data: Uint8Array, offset: number): Promise<void> {
@@ -189,6 +281,7 @@ export class AtomicFile {
     if (this.closed) return;
     this.closed = true;
     try {
+      if (this.flushing) await this.flushing;
       if (this.durable) await this.fh.sync();
       await this.fh.close();
     } catch (e) {
@@ -211,11 +304,15 @@ export class AtomicFile {
   async abort(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
+      await this.flushing?.catch(() => {});
       await this.fh.close().catch(() => {});
     }
     await fsp.rm(this.tmp, { force: true });
   }
 }
+
+/** Durable files are flushed in the background every this many bytes written (see AtomicFile). */
+const FLUSH_EVERY = 16 << 20;
 
 /** A raw image sink: starts as a copy of a base image (or zeros) and is patched in place. */
 export class RawImageSink implements ImageSink {

@@ -4,6 +4,7 @@
  * its own WASM instance; {@link InlineCodec} runs on the calling thread.
  */
 import type { Core } from "../core/core.ts";
+import type { ByteSource } from "./io.ts";
 
 /** Per-stream choices of {@link SegmentCodec.compress}. */
 export interface CompressOptions {
@@ -37,6 +38,15 @@ export interface SegmentCodec {
    * the calling thread.
    */
   hashChunks?(data: Uint8Array): Promise<Uint8Array>;
+  /**
+   * BLAKE3-256 of each CHUNK-byte chunk of the byte ranges `[offset,
+   * length]` of `src`, read back to back (each range zero-padded to its
+   * length past the end of `src`), read and hashed by a worker itself: the
+   * calling thread neither reads nor allocates them. Returns null when this
+   * codec cannot read `src` (the caller then reads and uses hashChunks).
+   * Optional.
+   */
+  hashSourceRanges?(src: ByteSource, ranges: ReadonlyArray<readonly [number, number]>): Promise<Uint8Array> | null;
   /**
    * Synthesis's per-segment work in one step, off the calling thread where
    * the codec has workers: the BLAKE3 of `xz`; when it equals `expectHash`,

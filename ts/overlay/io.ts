@@ -12,6 +12,12 @@ export interface ByteSource {
   readonly name: string;
   /** Reads `length` bytes at `offset`; fewer only at the end of the source. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional: reads into `dst` from `offset` (fewer bytes only at the end
+   * of the source) and resolves to the count, without a buffer of its own:
+   * synthesis reads base chunks straight into place with it.
+   */
+  readInto?(offset: number, dst: Uint8Array): Promise<number>;
 }
 
 /** Reads chunks `[first, first+count)` of `src`, zero-padded past its end. */

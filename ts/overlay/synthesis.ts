@@ -44,6 +44,29 @@ export interface SynthesisOptions {
   baseCheck?: BaseCheckHints;
   /** Segments 0, 1, ... already being fetched by {@link prefetchSegments} (their decoding overlapped the caller's set-up). */
   prefetched?: Array<Promise<FetchedSegment>>;
+  /** The base check, already started by {@link startBaseCheck} (beside the caller's set-up); `baseCheck` is then not used. Stopped on failure. */
+  baseCheckStarted?: BaseCheck;
+}
+
+/** A running base check: see {@link startBaseCheck}. */
+export interface BaseCheck {
+  /** Resolves once every base byte hashed to the overlay's base id; rejects with WRONG_BASE otherwise. */
+  done: Promise<void>;
+  /** Stops reading and hashing (after a failure elsewhere); `done` then rejects. */
+  stop(): void;
+}
+
+/**
+ * Starts {@link verifyBaseBytes} for `meta`'s base, so that it can run
+ * beside the caller's set-up; hand the result to synthesize as
+ * {@link SynthesisOptions.baseCheckStarted}.
+ */
+export function startBaseCheck(core: Core, meta: OverlayMeta, baseDisk: ByteSource, baseMemory: ByteSource, hints: BaseCheckHints = {}): BaseCheck {
+  const stopper = new AbortController();
+  const signal = hints.signal ? AbortSignal.any([hints.signal, stopper.signal]) : stopper.signal;
+  const done = verifyBaseBytes(core, meta, baseDisk, baseMemory, { ...hints, signal });
+  done.catch(() => {}); // awaited by synthesize
+  return { done, stop: () => stopper.abort() };
 }
 
 /** Counts of what synthesis did. */
@@ -96,12 +119,22 @@ export async function fetchSegment(core: Core, overlay: OverlayReader, codec: Se
   return decodeSegment(raw, overlay.meta, i, overlay.segmentFile(i));
 }
 
+/** Decoded bytes {@link prefetchSegments} holds at most by default: enough to keep the workers busy through an output set-up of a few tenths of a second. */
+const PREFETCH_BYTES = 16 << 20;
+
+/** How many segments {@link prefetchSegments} starts by default: those within PREFETCH_BYTES, and at least synthesis's read-ahead. */
+function prefetchCount(meta: OverlayMeta, codec: SegmentCodec): number {
+  let n = 0;
+  for (let bytes = 0; n < meta.segments.length && bytes + meta.segments[n].rawSize <= PREFETCH_BYTES; n++) bytes += meta.segments[n].rawSize;
+  return Math.max(n, 2, codec.parallelism * 2);
+}
+
 /**
  * Starts fetching and decoding the first segments (as many as synthesis
  * reads ahead), so that a caller can set up its outputs meanwhile and pass
  * them on as {@link SynthesisOptions.prefetched}. A failure surfaces there.
  */
-export function prefetchSegments(core: Core, overlay: OverlayReader, codec: SegmentCodec, readAhead = Math.max(2, codec.parallelism * 2)): Array<Promise<FetchedSegment>> {
+export function prefetchSegments(core: Core, overlay: OverlayReader, codec: SegmentCodec, readAhead = prefetchCount(overlay.meta, codec)): Array<Promise<FetchedSegment>> {
   const n = Math.min(readAhead, overlay.meta.segments.length);
   return Array.from({ length: n }, (_, i) => {
     const p = fetchSegment(core, overlay, codec, i);
@@ -125,9 +158,8 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
   // Every base byte the outputs build on (copied or backing chunks as much as
   // referenced ones) is checked against the overlay's base id, alongside the
   // segments; nothing is finished before it passed. See docs/decisions.md.
-  const stopBaseCheck = new AbortController();
-  const baseChecked = verifyBaseBytes(core, meta, o.baseDisk, o.baseMemory, { codec: o.codec, ...o.baseCheck, signal: signal ? AbortSignal.any([signal, stopBaseCheck.signal]) : stopBaseCheck.signal });
-  baseChecked.catch(() => {}); // awaited below
+  const check = o.baseCheckStarted ?? startBaseCheck(core, meta, o.baseDisk, o.baseMemory, { codec: o.codec, ...o.baseCheck, signal });
+  const baseChecked = check.done;
   const launch = () => {
     while (next < meta.segments.length && pending.length < readAhead) {
       const p = fetchSegment(core, overlay, o.codec, next++);
@@ -156,7 +188,7 @@ export async function synthesize(o: SynthesisOptions): Promise<SynthesisResult> 
     await written.catch(() => {});
     // A rebuilt chunk that fails its check on a changed base: name the base file, not the segment.
     if (e instanceof CloudletError && e.code === "VERIFY_FAILED") await baseChecked.catch((b) => (e = b));
-    stopBaseCheck.abort();
+    check.stop();
     await baseChecked.catch(() => {});
     await Promise.allSettled(pending);
     await Promise.allSettled(o.sinks.map((s) => s.abort()));
@@ -176,6 +208,17 @@ async function readBaseChunks(src: ByteSource | null, offsets: number[]): Promis
   const out = new Uint8Array(offsets.length * CHUNK);
   if (!src || !offsets.length) return out;
   const order = offsets.map((_, i) => i).sort((x, y) => offsets[x] - offsets[y]);
+  if (src.readInto) {
+    // Straight into place: a run is back to back both in the base and in `out`.
+    for (let i = 0; i < order.length; ) {
+      let j = i + 1;
+      while (j < order.length && offsets[order[j]] === offsets[order[j - 1]] + CHUNK && order[j] === order[j - 1] + 1) j++;
+      const start = offsets[order[i]];
+      if (start < src.size) await src.readInto(start, out.subarray(order[i] * CHUNK, (order[i] + j - i) * CHUNK));
+      i = j;
+    }
+    return out;
+  }
   for (let i = 0; i < order.length; ) {
     // A run of chunks that sit back to back in the base (at most 4 MiB).
     let j = i + 1;
@@ -380,8 +423,8 @@ export interface BaseCheckHints {
   digests?: DigestSource;
   /** Chunk runs known to read as zero (file holes): not read, as at preparation. */
   knownZero?: KnownZero;
-  /** Hashes off this thread (the codec's workers) when given; else the hashing runs here. */
-  codec?: Pick<SegmentCodec, "hashChunks">;
+  /** Hashes off this thread (the codec's workers) when given, and reads there too where it can; else the hashing runs here. */
+  codec?: Pick<SegmentCodec, "hashChunks" | "hashSourceRanges">;
   /** Cancellation. */
   signal?: AbortSignal;
 }
@@ -403,6 +446,7 @@ const BASE_CHECK_IN_FLIGHT = 3;
 export async function verifyBaseBytes(core: Core, meta: OverlayMeta, disk: ByteSource, memory: ByteSource, hints: BaseCheckHints = {}): Promise<void> {
   const zeroDigest = zeroChunkDigest(core);
   const hashOff = hints.codec?.hashChunks?.bind(hints.codec);
+  const hashRanges = hints.codec?.hashSourceRanges?.bind(hints.codec);
   const listHashes: Uint8Array[] = [];
   // Memory first, as the id is computed (see scanBase).
   for (const [src, kind, holes, what] of [[memory, 1, hints.knownZero?.memory, "base memory page"], [disk, 0, hints.knownZero?.disk, "base disk chunk"]] as const) {
@@ -428,7 +472,7 @@ export async function verifyBaseBytes(core: Core, meta: OverlayMeta, disk: ByteS
       for (let first = 0; first < n || inFlight.length; first += SCAN_BATCH) {
         if (first < n) {
           hints.signal?.throwIfAborted();
-          const p = hashBatch(core, src, first, Math.min(SCAN_BATCH, n - first), isHole, zeroDigest, hashOff);
+          const p = hashBatch(core, src, first, Math.min(SCAN_BATCH, n - first), isHole, zeroDigest, hashOff, hashRanges);
           p.catch(() => {}); // awaited in order below
           inFlight.push(p);
           firsts.push(first);
@@ -462,7 +506,16 @@ function holeMap(holes: ReadonlyArray<readonly [number, number]> | undefined, n:
  * `src`: hole chunks get the zero digest unread, the data chunks are read
  * (one read per run) and hashed, by `hashOff` when given.
  */
-async function hashBatch(core: Core, src: ByteSource, first: number, count: number, isHole: Uint8Array | null, zeroDigest: Uint8Array, hashOff?: (b: Uint8Array) => Promise<Uint8Array>): Promise<Uint8Array> {
+async function hashBatch(
+  core: Core,
+  src: ByteSource,
+  first: number,
+  count: number,
+  isHole: Uint8Array | null,
+  zeroDigest: Uint8Array,
+  hashOff?: (b: Uint8Array) => Promise<Uint8Array>,
+  hashRanges?: SegmentCodec["hashSourceRanges"],
+): Promise<Uint8Array> {
   // Runs of data chunks, relative to `first`.
   const runs: Array<[number, number]> = [];
   for (let i = 0; i < count; ) {
@@ -476,6 +529,14 @@ async function hashBatch(core: Core, src: ByteSource, first: number, count: numb
     i = j;
   }
   const dataChunks = runs.reduce((t, [a, b]) => t + b - a, 0);
+  // Read and hashed by a worker where it can read `src` itself; else read here.
+  const byWorker = dataChunks ? hashRanges?.(src, runs.map(([a, b]) => [(first + a) * CHUNK, (b - a) * CHUNK] as const)) : null;
+  const got = byWorker ? await byWorker : await readAndHash(core, src, first, runs, dataChunks, hashOff);
+  return spreadDigests(got, first, count, runs, isHole, zeroDigest);
+}
+
+/** Reads the data runs of a batch here and hashes them (off this thread with `hashOff`). */
+async function readAndHash(core: Core, src: ByteSource, first: number, runs: Array<[number, number]>, dataChunks: number, hashOff?: (b: Uint8Array) => Promise<Uint8Array>): Promise<Uint8Array> {
   let data: Uint8Array;
   if (runs.length === 1 && (first + runs[0][1]) * CHUNK <= src.size) {
     data = await src.read((first + runs[0][0]) * CHUNK, dataChunks * CHUNK); // one read, no copy
@@ -489,7 +550,12 @@ async function hashBatch(core: Core, src: ByteSource, first: number, count: numb
       at += (b - a) * CHUNK;
     }
   }
-  const got = !dataChunks ? new Uint8Array(0) : hashOff ? await hashOff(data) : core.hashChunks("blake3", data);
+  return !dataChunks ? new Uint8Array(0) : hashOff ? await hashOff(data) : core.hashChunks("blake3", data);
+}
+
+/** The digests of a whole batch: those of its data runs (`got`, back to back) in place, the zero digest for its holes. */
+function spreadDigests(got: Uint8Array, first: number, count: number, runs: Array<[number, number]>, isHole: Uint8Array | null, zeroDigest: Uint8Array): Uint8Array {
+  const dataChunks = runs.reduce((t, [a, b]) => t + b - a, 0);
   if (dataChunks === count) return got;
   const digests = new Uint8Array(count * 32);
   for (let i = 0; i < count; i++) if (isHole?.[first + i]) digests.set(zeroDigest, i * 32);

@@ -31,15 +31,24 @@ function blake3(b) {
 function decodeHashed(m) {
   const xzHash = blake3(m.data);
   const res = { xzHash, raw: null, digests: null, error: null };
-  if (!sameBytes(xzHash, m.expectHash)) return [res, [xzHash.buffer]];
+  if (!sameBytes(xzHash, m.expectHash)) return res;
   try {
     res.raw = xz_decompress_exact(m.data, m.rawSize, memlimit);
   } catch (e) {
     res.error = e instanceof Error ? e.message : String(e);
-    return [res, [xzHash.buffer]];
+    return res;
   }
   res.digests = m.hashFrom < res.raw.length ? hash_chunks(BLAKE3, res.raw.subarray(m.hashFrom), CHUNK) : new Uint8Array(0);
-  return [res, [xzHash.buffer, res.raw.buffer, res.digests.buffer]];
+  return res;
+}
+
+/**
+ * Typed arrays cross to the main thread as their whole ArrayBuffers (see
+ * codec_pool.ts: Deno's node:worker_threads copies a Uint8Array element by
+ * element, ~300 ms for 4 MiB, but moves an ArrayBuffer at once).
+ */
+function bufferOf(u8) {
+  return u8.byteOffset === 0 && u8.byteLength === u8.buffer.byteLength ? u8.buffer : u8.slice().buffer;
 }
 
 /** Read buffer of hashFd, reused (grown as needed): no garbage per batch. */
@@ -76,11 +85,14 @@ function sameBytes(a, b) {
   return true;
 }
 
-parentPort.on("message", (m) => {
+parentPort.on("message", (msg) => {
+  // Byte inputs arrive as ArrayBuffers (codec_pool.ts says why).
+  const m = { ...msg, data: new Uint8Array(msg.data), expectHash: msg.expectHash && new Uint8Array(msg.expectHash) };
   try {
     if (m.op === "decodeHashed") {
-      const [res, transfer] = decodeHashed(m);
-      parentPort.postMessage({ id: m.id, ok: true, data: res }, transfer);
+      const res = decodeHashed(m);
+      const out = { xzHash: bufferOf(res.xzHash), raw: res.raw && bufferOf(res.raw), digests: res.digests && bufferOf(res.digests), error: res.error };
+      parentPort.postMessage({ id: m.id, ok: true, data: out }, [out.xzHash, out.raw, out.digests].filter(Boolean));
       return;
     }
     // hash: BLAKE3 (algorithm 0 in the core's table) of each 4 KiB chunk, for synthesis's check.
@@ -89,7 +101,8 @@ parentPort.on("message", (m) => {
       : m.op === "hash" ? hash_chunks(BLAKE3, m.data, CHUNK)
       : m.op === "hashFd" ? hashFd(m)
       : xz_decompress_exact(m.data, m.rawSize, memlimit);
-    parentPort.postMessage({ id: m.id, ok: true, data: out }, [out.buffer]);
+    const b = bufferOf(out);
+    parentPort.postMessage({ id: m.id, ok: true, data: b }, [b]);
   } catch (e) {
     parentPort.postMessage({ id: m.id, ok: false, error: e instanceof Error ? e.message : String(e) });
   }

@@ -13,12 +13,21 @@ import { join } from "node:path";
 import { cloudlet } from "./_cli.ts";
 import { scratchDir, writeImageSet } from "./_images.ts";
 import { core } from "./_core.ts";
-import { openOverlay } from "../ts/node/overlay_files.ts";
+import { openOverlay, type OpenedOverlay } from "../ts/node/overlay_files.ts";
 import { SynthesisServer, type LaunchedVm, type ServerBackend } from "../ts/server/server.ts";
 import { CloudletClient, pauseBound, sendOverlay, WantGate } from "../ts/server/client.ts";
 import type { OverlayReader } from "../ts/overlay/reader.ts";
 import type { OverlayMeta } from "../ts/overlay/format.ts";
 import { SlowLink } from "./_slow_link.ts";
+
+/** A generated image pair's overlay (seed, disk and memory bytes, changed chunks, segment size): its path and reader. */
+async function makeOverlay(dir: string, seed: number, bytes: number, changes: number, segmentSize: string): Promise<{ path: string; overlay: OpenedOverlay }> {
+  const set = await writeImageSet(join(dir, "img"), seed, bytes, bytes, changes);
+  const path = join(dir, "app.overlay");
+  const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", segmentSize, "-o", path]);
+  assert.equal(r.code, 0, r.stderr);
+  return { path, overlay: await openOverlay(core, path) };
+}
 
 /** A backend that stands in for the VM: early start only, run by `fill` (no QEMU). */
 function earlyBackend(dir: string, meta: OverlayMeta, fill: (feed: OverlayReader, o: { onResumed: (vm: LaunchedVm) => void }) => Promise<void>): ServerBackend {
@@ -40,11 +49,7 @@ function earlyBackend(dir: string, meta: OverlayMeta, fill: (feed: OverlayReader
 test("early start on loopback: wanted segments go ahead of an in-order upload held by the memory bound; every segment arrives once, intact", { timeout: 60_000 }, async () => {
   const dir = await scratchDir("early-proto");
   try {
-    const set = await writeImageSet(join(dir, "img"), 23, 2 << 20, 2 << 20, 60);
-    const path = join(dir, "app.overlay");
-    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "64K", "-o", path]);
-    assert.equal(r.code, 0, r.stderr);
-    const overlay = await openOverlay(core, path);
+    const { overlay } = await makeOverlay(dir, 23, 2 << 20, 60, "64K");
     const meta = overlay.meta;
     const n = meta.segments.length;
     assert.ok(n >= 7, `the overlay has ${n} segments (more than the 5 the memory bound lets the in-order upload deliver)`);
@@ -102,11 +107,7 @@ const LINK_SKIP = "Deno" in globalThis && "the simulated link is a createConnect
 async function yieldsTheLink(resettable: boolean): Promise<void> {
   const dir = await scratchDir("early-yield");
   try {
-    const set = await writeImageSet(join(dir, "img"), 29, 8 << 20, 8 << 20, 2000);
-    const path = join(dir, "app.overlay");
-    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "1M", "-o", path]);
-    assert.equal(r.code, 0, r.stderr);
-    const overlay = await openOverlay(core, path);
+    const { overlay } = await makeOverlay(dir, 29, 8 << 20, 2000, "1M");
     const meta = overlay.meta;
     const n = meta.segments.length;
     const sizes = meta.segments.map((g) => g.compressedSize);
@@ -164,12 +165,8 @@ test("over a slow shared link where connections cannot be reset (Deno, TLS), the
 test("a {url} session downloads a segment fetched by range for a want once: the in-order download stops before it and resumes past it", { timeout: 120_000 }, async () => {
   const dir = await scratchDir("early-url");
   try {
-    const set = await writeImageSet(join(dir, "img"), 31, 8 << 20, 8 << 20, 2000);
-    const path = join(dir, "app.overlay");
-    const r = await cloudlet(["overlay", "--home", join(dir, "home"), "--base-disk", set.baseDisk, "--base-mem", set.baseMem, "--disk", set.disk, "--mem", set.mem, "--segment-size", "1M", "-o", path]);
-    assert.equal(r.code, 0, r.stderr);
+    const { path, overlay } = await makeOverlay(dir, 31, 8 << 20, 2000, "1M");
     const file = await fsp.readFile(path);
-    const overlay = await openOverlay(core, path);
     const meta = overlay.meta;
     const n = meta.segments.length;
     const wanted = n - 2;

@@ -330,16 +330,21 @@ test("early start: a corrupt segment in the background part stops the VM, names 
 test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the next start end; Ctrl-C leaves nothing; require refuses", async () => {
   const f = await shared();
   const H = ["--home", f.home];
-  /** Starts an early start whose fill never gets far; resolves once ps shows it filling. */
+  /**
+   * Starts an early start whose fill never gets far; resolves once ps shows it filling and its app
+   * answers. ps says "filling" from QEMU's start, before the postcopy resume: a kill in that moment
+   * fails the incoming migration and QEMU exits by itself, which is not the case tested here.
+   */
   const startFilling = async () => {
     let pid = 0;
     const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "20000" }, onSpawn: (p) => (pid = p) });
-    let filling: { id: string } | null = null;
+    let filling: { id: string; ports: { hostPort: number }[] } | null = null;
     for (let i = 0; i < 300 && !filling; i++) {
       await sleep(200);
       filling = ok(await cloudlet(["ps", ...H, "--json"])).find((v: { state: string }) => v.state === "filling") ?? null;
     }
     assert.ok(filling, "the VM was filling");
+    assert.match(await untilAnswer(`http://127.0.0.1:${filling.ports[0].hostPort}/cgi-bin/status`, 60_000), /counter=\d+/, "the VM resumed and its app answers");
     return { run, pid, id: filling.id };
   };
   for (const cleaner of ["ps", "the next start"] as const) {

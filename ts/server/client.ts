@@ -8,7 +8,7 @@ import * as https from "node:https";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Core } from "../core/core.ts";
-import { CloudletError } from "../errors.ts";
+import { CloudletError, isCloudletError } from "../errors.ts";
 import { encodePackHeader, HEADER_BYTES } from "../overlay/format.ts";
 import type { ProgressFn } from "../overlay/io.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
@@ -34,6 +34,67 @@ interface Reply {
   body: string;
 }
 
+/** An answer whose head arrived: its body follows as text. */
+interface Opened {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: AsyncIterable<string>;
+  /** Stops reading it (and closes its connection). */
+  cancel(): void;
+}
+
+interface RequestOptions {
+  headers?: Record<string, string>;
+  body?: Uint8Array | string;
+  /** A body sent piece by piece as it is produced (chunked). */
+  stream?: AsyncIterable<Uint8Array>;
+  /** Called with a streamed request's node:http request (not under Deno, where fetch sends it). */
+  onRequest?: (req: http.ClientRequest) => void;
+  signal?: AbortSignal;
+}
+
+/** The part of Deno's API that gives fetch a CA to trust. */
+interface DenoFetchClients {
+  createHttpClient(o: { caCerts: string[] }): { close(): void };
+}
+
+/** Writes `chunks` to `req` as the socket takes them, then ends it; stops when the request is destroyed. */
+async function writeAll(req: http.ClientRequest, chunks: AsyncIterable<Uint8Array>): Promise<void> {
+  for await (const c of chunks) {
+    if (!req.write(c)) {
+      await new Promise<void>((res, rej) => {
+        const done = (e?: unknown) => {
+          req.off("drain", done).off("close", done).off("error", done);
+          if (e instanceof Error) rej(e);
+          else res();
+        };
+        req.on("drain", done).on("close", done).on("error", done);
+      });
+    }
+    if (req.destroyed) return;
+  }
+  req.end();
+}
+
+/** `chunks` as a fetch body: pulled as the connection takes it; a cancel (the connection went) ends the producer. */
+function bodyStream(chunks: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
+  const it = chunks[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>({
+    async pull(c) {
+      try {
+        const { done, value } = await it.next();
+        if (done) c.close();
+        else c.enqueue(value);
+      } catch (e) {
+        c.error(e);
+      }
+    },
+    async cancel() {
+      await it.return?.();
+    },
+  });
+}
+
 /** An Upload-Offset header's value. */
 const OFFSET_DIGITS = /^[0-9]{1,16}$/;
 
@@ -55,7 +116,28 @@ export class CloudletClient {
     ({ host: this.host, port: this.port } = parseServer(addr.server));
   }
 
-  private request(method: string, path: string, opts: { headers?: Record<string, string>; body?: Uint8Array | string; stream?: (req: http.ClientRequest) => Promise<void>; signal?: AbortSignal; raw?: (res: http.IncomingMessage) => void } = {}): Promise<Reply> {
+  private async request(method: string, path: string, opts: RequestOptions = {}): Promise<Reply> {
+    const r = await this.open(method, path, opts);
+    let body = "";
+    try {
+      for await (const t of r.text) body += t;
+    } catch (e) {
+      throw this.lost(e);
+    }
+    return { status: r.status, headers: r.headers, body };
+  }
+
+  /**
+   * Sends a request and resolves once its answer's head arrives. Under Deno it
+   * goes through fetch: Deno's node:http client (2.5) can end without settling
+   * when the server answers early and drops the connection, or throw an error
+   * no caller can catch ("request body stream errored"); fetch settles either way.
+   */
+  private open(method: string, path: string, opts: RequestOptions): Promise<Opened> {
+    return "Deno" in globalThis && !this.addr.connect ? this.openFetch(method, path, opts) : this.openNode(method, path, opts);
+  }
+
+  private openNode(method: string, path: string, opts: RequestOptions): Promise<Opened> {
     return new Promise((resolve, reject) => {
       const mod = this.addr.tls ? https : http;
       const req = mod.request(
@@ -70,22 +152,76 @@ export class CloudletClient {
           ...(this.addr.connect ? { createConnection: this.addr.connect as unknown as http.RequestOptions["createConnection"] } : {}),
         },
         (res) => {
-          if (opts.raw) return opts.raw(res);
-          let body = "";
           res.setEncoding("utf8");
-          res.on("data", (d: string) => (body += d));
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-          res.on("error", reject);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, text: res as AsyncIterable<string>, cancel: () => void res.destroy() });
         },
       );
-      req.on("error", (e: NodeJS.ErrnoException) => {
-        if (e.name === "AbortError") reject(new CloudletError("CANCELLED", "cancelled"));
-        else reject(new CloudletError("REMOTE", `cannot reach the cloudlet at ${this.addr.server}: ${e.code ?? e.message}`));
-      });
-      if (opts.raw) req.on("response", () => resolve({ status: 0, headers: {}, body: "" }));
-      if (opts.stream) opts.stream(req).catch((e) => req.destroy(e));
-      else req.end(opts.body);
+      req.on("error", (e) => reject(this.unreachable(e)));
+      if (opts.stream) {
+        opts.onRequest?.(req);
+        writeAll(req, opts.stream).catch((e) => req.destroy(e as Error));
+      } else req.end(opts.body);
     });
+  }
+
+  private async openFetch(method: string, path: string, opts: RequestOptions): Promise<Opened> {
+    const host = this.host.includes(":") ? `[${this.host}]` : this.host;
+    const url = `${this.addr.tls ? "https" : "http"}://${host}:${this.port}${API}${path}`;
+    // fetch frames the body itself.
+    const { "transfer-encoding": _te, "content-length": _cl, ...headers } = opts.headers ?? {};
+    const deno = (globalThis as unknown as { Deno: DenoFetchClients }).Deno;
+    const client = this.addr.ca ? deno.createHttpClient({ caCerts: [this.addr.ca.toString("utf8")] }) : undefined;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        headers: { authorization: `Bearer ${this.addr.token}`, ...headers },
+        body: opts.stream ? bodyStream(opts.stream) : opts.body,
+        signal: opts.signal,
+        ...(opts.stream ? { duplex: "half" } : {}),
+        ...(client ? { client } : {}),
+      } as RequestInit);
+    } catch (e) {
+      client?.close();
+      throw this.unreachable(e);
+    }
+    const reader = res.body?.getReader();
+    let closed = false;
+    const finish = () => {
+      if (closed) return;
+      closed = true;
+      reader?.cancel().catch(() => {});
+      client?.close();
+    };
+    const text = async function* (): AsyncGenerator<string> {
+      const decoder = new TextDecoder();
+      try {
+        while (reader) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          const t = decoder.decode(value, { stream: true });
+          if (t) yield t;
+        }
+      } finally {
+        finish();
+      }
+    };
+    return { status: res.status, headers: Object.fromEntries(res.headers), text: text(), cancel: finish };
+  }
+
+  /** A request that could not be sent, or got no answer. */
+  private unreachable(e: unknown): CloudletError {
+    const err = e as NodeJS.ErrnoException & { cause?: { message?: string } };
+    if (err.name === "AbortError") return new CloudletError("CANCELLED", "cancelled");
+    return new CloudletError("REMOTE", `cannot reach the cloudlet at ${this.addr.server}: ${err.code ?? err.cause?.message ?? err.message}`);
+  }
+
+  /** An answer cut off while it was read. */
+  private lost(e: unknown): CloudletError {
+    const err = e as NodeJS.ErrnoException & { cause?: { message?: string } };
+    if (isCloudletError(e)) return e;
+    if (err.name === "AbortError") return new CloudletError("CANCELLED", "cancelled");
+    return new CloudletError("REMOTE", `lost the connection to the cloudlet at ${this.addr.server}: ${err.code ?? err.cause?.message ?? err.message}`);
   }
 
   private fail(r: Reply, what: string): never {
@@ -141,55 +277,41 @@ export class CloudletClient {
   }
 
   /** Reads an NDJSON stream (blank lines are keep-alives); `onLine` returning true ends it. `quietMs`: fail when nothing, not even a keep-alive, arrives for this long. */
-  private ndjson(path: string, what: string, onLine: (j: unknown) => boolean | void, signal?: AbortSignal, quietMs?: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.request("GET", path, {
-        signal,
-        raw: (res) => {
-          if (res.statusCode !== 200) {
-            res.resume();
-            return reject(new CloudletError("REMOTE", `${what}: ${res.statusCode}`));
-          }
-          let heard = Date.now();
-          const watch = quietMs
-            ? setInterval(() => {
-                if (Date.now() - heard <= quietMs) return;
-                clearInterval(watch!);
-                res.destroy();
-                reject(new CloudletError("REMOTE", `lost the cloudlet at ${this.addr.server}: nothing heard for ${Math.round(quietMs / 1000)} s`));
-              }, 250)
-            : null;
-          let buf = "";
-          res.setEncoding("utf8");
-          res.on("data", (d: string) => {
-            heard = Date.now();
-            buf += d;
-            let nl;
-            while ((nl = buf.indexOf("\n")) >= 0) {
-              const line = buf.slice(0, nl);
-              buf = buf.slice(nl + 1);
-              if (line.trim() && onLine(JSON.parse(line)) === true) {
-                if (watch) clearInterval(watch);
-                res.destroy();
-                return resolve();
-              }
-            }
-          });
-          res.on("end", () => {
-            if (watch) clearInterval(watch);
-            resolve();
-          });
-          res.on("close", () => {
-            if (watch) clearInterval(watch);
-            resolve();
-          });
-          res.on("error", (e) => {
-            if (watch) clearInterval(watch);
-            reject(e);
-          });
-        },
-      }).catch(reject);
-    });
+  private async ndjson(path: string, what: string, onLine: (j: unknown) => boolean | void, signal?: AbortSignal, quietMs?: number): Promise<void> {
+    const r = await this.open("GET", path, { signal });
+    if (r.status !== 200) {
+      r.cancel();
+      throw new CloudletError("REMOTE", `${what}: ${r.status}`);
+    }
+    let heard = Date.now();
+    let quiet = false;
+    const watch = quietMs
+      ? setInterval(() => {
+          if (Date.now() - heard <= quietMs) return;
+          quiet = true;
+          r.cancel();
+        }, 250)
+      : null;
+    const silent = () => new CloudletError("REMOTE", `lost the cloudlet at ${this.addr.server}: nothing heard for ${Math.round(quietMs! / 1000)} s`);
+    let buf = "";
+    try {
+      for await (const d of r.text) {
+        heard = Date.now();
+        buf += d;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line.trim() && onLine(JSON.parse(line)) === true) return;
+        }
+      }
+    } catch (e) {
+      throw quiet ? silent() : this.lost(e);
+    } finally {
+      if (watch) clearInterval(watch);
+      r.cancel();
+    }
+    if (quiet) throw silent();
   }
 
   /** Sends the header and meta; the server refuses a wrong base here. */
@@ -211,23 +333,8 @@ export class CloudletClient {
     const r = await this.request("PATCH", `/sessions/${id}/data`, {
       headers: { "content-type": "application/octet-stream", [OFFSET_HEADER]: String(offset), "transfer-encoding": "chunked" },
       signal,
-      stream: async (req) => {
-        onRequest?.(req);
-        for await (const c of chunks) {
-          if (!req.write(c)) {
-            await new Promise<void>((res, rej) => {
-              const done = (e?: unknown) => {
-                req.off("drain", done).off("close", done).off("error", done);
-                if (e instanceof Error) rej(e);
-                else res();
-              };
-              req.on("drain", done).on("close", done).on("error", done);
-            });
-          }
-          if (req.destroyed) return;
-        }
-        req.end();
-      },
+      stream: chunks,
+      onRequest,
     });
     // The server holds more than this upload assumed (segments sent out of order meanwhile): continue where it says.
     if (r.status === 409 && /"OFFSET"/.test(r.body) && OFFSET_DIGITS.test(String(r.headers[OFFSET_HEADER]))) return Number(r.headers[OFFSET_HEADER]);

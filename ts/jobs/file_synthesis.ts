@@ -15,7 +15,7 @@ import { indexCacheDir } from "../home/paths.ts";
 import type { OverlayReader } from "../overlay/reader.ts";
 import { openOverlay } from "../node/overlay_files.ts";
 import { Qcow2Sink } from "../node/qcow2_sink.ts";
-import { finalName, refuseOutputOverInputs, prepareOutputDir, finishOutputDir } from "../node/output_dir.ts";
+import { finalName, refuseOutputOverInputs, prepareOutputDir, finishOutputDir, writeFileDurable } from "../node/output_dir.ts";
 
 /** Inputs of {@link synthesizeFiles}. */
 export interface SynthesizeOptions {
@@ -161,7 +161,7 @@ export async function synthesizeReader(core: Core, overlay: OverlayReader, o: Sy
       });
       await Promise.all(sinks.map((s) => s.commit()));
       if (meta.imageSizes[ImageKind.State] === 0) await fsp.rm(join(tmpDir, SYNTH_FILES.state), { force: true });
-      await fsp.writeFile(join(tmpDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: diskName }, null, 2) + "\n");
+      await writeFileDurable(join(tmpDir, SYNTH_FILES.launch), JSON.stringify({ baseId: meta.base.id, machine: meta.base.machine, launch: meta.launch, disk: diskName }, null, 2) + "\n");
       await finishOutputDir(tmpDir, outDir);
       return {
         dir: outDir,

@@ -94,12 +94,45 @@ export async function prepareOutputDir(outDir: string, force: boolean): Promise<
   }
 }
 
-/** Moves the finished temporary directory into place. */
+/** Writes a small file of an output and flushes it to disk (the images flush as they commit). */
+export async function writeFileDurable(path: string, data: string | Uint8Array): Promise<void> {
+  const fh = await fsp.open(path, "w");
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Flushes a directory's entries to disk (its files' names, a rename into it).
+ * Only file systems that cannot sync a directory are passed over.
+ */
+async function syncDir(dir: string): Promise<void> {
+  let fh: Awaited<ReturnType<typeof fsp.open>> | null = null;
+  try {
+    fh = await fsp.open(dir, "r");
+    await fh.sync();
+  } catch (e) {
+    if (!["EINVAL", "EISDIR", "ENOTSUP", "EBADF", "EPERM", "EACCES"].includes((e as NodeJS.ErrnoException).code ?? "")) throw e;
+  } finally {
+    await fh?.close();
+  }
+}
+
+/**
+ * Moves the finished temporary directory into place: its entries are on disk
+ * before the rename, and the rename is on disk before this returns, so a
+ * power cut leaves either no output or a whole one.
+ */
 export async function finishOutputDir(tmpDir: string, outDir: string): Promise<void> {
   try {
+    await syncDir(tmpDir);
     const old = `${tmpDir}.old`;
     const had = await fsp.rename(outDir, old).then(() => true, () => false);
     await fsp.rename(tmpDir, outDir);
+    await syncDir(dirname(outDir));
     if (had) await fsp.rm(old, { recursive: true, force: true });
   } catch (e) {
     throw outputError(e, outDir);

@@ -102,7 +102,9 @@ test("early start: the VM resumes before its overlay is applied, answers while i
   // the guest itself raises most segments on demand, and the rest must outlast the checks while it fills
   // (under load). The gate ends the waits once those checks are done, so the delay is only an upper bound.
   const gate = join(f.home, "fill-gate-lazy");
-  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "30000", CLOUDLET_EARLY_FILL_GATE: gate } });
+  // The resume waits for its own gate, so that ps is seen to tell a VM whose guest does not run yet.
+  const resumeGate = join(f.home, "resume-gate-lazy");
+  const run = cloudlet(["synthesis", "tiny", f.overlay, ...H, "--early-start", "--json"], { env: { CLOUDLET_EARLY_FILL_DELAY_MS: "30000", CLOUDLET_EARLY_FILL_GATE: gate, CLOUDLET_EARLY_RESUME_GATE: resumeGate } });
   let filling: { id: string; ports: { hostPort: number }[] } | null = null;
   let done: CliResult | null = null;
   void run.then((r) => (done = r));
@@ -110,12 +112,23 @@ test("early start: the VM resumes before its overlay is applied, answers while i
     await lazyVmChecks();
   } finally {
     // A failed check must not leave the VM running (or its fill waiting): stop whatever this run started.
+    await fsp.writeFile(resumeGate, "");
     await fsp.writeFile(gate, "");
     const r = await run;
     const id = /"vmId": "([0-9a-f]{12})"/.exec(r.stdout)?.[1] ?? (filling as { id: string } | null)?.id;
     if (id) await cloudlet(["stop", id, ...H]);
   }
   async function lazyVmChecks() {
+    let resuming: { id: string; ports: { hostPort: number }[] } | null = null;
+    while (!resuming && !done) {
+      const ps = ok(await cloudlet(["ps", ...H, "--json"]));
+      assert.equal(ps.find((v: { state: string }) => v.state === "filling"), undefined, "filling only once the guest runs");
+      resuming = ps.find((v: { state: string }) => v.state === "resuming") ?? null;
+      if (!resuming) await sleep(200);
+    }
+    assert.ok(resuming, `ps never showed the VM resuming: ${(done as CliResult | null)?.stderr}`);
+    assert.equal(await get(`http://127.0.0.1:${resuming.ports[0].hostPort}/cgi-bin/status`), "", "no answer before the resume");
+    await fsp.writeFile(resumeGate, "");
     while (!filling && !done) {
       const ps = ok(await cloudlet(["ps", ...H, "--json"]));
       filling = ps.find((v: { state: string }) => v.state === "filling") ?? null;
@@ -331,9 +344,9 @@ test("early start: a cloudlet killed mid-fill leaves a frozen VM that ps or the 
   const f = await shared();
   const H = ["--home", f.home];
   /**
-   * Starts an early start whose fill never gets far; resolves once ps shows it filling and its app
-   * answers. ps says "filling" from QEMU's start, before the postcopy resume: a kill in that moment
-   * fails the incoming migration and QEMU exits by itself, which is not the case tested here.
+   * Starts an early start whose fill never gets far; resolves once ps shows it filling (resumed: before
+   * that ps says "resuming", and a kill then fails the incoming migration and QEMU exits by itself,
+   * which is not the case tested here) and its app answers.
    */
   const startFilling = async () => {
     let pid = 0;

@@ -69,6 +69,11 @@ export const FILL_DELAY_ENV = "CLOUDLET_EARLY_FILL_DELAY_MS";
  * fill for as long as it checks the VM while it fills (the delay is then only an upper bound) and no longer.
  */
 export const FILL_GATE_ENV = "CLOUDLET_EARLY_FILL_GATE";
+/**
+ * Test switch: a path the postcopy resume waits for (at most a minute), so that a test sees the VM
+ * before its guest runs (`cloudlet ps`: resuming).
+ */
+export const RESUME_GATE_ENV = "CLOUDLET_EARLY_RESUME_GATE";
 
 /** Waits `ms`, or less once the file `gate` exists (looked for every 100 ms). */
 async function fillPause(ms: number, gate: string | undefined): Promise<void> {
@@ -470,8 +475,9 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     const id = `early-${randomBytes(3).toString("hex")}`;
     const args = lazyLaunchArgs(qemuArgs(spec, { vmName: `${VM_NAME_PREFIX}${id}`, accel, portForwards: ports, vncPort: null }), ramMiB, lazyDiskArgs({ topPath: paths.top, socketPath: join(runDir, "nbd.sock"), exportName: "disk", bootIndex: files.boot ? undefined : 1 }));
     dest = await startPostcopyDestination({ binary: host.binary, args, runDir });
-    const record: VmRecord = { id, host: "qemu", runDir, pid: dest.pid, owner: selfOwner(), detached: false, ownsMemory: false, memoryPath: paths.memory, portForwards: ports, hostAddress, createdAt: new Date().toISOString(), filling: true };
+    const record: VmRecord = { id, host: "qemu", runDir, pid: dest.pid, owner: selfOwner(), detached: false, ownsMemory: false, memoryPath: paths.memory, portForwards: ports, hostAddress, createdAt: new Date().toISOString(), filling: true, resuming: true };
     await writeVmRecord(record);
+    if (process.env[RESUME_GATE_ENV]) await fillPause(60_000, process.env[RESUME_GATE_ENV]);
     const pc = resumePostcopy({
       destination: dest,
       state,
@@ -490,6 +496,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     pc.complete.catch((e) => lz.fail(e));
     await Promise.race([pc.resumed, failed]);
     const resumedMs = performance.now() - t0;
+    await writeVmRecord({ ...record, resuming: false });
     if (o.record) {
       // Recording: the warm-up, then the VM goes (it was never meant to stay).
       say(ctx, `warm-up: VM resumed after ${(resumedMs / 1000).toFixed(1)} s; recording the pages and chunks it touches`);
@@ -522,7 +529,7 @@ export async function synthesizeEarly(ctx: VmJobContext, base: BaseRow, overlay:
     const chunksOnDemand = nbd.stats.waited;
     await nbd.close();
     nbd = null;
-    await writeVmRecord({ ...record, filling: false, detached: true });
+    await writeVmRecord({ ...record, filling: false, resuming: false, detached: true });
     dest.detach();
     const localMs = performance.now() - t0;
     say(ctx, `early start: VM ${vmId} fully local after ${(localMs / 1000).toFixed(1)} s`);

@@ -13,12 +13,13 @@ export interface PsRow {
   id: string;
   kind: "vm" | "session";
   /**
-   * running; filling (early start: not fully local yet, its cloudlet process
-   * still serves it); dead (its QEMU is gone); pending (a session whose VM is
+   * running; resuming (early start: QEMU runs, the guest not yet: its device
+   * state and boot set are on the way); filling (early start: resumed, not fully
+   * local yet, its cloudlet process still serves it); dead (its QEMU is gone); pending (a session whose VM is
    * not launched yet); removed (an early start cut off when its cloudlet
    * process died: stopped and removed by this listing, shown once).
    */
-  state: "running" | "filling" | "dead" | "pending" | "removed";
+  state: "running" | "resuming" | "filling" | "dead" | "pending" | "removed";
   host: string;
   /** The address the port forwards listen on. */
   hostAddress: string;
@@ -43,7 +44,7 @@ export async function psVms(home: string): Promise<PsRow[]> {
   }
   for (const id of (await fsp.readdir(dirs.sessions).catch(() => [] as string[])).sort()) {
     if (!SESSION_ID_RE.test(id)) continue;
-    // An early-started session's VM lives beside the session's folder (state "filling" until it is local).
+    // An early-started session's VM lives beside the session's folder (state "resuming", then "filling" until it is local).
     const rec = (await readVmRecord(dirs.session(id))) ?? (await readVmRecord(join(dirs.earlySession(id), "vm")));
     if (rec) out.push(row(id, "session", rec, await recordAlive(rec)));
     else {
@@ -76,7 +77,7 @@ export async function cleanupAbandonedFills(home: string): Promise<string[]> {
 const SESSION_ID_RE = /^[0-9a-f]{32}$/;
 
 function row(id: string, kind: PsRow["kind"], rec: VmRecord, alive: boolean): PsRow {
-  return { id, kind, state: !alive ? "dead" : rec.filling ? "filling" : "running", host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards.map((p) => ({ proto: p.proto, hostPort: p.hostPort, guestPort: p.guestPort })), created: rec.createdAt };
+  return { id, kind, state: !alive ? "dead" : rec.filling ? (rec.resuming ? "resuming" : "filling") : "running", host: rec.host, hostAddress: rec.hostAddress, ports: rec.portForwards.map((p) => ({ proto: p.proto, hostPort: p.hostPort, guestPort: p.guestPort })), created: rec.createdAt };
 }
 
 /**

@@ -55,6 +55,8 @@ export interface VmRecord {
    * owner is gone is frozen or dead and is cleaned up (docs/postcopy.md).
    */
   filling?: boolean;
+  /** Early start: true from QEMU's start until the postcopy resume (the guest does not run yet). */
+  resuming?: boolean;
 }
 
 /** A record and whether its VM is running. */

@@ -139,6 +139,8 @@ test("served page: the numbers shown equal `cloudlet inspect --json`, and every 
     assert.equal(await page.getAttribute("#boot-set", "data-boot-set"), "none");
     assert.match((await page.textContent("#boot-set"))!, /no boot set \(made without a warm-up/);
     assert.equal(await page.$$eval("table.segments tr[data-boot-set], svg.chart rect[data-boot-set]", (x) => x.length), 0);
+    assert.deepEqual(await page.$$eval("canvas.map", (cs) => cs.map((c) => (c as HTMLElement).dataset.bootCells)), ["0", "0", "0"].slice(0, await page.locator("canvas.map").count()));
+    assert.equal(await page.locator("[data-legend=boot]").count(), 0);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();
@@ -232,7 +234,8 @@ const GOLDEN = (v: number, name: string) => new URL(`./golden/v${v}/${name}`, im
 
 test("boot set: the summary shows its segments, bytes, pages, chunks, base pages and reason, and its segments are marked; a version 1 overlay has none", async () => {
   const v2 = GOLDEN(2, "golden.overlay");
-  const boot = (await openOverlay(core, v2).then(async (ov) => (await ov.close(), ov.meta))).bootSet;
+  const v2meta = await openOverlay(core, v2).then(async (ov) => (await ov.close(), ov.meta));
+  const boot = v2meta.bootSet;
   assert.ok(boot && boot.segments >= 1, "test/golden/v2 has a boot set");
   const srv = await startInspectServer({ core, overlay: v2, webRoot: await ensureInspectorBuilt() });
   const { page, errors } = await newPage();
@@ -252,6 +255,15 @@ test("boot set: the summary shows its segments, bytes, pages, chunks, base pages
     assert.deepEqual(rows, Array.from({ length: total }, (_, i) => i < boot.segments));
     assert.equal(await page.$$eval("table.segments tbody tr .badge.boot", (x) => x.length), boot.segments);
     assert.equal(await page.$$eval("svg.chart rect[data-boot-set]", (x) => x.length), boot.segments);
+    // The maps mark every cell holding a boot-set chunk (these images are small: one chunk per cell), counted here from the meta's ranges.
+    const lead = v2meta.segments.slice(0, boot.segments);
+    for (const [kind, name] of ["disk", "memory", "state"].entries()) {
+      if (!v2meta.imageSizes[kind]) continue;
+      const want = lead.reduce((t, sg) => t + sg.ranges.filter((r) => r[0] === kind).reduce((u, r) => u + r[2], 0), 0);
+      assert.equal(await page.getAttribute(`canvas.map[data-kind=${name}]`, "data-boot-cells"), String(want), `${name} map`);
+    }
+    assert.ok(Number(await page.getAttribute("canvas.map[data-kind=memory]", "data-boot-cells")) >= boot.pages);
+    assert.equal(await page.locator("[data-legend=boot]").count(), 1);
     await page.screenshot({ path: join(ARTIFACTS, "web-inspector-boot-set.png"), fullPage: true });
 
     // Version 1, dropped in its seed layout: the page still renders, and says there is no boot set.

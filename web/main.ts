@@ -16,7 +16,7 @@ import { checkKernelVectors, type VectorResult } from "../ts/inspect/vector_chec
 import { KIND_NAMES } from "../ts/overlay/format.ts";
 import { byId, field, fill, h, int } from "./dom.ts";
 import { MapView, type Region } from "./map_view.ts";
-import { CLASS_COLORS, CLASS_HELP, CLASS_LABELS, UNCHANGED_COLOR } from "./palette.ts";
+import { BOOT_COLOR, CLASS_COLORS, CLASS_HELP, CLASS_LABELS, UNCHANGED_COLOR } from "./palette.ts";
 import type { FileSpec, OpenedOverlay, ScanSummary } from "./protocol.ts";
 import { RegionView } from "./region_view.ts";
 import { renderBreakdown, renderLaunch, renderSummary, SegmentTable } from "./report_view.ts";
@@ -87,12 +87,12 @@ async function openOverlay(files: FileSpec[], baseDisk?: FileSpec, baseMemory?: 
   renderLaunch(byId("launch"), report);
   const segTable = new SegmentTable(byId("segments"), report);
   const mapsEl = byId("maps");
-  fill(mapsEl, h("h2", {}, "Maps"), legend());
+  fill(mapsEl, h("h2", {}, "Maps"), legend(report.bootSet !== undefined));
   KIND_NAMES.forEach((_, kind) => {
     if (map.imageChunks[kind] === 0) return;
     const box = h("div", { class: "map-box", id: `map-${KIND_NAMES[kind]}` });
     mapsEl.append(box);
-    maps.push(new MapView(box, map, kind, onSelect));
+    maps.push(new MapView(box, map, kind, onSelect, report.bootSet?.segments ?? 0));
   });
   byId("overlay-view").hidden = false;
   byId("status").textContent = "";
@@ -148,12 +148,14 @@ async function openOverlay(files: FileSpec[], baseDisk?: FileSpec, baseMemory?: 
   integrity.dataset.wasmBytes = String(summary.wasmBytes);
 }
 
-function legend(): HTMLElement {
+/** The maps' colours; with a boot set, also its mark (a bar under a cell). */
+function legend(bootSet: boolean): HTMLElement {
   return h(
     "div",
     { class: "legend" },
     h("span", { title: "not in the overlay: as in the base" }, h("span", { class: "chip", style: `background:${UNCHANGED_COLOR}` }), "unchanged"),
     ...[...CLASS_LABELS.keys()].map((k) => h("span", { title: CLASS_HELP[k] }, h("span", { class: "chip", style: `background:${CLASS_COLORS[k]}` }), CLASS_LABELS[k])),
+    bootSet ? h("span", { title: "the cell holds chunks of the boot set: the segments sent first", "data-legend": "boot" }, h("span", { class: "chip", style: `background:linear-gradient(to top, ${BOOT_COLOR} 30%, transparent 30%)` }), "boot set (bar)") : null,
   );
 }
 

@@ -3,13 +3,14 @@
  * visible chunk range is cut into at most COLS x ROWS cells; each cell is
  * coloured by the most common class among the changed chunks it covers, or
  * left pale when the overlay does not touch it. Click selects a cell's
- * chunks, double-click or the wheel zooms, down to one chunk per cell.
+ * chunks, double-click or the wheel zooms, down to one chunk per cell. A
+ * cell with chunks of the boot set (the segments sent first) has a bar under it.
  */
 import { formatBytes } from "../ts/inspect/report.ts";
 import { CELL_STRIDE, type ChunkMap } from "../ts/inspect/chunk_map.ts";
 import { CHUNK, KIND_NAMES } from "../ts/overlay/format.ts";
 import { fill, h, hex, int } from "./dom.ts";
-import { CLASS_COLORS, CLASS_LABELS, UNCHANGED_COLOR } from "./palette.ts";
+import { BOOT_COLOR, CLASS_COLORS, CLASS_LABELS, UNCHANGED_COLOR } from "./palette.ts";
 
 const COLS = 128;
 const ROWS = 16;
@@ -40,12 +41,16 @@ export class MapView {
   #end: number;
   #cells = 0;
   #counts: Uint32Array = new Uint32Array(0);
+  /** Segments of the boot set (0: none). */
+  readonly #bootSegments: number;
+  #boot: Uint32Array = new Uint32Array(0);
   #selected: Region | null = null;
   #queued = false;
 
-  /** @param el container @param map the chunk map @param kind ImageKind @param onSelect called with the clicked cell's chunks */
-  constructor(el: HTMLElement, map: ChunkMap, kind: number, onSelect: (r: Region) => void) {
+  /** @param el container @param map the chunk map @param kind ImageKind @param onSelect called with the clicked cell's chunks @param bootSegments segments of the boot set (0: none) */
+  constructor(el: HTMLElement, map: ChunkMap, kind: number, onSelect: (r: Region) => void, bootSegments = 0) {
     this.kind = kind;
+    this.#bootSegments = bootSegments;
     this.#map = map;
     this.#total = Math.max(1, map.imageChunks[kind]);
     this.#end = this.#total;
@@ -136,6 +141,7 @@ export class MapView {
     const len = this.#end - this.#start;
     this.#cells = Math.min(len, COLS * ROWS);
     this.#counts = this.#map.cells(this.kind, this.#start, this.#end, this.#cells);
+    this.#boot = this.#map.leadingCells(this.kind, this.#start, this.#end, this.#cells, this.#bootSegments);
     const rows = Math.ceil(this.#cells / COLS);
     const dpr = globalThis.devicePixelRatio || 1;
     const w = COLS * PITCH;
@@ -155,6 +161,13 @@ export class MapView {
       g.fillStyle = this.#colour(c);
       g.fillRect((c % COLS) * PITCH, Math.floor(c / COLS) * PITCH, PITCH - GAP, PITCH - GAP);
     }
+    let bootCells = 0;
+    g.fillStyle = BOOT_COLOR;
+    for (let c = 0; c < this.#cells; c++) {
+      if (!this.#boot[c]) continue;
+      bootCells++;
+      g.fillRect((c % COLS) * PITCH, Math.floor(c / COLS) * PITCH + PITCH - GAP - 2, PITCH - GAP, 2);
+    }
     const sel = this.#selected;
     if (sel && sel.kind === this.kind && sel.end > this.#start && sel.start < this.#end) {
       g.strokeStyle = "#111827";
@@ -165,6 +178,7 @@ export class MapView {
     }
     cv.dataset.start = String(this.#start);
     cv.dataset.end = String(this.#end);
+    cv.dataset.bootCells = String(bootCells);
     this.#label.textContent = `chunks ${int(this.#start)}–${int(this.#end - 1)} · ${formatBytes(len * CHUNK)} · ${this.#cells === len ? "1 chunk" : `~${int(Math.round(len / this.#cells))} chunks`} per cell`;
   }
 
@@ -188,6 +202,7 @@ export class MapView {
       const n = this.#counts[c * CELL_STRIDE + k];
       if (n) parts.push(`${int(n)} ${CLASS_LABELS[k]}`);
     }
+    if (this.#boot[c]) parts.push(`${int(this.#boot[c])} in the boot set`);
     const span = r.end - r.start === 1 ? `chunk ${int(r.start)}` : `chunks ${int(r.start)}–${int(r.end - 1)}`;
     return `${KIND_NAMES[this.kind]} ${span} (bytes ${hex(r.start * CHUNK)}–${hex(r.end * CHUNK - 1)}): ${parts.join(", ") || "unchanged"}`;
   }

@@ -33,5 +33,5 @@ export const CLASS_HELP = [
 /** Colour of chunks the overlay does not touch. */
 export const UNCHANGED_COLOR = "#f1f4f8";
 
-/** The boot set's segments in the ratio chart (the "boot" badge's border in style.css); darker than XOR's amber, which the maps use. */
+/** The boot set: its segments in the ratio chart, the bar under map cells with its chunks (and the "boot" badge's border in style.css); darker than XOR's amber, which the maps use. */
 export const BOOT_COLOR = "#b45309";

@@ -152,6 +152,22 @@ export class ChunkMap {
     return out;
   }
 
+  /**
+   * Per cell as in {@link cells}, the changed chunks held by the first
+   * `segments` segments (the boot set: its segments come first).
+   */
+  leadingCells(kind: number, start: number, end: number, cells: number, segments: number): Uint32Array {
+    const out = new Uint32Array(cells);
+    const records = this.segmentStart[Math.max(0, Math.min(segments, this.segmentStart.length - 1))];
+    if (records === 0) return out;
+    const len = end - start;
+    this.#each(kind, start, end, (index, g) => {
+      if (g < records) out[Math.min(cells - 1, Math.floor(((index - start) * cells) / len))]++;
+      return true;
+    });
+    return out;
+  }
+
   /** Chunk counts per [kind][class] over the decoded segments (PENDING/UNREADABLE included). */
   classCounts(): number[][] {
     const out = Array.from({ length: KIND_COUNT }, () => new Array<number>(CELL_STRIDE).fill(0));

@@ -140,8 +140,8 @@ export class MapView {
   draw(): void {
     const len = this.#end - this.#start;
     this.#cells = Math.min(len, COLS * ROWS);
-    this.#counts = this.#map.cells(this.kind, this.#start, this.#end, this.#cells);
-    this.#boot = this.#map.leadingCells(this.kind, this.#start, this.#end, this.#cells, this.#bootSegments);
+    this.#boot = new Uint32Array(this.#cells);
+    this.#counts = this.#map.cells(this.kind, this.#start, this.#end, this.#cells, this.#bootSegments ? { segments: this.#bootSegments, counts: this.#boot } : undefined);
     const rows = Math.ceil(this.#cells / COLS);
     const dpr = globalThis.devicePixelRatio || 1;
     const w = COLS * PITCH;

@@ -140,29 +140,18 @@ export class ChunkMap {
   /**
    * Splits `[start, end)` of image `kind` into `cells` equal cells and counts,
    * per cell, the changed chunks of each class: `out[cell * CELL_STRIDE + class]`.
-   * Chunk i falls in cell floor((i - start) * cells / (end - start)).
+   * Chunk i falls in cell floor((i - start) * cells / (end - start)). With
+   * `lead`, the same walk also counts per cell, in `lead.counts`, the chunks
+   * held by the first `lead.segments` segments (the boot set: they come first).
    */
-  cells(kind: number, start: number, end: number, cells: number): Uint32Array {
+  cells(kind: number, start: number, end: number, cells: number, lead?: { segments: number; counts: Uint32Array }): Uint32Array {
     const out = new Uint32Array(cells * CELL_STRIDE);
     const len = end - start;
+    const leadRecords = lead ? this.segmentStart[Math.max(0, Math.min(lead.segments, this.segmentStart.length - 1))] : 0;
     this.#each(kind, start, end, (index, g) => {
-      out[Math.min(cells - 1, Math.floor(((index - start) * cells) / len)) * CELL_STRIDE + this.classes[g]]++;
-      return true;
-    });
-    return out;
-  }
-
-  /**
-   * Per cell as in {@link cells}, the changed chunks held by the first
-   * `segments` segments (the boot set: its segments come first).
-   */
-  leadingCells(kind: number, start: number, end: number, cells: number, segments: number): Uint32Array {
-    const out = new Uint32Array(cells);
-    const records = this.segmentStart[Math.max(0, Math.min(segments, this.segmentStart.length - 1))];
-    if (records === 0) return out;
-    const len = end - start;
-    this.#each(kind, start, end, (index, g) => {
-      if (g < records) out[Math.min(cells - 1, Math.floor(((index - start) * cells) / len))]++;
+      const c = Math.min(cells - 1, Math.floor(((index - start) * cells) / len));
+      out[c * CELL_STRIDE + this.classes[g]]++;
+      if (g < leadRecords) lead!.counts[c]++;
       return true;
     });
     return out;

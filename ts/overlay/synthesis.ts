@@ -532,7 +532,7 @@ async function hashBatch(
   // Read and hashed by a worker where it can read `src` itself; else read here.
   const byWorker = dataChunks ? hashRanges?.(src, runs.map(([a, b]) => [(first + a) * CHUNK, (b - a) * CHUNK] as const)) : null;
   const got = byWorker ? await byWorker : await readAndHash(core, src, first, runs, dataChunks, hashOff);
-  return spreadDigests(got, first, count, runs, isHole, zeroDigest);
+  return spreadDigests(got, first, count, runs, dataChunks, isHole, zeroDigest);
 }
 
 /** Reads the data runs of a batch here and hashes them (off this thread with `hashOff`). */
@@ -554,8 +554,7 @@ async function readAndHash(core: Core, src: ByteSource, first: number, runs: Arr
 }
 
 /** The digests of a whole batch: those of its data runs (`got`, back to back) in place, the zero digest for its holes. */
-function spreadDigests(got: Uint8Array, first: number, count: number, runs: Array<[number, number]>, isHole: Uint8Array | null, zeroDigest: Uint8Array): Uint8Array {
-  const dataChunks = runs.reduce((t, [a, b]) => t + b - a, 0);
+function spreadDigests(got: Uint8Array, first: number, count: number, runs: Array<[number, number]>, dataChunks: number, isHole: Uint8Array | null, zeroDigest: Uint8Array): Uint8Array {
   if (dataChunks === count) return got;
   const digests = new Uint8Array(count * 32);
   for (let i = 0; i < count; i++) if (isHole?.[first + i]) digests.set(zeroDigest, i * 32);

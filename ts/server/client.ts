@@ -58,6 +58,11 @@ interface DenoFetchClients {
   createHttpClient(o: { caCerts: string[] }): { close(): void };
 }
 
+/** ReadableStream.from (in Deno and Node 20.6+; not in the TypeScript lib used here). */
+interface StreamFrom {
+  from(chunks: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array>;
+}
+
 /** Writes `chunks` to `req` as the socket takes them, then ends it; stops when the request is destroyed. */
 async function writeAll(req: http.ClientRequest, chunks: AsyncIterable<Uint8Array>): Promise<void> {
   for await (const c of chunks) {
@@ -74,25 +79,6 @@ async function writeAll(req: http.ClientRequest, chunks: AsyncIterable<Uint8Arra
     if (req.destroyed) return;
   }
   req.end();
-}
-
-/** `chunks` as a fetch body: pulled as the connection takes it; a cancel (the connection went) ends the producer. */
-function bodyStream(chunks: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
-  const it = chunks[Symbol.asyncIterator]();
-  return new ReadableStream<Uint8Array>({
-    async pull(c) {
-      try {
-        const { done, value } = await it.next();
-        if (done) c.close();
-        else c.enqueue(value);
-      } catch (e) {
-        c.error(e);
-      }
-    },
-    async cancel() {
-      await it.return?.();
-    },
-  });
 }
 
 /** An Upload-Offset header's value. */
@@ -122,7 +108,7 @@ export class CloudletClient {
     try {
       for await (const t of r.text) body += t;
     } catch (e) {
-      throw this.lost(e);
+      throw this.transportError(e, "lost the connection to");
     }
     return { status: r.status, headers: r.headers, body };
   }
@@ -156,7 +142,7 @@ export class CloudletClient {
           resolve({ status: res.statusCode ?? 0, headers: res.headers, text: res as AsyncIterable<string>, cancel: () => void res.destroy() });
         },
       );
-      req.on("error", (e) => reject(this.unreachable(e)));
+      req.on("error", (e) => reject(this.transportError(e, "cannot reach")));
       if (opts.stream) {
         opts.onRequest?.(req);
         writeAll(req, opts.stream).catch((e) => req.destroy(e as Error));
@@ -176,14 +162,15 @@ export class CloudletClient {
       res = await fetch(url, {
         method,
         headers: { authorization: `Bearer ${this.addr.token}`, ...headers },
-        body: opts.stream ? bodyStream(opts.stream) : opts.body,
+        // Pulled as the connection takes it; a cancel (the connection went) ends the generator.
+        body: opts.stream ? (ReadableStream as unknown as StreamFrom).from(opts.stream) : opts.body,
         signal: opts.signal,
         ...(opts.stream ? { duplex: "half" } : {}),
         ...(client ? { client } : {}),
       } as RequestInit);
     } catch (e) {
       client?.close();
-      throw this.unreachable(e);
+      throw this.transportError(e, "cannot reach");
     }
     const reader = res.body?.getReader();
     let closed = false;
@@ -209,19 +196,16 @@ export class CloudletClient {
     return { status: res.status, headers: Object.fromEntries(res.headers), text: text(), cancel: finish };
   }
 
-  /** A request that could not be sent, or got no answer. */
-  private unreachable(e: unknown): CloudletError {
+  /**
+   * A transport failure as the user sees it: the request could not be sent or
+   * got no answer ("cannot reach"), or its answer was cut off while read ("lost
+   * the connection to"; a cloudlet error raised while reading stays as it is).
+   */
+  private transportError(e: unknown, what: "cannot reach" | "lost the connection to"): CloudletError {
+    if (what === "lost the connection to" && isCloudletError(e)) return e;
     const err = e as NodeJS.ErrnoException & { cause?: { message?: string } };
     if (err.name === "AbortError") return new CloudletError("CANCELLED", "cancelled");
-    return new CloudletError("REMOTE", `cannot reach the cloudlet at ${this.addr.server}: ${err.code ?? err.cause?.message ?? err.message}`);
-  }
-
-  /** An answer cut off while it was read. */
-  private lost(e: unknown): CloudletError {
-    const err = e as NodeJS.ErrnoException & { cause?: { message?: string } };
-    if (isCloudletError(e)) return e;
-    if (err.name === "AbortError") return new CloudletError("CANCELLED", "cancelled");
-    return new CloudletError("REMOTE", `lost the connection to the cloudlet at ${this.addr.server}: ${err.code ?? err.cause?.message ?? err.message}`);
+    return new CloudletError("REMOTE", `${what} the cloudlet at ${this.addr.server}: ${err.code ?? err.cause?.message ?? err.message}`);
   }
 
   private fail(r: Reply, what: string): never {
@@ -306,7 +290,7 @@ export class CloudletClient {
         }
       }
     } catch (e) {
-      throw quiet ? silent() : this.lost(e);
+      throw quiet ? silent() : this.transportError(e, "lost the connection to");
     } finally {
       if (watch) clearInterval(watch);
       r.cancel();

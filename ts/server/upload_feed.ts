@@ -223,9 +223,11 @@ export class UploadFeed implements OverlayReader {
    */
   async *untilHeld(body: AsyncIterable<Uint8Array>, offset: number): AsyncGenerator<Uint8Array> {
     const sizes = this.meta.segments.map((g) => g.compressedSize);
+    // The segment `offset` lies in, and the bytes left of it.
     let seg = 0;
-    for (let at = 0; seg < sizes.length && at + sizes[seg] <= offset; ) at += sizes[seg++];
-    let left = seg < sizes.length ? sizes.slice(0, seg + 1).reduce((t, n) => t + n, 0) - offset : 0;
+    let end = 0;
+    while (seg < sizes.length && end + sizes[seg] <= offset) end += sizes[seg++];
+    let left = seg < sizes.length ? end + sizes[seg] - offset : 0;
     for await (let c of body) {
       while (c.length) {
         if (left === 0) {
